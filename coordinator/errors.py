@@ -1,0 +1,57 @@
+"""Errors raised by the coordinator.
+
+The tree::
+
+    SagaError                        root of everything the coordinator raises
+    ├── SagaDefinitionError          a saga definition is wrong (raised at import)
+    ├── UnknownSagaTypeError         no registered definition has that name
+    ├── SagaNotFoundError            no saga with that id
+    ├── SagaConflictError            a concurrent writer changed the saga (retriable)
+    └── InvalidOperatorActionError   the action does not apply to the saga's status
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "InvalidOperatorActionError",
+    "SagaConflictError",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaNotFoundError",
+    "UnknownSagaTypeError",
+]
+
+
+class SagaError(Exception):
+    """Root of the coordinator's errors."""
+
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, saga_id: str | None = None, step: str | None = None):
+        super().__init__(message)
+        self.saga_id = saga_id
+        self.step = step
+
+
+class SagaDefinitionError(SagaError):
+    """A saga definition is invalid; raised when its class is created."""
+
+
+class UnknownSagaTypeError(SagaError):
+    """No registered saga definition has the requested name."""
+
+
+class SagaNotFoundError(SagaError):
+    """No saga instance exists with the requested id."""
+
+
+class SagaConflictError(SagaError):
+    """The saga row changed under us (optimistic version check failed)."""
+
+    retriable: ClassVar[bool] = True
+
+
+class InvalidOperatorActionError(SagaError):
+    """An operator action does not apply to the saga in its current status."""
