@@ -1,0 +1,156 @@
+"""The coordinator process: its components, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.client import SagaClient
+from coordinator.clock import Clock, SystemClock
+from coordinator.config import Settings
+from coordinator.consumer import ReplyConsumer
+from coordinator.database import create_engine
+from coordinator.dead_letters import DeadLetterPublisher
+from coordinator.deadlines import DeadlineScanner
+from coordinator.definition import SagaRegistry
+from coordinator.kafka import create_producer, ensure_topics
+from coordinator.outbox import OutboxRelay
+from coordinator.processor import BatchOutcome, BatchProcessor
+from coordinator.store import SagaStore
+from service_sdk import Topics
+
+__all__ = ["Coordinator"]
+
+logger = logging.getLogger(__name__)
+
+
+class Coordinator:
+    """One coordinator instance: a consumer-group member over replies and start requests,
+    the outbox relay, the deadline scanner, and the Python client.
+
+    Use ``async with Coordinator(...) as c: await c.serve(stop_event)``. Shutdown stops
+    intake, lets the in-flight batch finish and commit, publishes pending outbox rows within
+    the grace period, closes Kafka, and disposes the database last.
+    """
+
+    def __init__(
+        self, settings: Settings, registry: SagaRegistry, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.clock: Clock = clock or SystemClock()
+        self.topics = Topics(settings.kafka.topic_prefix)
+        self._engine: AsyncEngine | None = None
+        self._started = False
+        self._stopped = False
+        self._producer = create_producer(settings.kafka)
+        self.store: SagaStore
+        self.relay: OutboxRelay
+        self.processor: BatchProcessor
+        self.consumer: ReplyConsumer
+        self.client: SagaClient
+        self.deadlines: DeadlineScanner
+
+    def _after_commit(self, outcome: BatchOutcome) -> None:
+        if outcome.outbox_ids:
+            self.relay.wake()
+
+    def topic_plan(self) -> list[tuple[str, int]]:
+        """The topics this coordinator needs, with their partition counts."""
+        k = self.settings.kafka
+        topics = self.topics
+        plan = [
+            (topics.replies, k.reply_partitions),
+            (topics.requests, k.reply_partitions),
+            (topics.events, k.reply_partitions),
+            (Topics.dead_letters(topics.replies), 1),
+            (Topics.dead_letters(topics.requests), 1),
+        ]
+        for service in self.registry.services():
+            plan.append((topics.commands(service), k.command_partitions))
+            plan.append((Topics.dead_letters(topics.commands(service)), 1))
+        return plan
+
+    async def start(self) -> None:
+        """Connect to PostgreSQL and Kafka and join the consumer group."""
+        if self._started:
+            return
+        self._started = True
+        settings = self.settings
+        self._engine = create_engine(settings.database.url, pool_size=settings.database.pool_size)
+        self.store = SagaStore(self._engine)
+        if settings.kafka.create_topics:
+            await ensure_topics(settings.kafka.bootstrap_servers, self.topic_plan())
+        await self._producer.start()
+        self.relay = OutboxRelay(self.store, self._producer, settings.relay, self.clock)
+        self.processor = BatchProcessor(self.store, self.registry, self.topics, self.clock)
+        self.client = SagaClient(self.processor, self.relay)
+        self.consumer = ReplyConsumer(
+            self.processor,
+            DeadLetterPublisher(self._producer, settings.kafka.group_id),
+            settings.kafka,
+            self.topics,
+            on_commit=self._after_commit,
+        )
+        self.deadlines = DeadlineScanner(
+            self.store,
+            self.registry,
+            self.topics,
+            self.clock,
+            settings.deadlines,
+            on_commit=lambda _: self.relay.wake(),
+        )
+        await self.consumer.start()
+        logger.info(
+            "coordinator started (kafka %s, group %s)",
+            settings.kafka.bootstrap_servers,
+            settings.kafka.group_id,
+        )
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run every component until ``stop`` is set or one of them fails, then drain."""
+        if not self._started:
+            await self.start()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.consumer.run(), name="reply-consumer")
+            relay_task = group.create_task(self.relay.run(), name="outbox-relay")
+            group.create_task(self.deadlines.run(), name="deadline-scanner")
+            await stop.wait()
+            logger.info("coordinator draining")
+            try:
+                async with asyncio.timeout(self.settings.shutdown_grace_s):
+                    await self.consumer.stop()
+                    self.deadlines.stop()
+                    self.relay.stop()
+                    await relay_task
+            except TimeoutError:
+                logger.warning("grace period over; pending outbox rows stay for the next sweep")
+                relay_task.cancel()
+
+    async def stop(self) -> None:
+        """Release Kafka and the database. Idempotent."""
+        if self._stopped or not self._started:
+            return
+        self._stopped = True
+        with contextlib.suppress(Exception):
+            await self.consumer.stop()
+        await self._producer.stop()
+        if self._engine is not None:
+            await self._engine.dispose()
+        logger.info("coordinator stopped")
+
+    async def __aenter__(self) -> Coordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,119 @@
+"""Running the demo's components as separate OS processes, and the participant entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from coordinator.config import Settings
+from coordinator.database import create_engine
+
+__all__ = ["ChildProcess", "run_participant"]
+
+logger = logging.getLogger(__name__)
+
+
+class ChildProcess:
+    """A ``python -m coordinator ...`` child with its output in a log file."""
+
+    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self._args = list(args)
+        self._env = env
+        self.log_path = log_dir / f"{name}.log"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Spawn the child in its own session, so a terminal's Ctrl-C reaches only us."""
+        with self.log_path.open("wb") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "coordinator",
+                *self._args,
+                env=self._env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code, or None while running."""
+        return None if self._process is None else self._process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the child (the crash a chaos test wants)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+
+    async def stop(self, grace_s: float = 15.0) -> int | None:
+        """SIGTERM, wait up to ``grace_s`` for a clean exit, then SIGKILL."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return None if process is None else process.returncode
+        process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace_s):
+                return await process.wait()
+        except TimeoutError:
+            logger.warning("%s did not stop within %.0fs; killing it", self.name, grace_s)
+            process.kill()
+            return await process.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the child's output."""
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment that points a child at the same Kafka and PostgreSQL."""
+    env = dict(os.environ)
+    env["SAGA_KAFKA__BOOTSTRAP_SERVERS"] = settings.kafka.bootstrap_servers
+    env["SAGA_KAFKA__IDEMPOTENT"] = "true" if settings.kafka.idempotent else "false"
+    env["SAGA_KAFKA__TOPIC_PREFIX"] = settings.kafka.topic_prefix
+    env["SAGA_DATABASE__URL"] = settings.database.url
+    return env
+
+
+async def run_participant(
+    name: str, settings: Settings, install_signals: Callable[[asyncio.Event], None]
+) -> None:
+    """Run the example participant ``name`` until a signal sets the stop event."""
+    from coordinator.demo.participants import PARTICIPANTS
+
+    from service_sdk import KafkaConfig, ServiceRunner, Topics
+
+    try:
+        module = PARTICIPANTS[name]
+    except KeyError:
+        raise SystemExit(f"unknown participant {name!r}; one of {sorted(PARTICIPANTS)}") from None
+    engine = create_engine(settings.database.url, pool_size=5)
+    try:
+        async with engine.begin() as conn:
+            await module.install(conn)
+        runner = ServiceRunner(
+            module.service,
+            kafka=KafkaConfig(
+                bootstrap_servers=settings.kafka.bootstrap_servers,
+                idempotent=settings.kafka.idempotent,
+                client_id=f"{name}-service",
+            ),
+            engine=engine,
+            topics=Topics(settings.kafka.topic_prefix),
+        )
+        stop = asyncio.Event()
+        install_signals(stop)
+        async with runner:
+            logger.info("participant %s running", name)
+            await stop.wait()
+    finally:
+        await engine.dispose()

@@ -1,0 +1,58 @@
+"""Kafka client construction and topic administration for the coordinator."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from coordinator.config import KafkaSettings
+
+__all__ = ["create_producer", "ensure_topics", "producer_kwargs"]
+
+logger = logging.getLogger(__name__)
+
+
+def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Producer settings: idempotent (implies acks=all) unless the broker cannot do it."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "acks": "all",
+        "enable_idempotence": settings.idempotent,
+        "linger_ms": 2,
+    }
+    return kwargs
+
+
+def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    """A producer configured from ``settings`` (not started)."""
+    return AIOKafkaProducer(**producer_kwargs(settings))
+
+
+async def ensure_topics(
+    bootstrap_servers: str, topics: Iterable[tuple[str, int]], *, client_id: str = "saga-admin"
+) -> None:
+    """Create the ``(name, partitions)`` topics that do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name=name, num_partitions=partitions, replication_factor=1)
+            for name, partitions in topics
+            if name not in existing
+        ]
+        if not missing:
+            return
+        # Another instance may create them between our list and our create.
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(missing)
+        logger.info("created topics %s", ", ".join(t.name for t in missing))
+    finally:
+        await admin.close()

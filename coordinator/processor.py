@@ -1,0 +1,251 @@
+"""Applies a batch of inbound messages to saga state in ONE database transaction.
+
+For a batch of start requests and replies the processor, inside a single transaction:
+locks the sagas the replies belong to, records every new message id in the inbox (a
+redelivered message is recognised there and changes nothing), runs the pure engine, and
+writes the new saga states, their history and the outgoing messages (outbox). Kafka offsets
+are committed by the caller only after this returns. Messages that cannot be applied are
+returned as rejections for the caller to dead-letter; they are not written to the inbox, so a
+repaired message can be replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.clock import Clock
+from coordinator.definition import SagaDefinition, SagaRegistry
+from coordinator.engine import apply, start_saga
+from coordinator.errors import InvalidSagaDataError, SagaError
+from coordinator.messages import command_message, event_message
+from coordinator.state import (
+    HistoryEntry,
+    ReplyReceived,
+    SagaInstance,
+    StartSaga,
+    Transition,
+)
+from coordinator.store import OutboxMessage, SagaStore
+from service_sdk import Envelope, MessageKind, Topics
+
+__all__ = ["BatchOutcome", "BatchProcessor", "RejectReason", "Rejection", "persist"]
+
+logger = logging.getLogger(__name__)
+
+
+class RejectReason:
+    """Reason codes of messages the processor dead-letters."""
+
+    UNEXPECTED_KIND = "unexpected_kind"
+    UNKNOWN_SAGA_TYPE = "unknown_saga_type"
+    UNKNOWN_SAGA = "unknown_saga"
+    INVALID_DATA = "invalid_data"
+    SCHEMA = "schema"
+    PROCESSING_ERROR = "processing_error"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message of the batch that could not be applied."""
+
+    index: int
+    reason: str
+    error: Exception
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did."""
+
+    applied: int = 0
+    duplicates: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    outbox_ids: list[int] = field(default_factory=list)
+    transitions: list[tuple[SagaInstance | None, Transition]] = field(default_factory=list)
+    """(state before, transition) pairs; before is None for a start."""
+
+
+async def persist(
+    store: SagaStore,
+    conn: AsyncConnection,
+    topics: Topics,
+    updated: Sequence[SagaInstance],
+    transitions: Sequence[Transition],
+    now: datetime,
+) -> list[int]:
+    """Write changed sagas, their history and outgoing messages; returns the outbox ids.
+
+    ``updated`` holds the final state of each changed saga (carrying the version it was read
+    with); ``transitions`` every transition in order, for history and messages.
+    """
+    history: list[tuple[str, HistoryEntry]] = []
+    outbox: list[OutboxMessage] = []
+    for transition in transitions:
+        instance = transition.instance
+        history.extend((instance.saga_id, entry) for entry in transition.history)
+        outbox.extend(command_message(topics, instance, c, now) for c in transition.commands)
+        outbox.extend(event_message(topics, instance, e, now) for e in transition.events)
+    if updated:
+        await store.update_sagas(conn, updated)
+    if history:
+        await store.insert_history(conn, history, now)
+    return await store.insert_outbox(conn, outbox, now) if outbox else []
+
+
+def _reply_input(envelope: Envelope) -> ReplyReceived:
+    assert envelope.outcome is not None  # checked by _screen
+    return ReplyReceived(
+        message_id=envelope.message_id,
+        step=envelope.step,
+        command_id=envelope.command_id,
+        attempt=envelope.attempt,
+        outcome=envelope.outcome,
+        payload=dict(envelope.payload),
+        error=envelope.error,
+    )
+
+
+class BatchProcessor:
+    """Applies batches of start requests and replies; the runtime's one writer of saga state."""
+
+    def __init__(
+        self, store: SagaStore, registry: SagaRegistry, topics: Topics, clock: Clock
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._topics = topics
+        self._clock = clock
+
+    def _screen(self, index: int, envelope: Envelope) -> Rejection | None:
+        if envelope.kind not in (MessageKind.START, MessageKind.REPLY):
+            return Rejection(
+                index,
+                RejectReason.UNEXPECTED_KIND,
+                SagaError(f"a {envelope.kind.value} message cannot be applied to a saga"),
+            )
+        if envelope.saga_type not in self._registry:
+            return Rejection(
+                index,
+                RejectReason.UNKNOWN_SAGA_TYPE,
+                SagaError(f"unknown saga type {envelope.saga_type!r}", saga_id=envelope.saga_id),
+            )
+        if envelope.kind is MessageKind.REPLY and envelope.outcome is None:
+            return Rejection(
+                index,
+                RejectReason.SCHEMA,
+                SagaError("a reply must carry an outcome", saga_id=envelope.saga_id),
+            )
+        return None
+
+    async def process(self, envelopes: Sequence[Envelope]) -> BatchOutcome:
+        """Apply ``envelopes`` (in order) in one transaction and return what happened.
+
+        Raises whatever the database raises; the caller retries or isolates the batch.
+        """
+        outcome = BatchOutcome()
+        now = self._clock.now()
+        candidates: list[tuple[int, Envelope]] = []
+        for index, envelope in enumerate(envelopes):
+            rejection = self._screen(index, envelope)
+            if rejection is None:
+                candidates.append((index, envelope))
+            else:
+                outcome.rejections.append(rejection)
+        if not candidates:
+            return outcome
+
+        # Starts are decided before the transaction: the engine is pure and a bad start
+        # (invalid data) must not take a lock or an inbox row.
+        started: dict[int, Transition] = {}
+        for index, envelope in candidates:
+            if envelope.kind is MessageKind.START:
+                definition = self._registry.get(envelope.saga_type)
+                try:
+                    started[index] = start_saga(
+                        definition,
+                        envelope.saga_id,
+                        StartSaga(
+                            envelope.message_id, dict(envelope.payload), envelope.traceparent
+                        ),
+                        now,
+                    )
+                except InvalidSagaDataError as exc:
+                    outcome.rejections.append(Rejection(index, RejectReason.INVALID_DATA, exc))
+        async with self._store.engine.begin() as conn:
+            reply_saga_ids = {e.saga_id for _, e in candidates if e.kind is MessageKind.REPLY}
+            current: dict[str, SagaInstance] = (
+                await self._store.select_sagas_for_update(conn, reply_saga_ids)
+                if reply_saga_ids
+                else {}
+            )
+            accepted: list[tuple[int, Envelope]] = []
+            for index, envelope in candidates:
+                if envelope.kind is MessageKind.START:
+                    if index in started:
+                        accepted.append((index, envelope))
+                elif envelope.saga_id in current:
+                    accepted.append((index, envelope))
+                else:
+                    outcome.rejections.append(
+                        Rejection(
+                            index,
+                            RejectReason.UNKNOWN_SAGA,
+                            SagaError("reply for an unknown saga", saga_id=envelope.saga_id),
+                        )
+                    )
+            if not accepted:
+                return outcome
+            fresh = await self._store.insert_inbox(
+                conn, [(e.message_id, e.saga_id) for _, e in accepted], now
+            )
+            new_instances: list[SagaInstance] = []
+            start_transitions: list[Transition] = []
+            seen: set[str] = set()
+            changed_ids: set[str] = set()
+            starting: set[str] = set()
+            for index, envelope in accepted:
+                if envelope.message_id not in fresh or envelope.message_id in seen:
+                    outcome.duplicates += 1
+                    continue
+                seen.add(envelope.message_id)
+                if envelope.kind is MessageKind.START:
+                    if envelope.saga_id in starting:
+                        # Starting the same saga id twice starts it once.
+                        outcome.duplicates += 1
+                        continue
+                    starting.add(envelope.saga_id)
+                    start_transitions.append(started[index])
+                    new_instances.append(started[index].instance)
+                    continue
+                saga_def: type[SagaDefinition[Any]] = self._registry.get(envelope.saga_type)
+                before = current[envelope.saga_id]
+                transition = apply(saga_def, before, _reply_input(envelope), now)
+                current[envelope.saga_id] = transition.instance
+                if transition.changed:
+                    changed_ids.add(envelope.saga_id)
+                outcome.transitions.append((before, transition))
+                outcome.applied += 1
+            if new_instances:
+                inserted = await self._store.insert_sagas(conn, new_instances)
+                for transition in start_transitions:
+                    if transition.instance.saga_id in inserted:
+                        outcome.transitions.append((None, transition))
+                        outcome.applied += 1
+                    else:
+                        # Starting the same saga id twice starts it once.
+                        outcome.duplicates += 1
+            outcome.outbox_ids = await persist(
+                self._store,
+                conn,
+                self._topics,
+                [current[i] for i in sorted(changed_ids)],
+                [t for _, t in outcome.transitions],
+                now,
+            )
+        return outcome
