@@ -4,6 +4,7 @@ The tree::
 
     SagaError                        root of everything the coordinator raises
     ├── SagaDefinitionError          a saga definition is wrong (raised at import)
+    ├── InvalidSagaDataError         a start request's data does not fit the saga's data model
     ├── UnknownSagaTypeError         no registered definition has that name
     ├── SagaNotFoundError            no saga with that id
     ├── SagaConflictError            a concurrent writer changed the saga (retriable)
@@ -16,6 +17,7 @@ from typing import ClassVar
 
 __all__ = [
     "InvalidOperatorActionError",
+    "InvalidSagaDataError",
     "SagaConflictError",
     "SagaDefinitionError",
     "SagaError",
@@ -37,6 +39,10 @@ class SagaError(Exception):
 
 class SagaDefinitionError(SagaError):
     """A saga definition is invalid; raised when its class is created."""
+
+
+class InvalidSagaDataError(SagaError):
+    """A saga's data does not validate against its definition's ``data_model``."""
 
 
 class UnknownSagaTypeError(SagaError):

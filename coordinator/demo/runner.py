@@ -35,7 +35,14 @@ from saga_defs import OrderData, default_registry
 from saga_defs.order import OrderItem
 from service_sdk import Topics, encode_headers
 
-__all__ = ["DemoOptions", "DemoSummary", "Infrastructure", "run_demo"]
+__all__ = [
+    "DemoCluster",
+    "DemoOptions",
+    "DemoSummary",
+    "Infrastructure",
+    "infrastructure",
+    "run_demo",
+]
 
 TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
 
@@ -183,143 +190,189 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def run_demo(options: DemoOptions) -> DemoSummary:
-    """Run the demo and return its summary (also printed unless ``options.quiet``)."""
-    console = Console(stderr=options.quiet, quiet=False)
-    plan = _plan(options)
-    async with infrastructure(options, console) as infra:
-        settings = Settings(
+class DemoCluster:
+    """The demo's moving parts on given infrastructure: coordinator(s) and the three
+    participants as separate processes, the orders to submit, and the checks."""
+
+    def __init__(self, options: DemoOptions, infra: Infrastructure, console: Console) -> None:
+        self.options = options
+        self.infra = infra
+        self.console = console
+        self.plan = _plan(options)
+        self.settings = Settings(
             kafka=KafkaSettings(
                 bootstrap_servers=infra.bootstrap_servers, idempotent=infra.idempotent
             ),
             database=DatabaseSettings(url=infra.database_url),
         )
-        console.log("migrating the coordinator's schema and seeding the participants")
-        await upgrade_database(settings.database.url)
-        engine = create_engine(settings.database.url, pool_size=2)
-        children: list[ChildProcess] = []
-        try:
-            await _prepare(engine, plan)
-            await ensure_topics(
-                infra.bootstrap_servers, Coordinator(settings, default_registry()).topic_plan()
+        self.engine = create_engine(infra.database_url, pool_size=2)
+        self.log_dir = Path(tempfile.mkdtemp(prefix="saga-demo-"))
+        self.children: list[ChildProcess] = []
+        self.submitted_at: dict[str, float] = {}
+        self.started_at = 0.0
+        self._coordinators = 0
+
+    @property
+    def order_ids(self) -> list[str]:
+        """The ids of the orders (and their sagas)."""
+        return [order.order_id for order in self.plan.orders]
+
+    async def prepare(self) -> None:
+        """Migrate, create the participants' tables and seed them, create the topics."""
+        await upgrade_database(self.settings.database.url)
+        await _prepare(self.engine, self.plan)
+        plan = Coordinator(self.settings, default_registry()).topic_plan()
+        await ensure_topics(self.infra.bootstrap_servers, plan)
+
+    async def start_coordinator(self) -> ChildProcess:
+        """Start one more coordinator process."""
+        child = ChildProcess(
+            f"coordinator-{self._coordinators}", ["run"], child_env(self.settings), self.log_dir
+        )
+        self._coordinators += 1
+        await child.start()
+        self.children.append(child)
+        return child
+
+    async def start(self) -> None:
+        """Start the coordinator(s) and the participants."""
+        for _ in range(self.options.coordinators):
+            await self.start_coordinator()
+        for name in PARTICIPANTS:
+            child = ChildProcess(
+                name, ["participant", name], child_env(self.settings), self.log_dir
             )
-            log_dir = Path(tempfile.mkdtemp(prefix="saga-demo-"))
-            env = child_env(settings)
-            names = [f"coordinator-{i}" for i in range(options.coordinators)]
-            children = [ChildProcess(n, ["run"], env, log_dir) for n in names]
-            children += [
-                ChildProcess(name, ["participant", name], env, log_dir) for name in PARTICIPANTS
-            ]
-            for child in children:
-                await child.start()
-            console.log(f"started {len(children)} processes (logs in {log_dir})")
-            summary = await _submit_and_watch(options, settings, engine, plan, children, console)
-            summary.broker = infra.broker
+            await child.start()
+            self.children.append(child)
+
+    async def submit(self) -> None:
+        """Publish every order as a start request to ``saga.requests``."""
+        producer = AIOKafkaProducer(**producer_kwargs(self.settings.kafka))
+        await producer.start()
+        self.started_at = time.time()
+        topic = Topics(self.settings.kafka.topic_prefix).requests
+        try:
+            sends = []
+            for order in self.plan.orders:
+                envelope = start_request("order", order, saga_id=order.order_id, source="demo")
+                self.submitted_at[order.order_id] = time.time()
+                sends.append(
+                    await producer.send(
+                        topic,
+                        envelope.to_bytes(),
+                        key=envelope.key(),
+                        headers=encode_headers(envelope.headers()),
+                    )
+                )
+            await asyncio.gather(*sends)
         finally:
-            for child in children:
-                await child.stop()
-            await engine.dispose()
-    if summary.ledger_problems:
-        for problem in summary.ledger_problems:
-            console.print(f"[red]ledger:[/red] {problem}")
+            await producer.stop()
+
+    async def statuses(self) -> dict[str, tuple[str, datetime | None]]:
+        """Each order's saga status and completion time (absent: not started yet)."""
+        return await _statuses(self.engine, self.order_ids)
+
+    async def wait(
+        self, *, until: int | None = None, timeout_s: float | None = None, progress: bool = True
+    ) -> dict[str, tuple[str, datetime | None]]:
+        """Wait until ``until`` sagas (default all) are terminal, a child dies, or time is up."""
+        target = len(self.plan.orders) if until is None else until
+        deadline = time.time() + (self.options.timeout_s if timeout_s is None else timeout_s)
+        statuses: dict[str, tuple[str, datetime | None]] = {}
+        with Progress(
+            TextColumn("[bold]sagas"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=self.console,
+            disable=not progress,
+        ) as bar:
+            task = bar.add_task("sagas", total=len(self.plan.orders), detail="")
+            while True:
+                statuses = await self.statuses()
+                done = [s for s, _ in statuses.values() if s in TERMINAL]
+                bar.update(
+                    task,
+                    completed=len(done),
+                    detail=f"completed {done.count('COMPLETED')} · compensated "
+                    f"{done.count('COMPENSATED')} · failed {done.count('FAILED')}",
+                )
+                if len(done) >= target or time.time() >= deadline:
+                    return statuses
+                dead = [c for c in self.children if c.returncode is not None]
+                if dead:
+                    for child in dead:
+                        self.console.print(f"[red]{child.name} exited[/red]:\n{child.log_tail()}")
+                    return statuses
+                await asyncio.sleep(0.2)
+
+    async def summarize(self, statuses: dict[str, tuple[str, datetime | None]]) -> DemoSummary:
+        """Counts, latencies (submit to terminal) and the participants' ledger check."""
+        finished = [at for _, at in statuses.values() if at is not None]
+        wall = (max(finished).timestamp() if finished else time.time()) - self.started_at
+        latencies = [
+            (at.timestamp() - self.submitted_at[saga_id]) * 1000
+            for saga_id, (status, at) in statuses.items()
+            if status in TERMINAL and at is not None
+        ]
+        outcomes: dict[str, Literal["COMPLETED", "COMPENSATED"]] = {
+            saga_id: "COMPLETED" if status == "COMPLETED" else "COMPENSATED"
+            for saga_id, (status, _) in statuses.items()
+            if status in ("COMPLETED", "COMPENSATED")
+        }
+        async with self.engine.connect() as conn:
+            report = await check_ledger(
+                conn,
+                outcomes,
+                initial_stock=self.plan.stock,
+                ordered={o.order_id: o.items for o in self.plan.orders},
+            )
+        counts = [status for status, _ in statuses.values()]
+        terminal = sum(1 for s in counts if s in TERMINAL)
+        orders = len(self.plan.orders)
+        return DemoSummary(
+            orders=orders,
+            completed=counts.count("COMPLETED"),
+            compensated=counts.count("COMPENSATED"),
+            failed=counts.count("FAILED"),
+            stuck=orders - terminal,
+            wall_s=round(wall, 3),
+            sagas_per_s=round(orders / wall, 1) if wall > 0 else 0.0,
+            p50_ms=round(_percentile(latencies, 50), 1),
+            p95_ms=round(_percentile(latencies, 95), 1),
+            p99_ms=round(_percentile(latencies, 99), 1),
+            ledger_ok=report.ok,
+            broker=self.infra.broker,
+            ledger_problems=list(report.problems),
+        )
+
+    async def close(self) -> None:
+        """Stop every child (SIGTERM, then SIGKILL after a grace period) and the engine."""
+        for child in self.children:
+            await child.stop()
+        await self.engine.dispose()
+
+
+async def run_demo(options: DemoOptions) -> DemoSummary:
+    """Run the demo and return its summary (the table goes to stderr when ``quiet``)."""
+    console = Console(stderr=options.quiet)
+    async with infrastructure(options, console) as infra:
+        cluster = DemoCluster(options, infra, console)
+        try:
+            console.log("migrating, seeding the participants and creating topics")
+            await cluster.prepare()
+            await cluster.start()
+            console.log(f"started {len(cluster.children)} processes (logs in {cluster.log_dir})")
+            await cluster.submit()
+            statuses = await cluster.wait()
+            summary = await cluster.summarize(statuses)
+        finally:
+            await cluster.close()
+    for problem in summary.ledger_problems:
+        console.print(f"[red]ledger:[/red] {problem}")
     console.print(_table(summary))
     return summary
-
-
-async def _submit_and_watch(
-    options: DemoOptions,
-    settings: Settings,
-    engine: AsyncEngine,
-    plan: _Plan,
-    children: list[ChildProcess],
-    console: Console,
-) -> DemoSummary:
-    ids = [order.order_id for order in plan.orders]
-    submitted_at: dict[str, float] = {}
-    producer = AIOKafkaProducer(**producer_kwargs(settings.kafka))
-    await producer.start()
-    started = time.time()
-    try:
-        sends = []
-        for order in plan.orders:
-            envelope = start_request("order", order, saga_id=order.order_id, source="saga-demo")
-            submitted_at[order.order_id] = time.time()
-            sends.append(
-                await producer.send(
-                    Topics(settings.kafka.topic_prefix).requests,
-                    envelope.to_bytes(),
-                    key=envelope.key(),
-                    headers=encode_headers(envelope.headers()),
-                )
-            )
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
-    statuses: dict[str, tuple[str, datetime | None]] = {}
-    deadline = started + options.timeout_s
-    with Progress(
-        TextColumn("[bold]sagas"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[detail]}"),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("sagas", total=len(ids), detail="")
-        while time.time() < deadline:
-            statuses = await _statuses(engine, ids)
-            done = [s for s, _ in statuses.values() if s in TERMINAL]
-            progress.update(
-                task,
-                completed=len(done),
-                detail=f"completed {done.count('COMPLETED')} · compensated "
-                f"{done.count('COMPENSATED')} · failed {done.count('FAILED')}",
-            )
-            if len(done) == len(ids):
-                break
-            crashed = [c.name for c in children if c.returncode is not None]
-            if crashed:
-                for child in children:
-                    if child.returncode is not None:
-                        console.print(f"[red]{child.name} exited[/red]:\n{child.log_tail()}")
-                break
-            await asyncio.sleep(0.2)
-    finished = [at for _, at in statuses.values() if at is not None]
-    wall = (max(finished).timestamp() if finished else time.time()) - started
-    latencies = [
-        (at.timestamp() - submitted_at[saga_id]) * 1000
-        for saga_id, (status, at) in statuses.items()
-        if status in TERMINAL and at is not None
-    ]
-    outcomes: dict[str, Literal["COMPLETED", "COMPENSATED"]] = {
-        saga_id: "COMPLETED" if status == "COMPLETED" else "COMPENSATED"
-        for saga_id, (status, _) in statuses.items()
-        if status in ("COMPLETED", "COMPENSATED")
-    }
-    async with engine.connect() as conn:
-        report = await check_ledger(
-            conn,
-            outcomes,
-            initial_stock=plan.stock,
-            ordered={o.order_id: o.items for o in plan.orders},
-        )
-    counts = [status for status, _ in statuses.values()]
-    terminal = sum(1 for s in counts if s in TERMINAL)
-    return DemoSummary(
-        orders=len(ids),
-        completed=counts.count("COMPLETED"),
-        compensated=counts.count("COMPENSATED"),
-        failed=counts.count("FAILED"),
-        stuck=len(ids) - terminal,
-        wall_s=round(wall, 3),
-        sagas_per_s=round(len(ids) / wall, 1) if wall > 0 else 0.0,
-        p50_ms=round(_percentile(latencies, 50), 1),
-        p95_ms=round(_percentile(latencies, 95), 1),
-        p99_ms=round(_percentile(latencies, 99), 1),
-        ledger_ok=report.ok,
-        ledger_problems=list(report.problems),
-    )
 
 
 def _table(summary: DemoSummary) -> Table:
