@@ -1,5 +1,7 @@
 """Participant SDK and the wire contract of the saga coordinator."""
 
+from service_sdk._private.dead_letters import dead_letter_headers
+from service_sdk.config import KafkaConfig
 from service_sdk.envelope import (
     SPEC_VERSION,
     Command,
@@ -18,6 +20,8 @@ from service_sdk.errors import (
     UnknownMessageTypeError,
 )
 from service_sdk.headers import DeadLetterHeader, Header, decode_headers, encode_headers
+from service_sdk.runner import RunnerObserver, ServiceRunner
+from service_sdk.service import Deferred, HandlerContext, HandlerResult, Service
 from service_sdk.topics import Topics
 
 __all__ = [
@@ -26,15 +30,23 @@ __all__ = [
     "CommandRejected",
     "ContractError",
     "DeadLetterHeader",
+    "Deferred",
     "Envelope",
+    "HandlerContext",
     "HandlerRegistrationError",
+    "HandlerResult",
     "Header",
+    "KafkaConfig",
     "MalformedMessageError",
     "MessageKind",
     "Outcome",
     "ParticipantError",
+    "RunnerObserver",
+    "Service",
+    "ServiceRunner",
     "Topics",
     "UnknownMessageTypeError",
+    "dead_letter_headers",
     "decode_envelope",
     "decode_headers",
     "encode_headers",

@@ -1,0 +1,1 @@
+"""The demo: example participant services, the ledger check and the demo runner."""

@@ -1,0 +1,1 @@
+"""Internals of the participant SDK; not part of its public API."""

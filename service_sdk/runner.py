@@ -1,0 +1,502 @@
+"""The runtime of a participant service: consume commands, run handlers, publish replies.
+
+For every batch from ``<prefix><service>.commands``, record by record in partition order:
+
+1. Decode the envelope; a record that is not a valid command of this service goes to
+   ``<topic>.dlq`` with ``kafka_dlt-*`` headers, and the consumer moves on.
+2. In one PostgreSQL transaction, claim the command id in ``<schema>.saga_processed_commands``.
+   A command already answered gets its recorded reply again (same message id, so the
+   coordinator's inbox drops it); a deferred one gets nothing. Otherwise the handler runs in a
+   SAVEPOINT of that transaction and its reply is recorded with it.
+3. Publish the reply to the command's ``reply_to`` (default ``saga.replies``), keyed by saga id.
+
+After the batch the producer is flushed and only then are the offsets committed, so a crash
+re-delivers commands (answered from the record) rather than losing replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service_sdk._private.dead_letters import DeadLetterRecord
+from service_sdk._private.idempotency import CommandStatus, ProcessedCommands
+from service_sdk.config import KafkaConfig
+from service_sdk.envelope import Command, Envelope, MessageKind, Outcome, decode_envelope
+from service_sdk.errors import ContractError, MalformedMessageError, UnknownMessageTypeError
+from service_sdk.headers import encode_headers
+from service_sdk.service import Deferred, Service, reply_envelope, reply_payload
+from service_sdk.topics import Topics
+
+__all__ = ["RunnerObserver", "ServiceRunner"]
+
+logger = logging.getLogger(__name__)
+
+_POLL_TIMEOUT_MS = 200
+_MAX_CONNECT_BACKOFF_S = 5.0
+
+
+class RunnerObserver(Protocol):
+    """Hooks for metrics; every method must return quickly and never raise."""
+
+    def command_processed(self, message_type: str, result: str, duration_s: float) -> None:
+        """A command was answered or recognised.
+
+        Args:
+            message_type: The command's type.
+            result: ``success``, ``failure``, ``retryable``, ``deferred``, ``duplicate``
+                (answered from the record) or ``pending`` (a deferred command re-delivered).
+            duration_s: Wall time of the database transaction, handler included.
+        """
+
+    def handler_failed(self, message_type: str, attempt: int) -> None:
+        """A handler raised an unexpected error on ``attempt`` (it is retried or dead-lettered)."""
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        """A record of ``topic`` was sent to its dead-letter topic for ``reason``."""
+
+
+class _NoObserver:
+    def command_processed(self, message_type: str, result: str, duration_s: float) -> None:
+        pass
+
+    def handler_failed(self, message_type: str, attempt: int) -> None:
+        pass
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        pass
+
+
+class _StoppingError(Exception):
+    """The runner is stopping while waiting for the database."""
+
+
+@dataclass(frozen=True)
+class _Publication:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class ServiceRunner:
+    """Runs one :class:`~service_sdk.service.Service` against Kafka and its PostgreSQL.
+
+    Args:
+        service: The service declaration with its handlers.
+        kafka: How to reach Kafka.
+        engine: The service's database; handlers write through the same transaction that
+            records the command as processed.
+        topics: Topic naming (prefix); default names when None.
+        group_id: Consumer group; ``"<service>-service"`` when None.
+        max_batch: Most records taken per poll.
+        handler_attempts: Runs of a handler raising an unexpected error before the command
+            is dead-lettered (reason ``handler_error``).
+        handler_backoff_s: Wait after the first failed run; doubles per further run.
+        observer: Metrics hooks.
+
+    Example::
+
+        async with ServiceRunner(inventory, kafka=KafkaConfig("kafka:9092"), engine=engine) as runner:
+            await runner.wait()
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        kafka: KafkaConfig,
+        engine: AsyncEngine,
+        topics: Topics | None = None,
+        group_id: str | None = None,
+        max_batch: int = 200,
+        handler_attempts: int = 3,
+        handler_backoff_s: float = 0.2,
+        observer: RunnerObserver | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if handler_attempts < 1:
+            raise ValueError("handler_attempts must be at least 1")
+        self.service = service
+        self.topics = topics if topics is not None else Topics()
+        self.group_id = group_id if group_id is not None else f"{service.name}-service"
+        self.topic = self.topics.commands(service.name)
+        self._kafka = kafka
+        self._engine = engine
+        self._max_batch = max_batch
+        self._handler_attempts = handler_attempts
+        self._handler_backoff_s = handler_backoff_s
+        self._observer: RunnerObserver = observer if observer is not None else _NoObserver()
+        self._store = ProcessedCommands(service.schema)
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._stopped = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def install_schema(self) -> None:
+        """Create ``<schema>.saga_processed_commands`` if it does not exist."""
+        async with self._engine.begin() as conn:
+            await self._store.install(conn)
+
+    async def start(self) -> None:
+        """Install the schema, connect to Kafka and start consuming in a task.
+
+        Raises:
+            RuntimeError: The runner was stopped before (a runner is started once).
+        """
+        if self._stopped:
+            raise RuntimeError("a stopped ServiceRunner cannot be started again")
+        if self._task is not None:
+            return
+        await self.install_schema()
+        producer = AIOKafkaProducer(**self._kafka.producer_kwargs())
+        await producer.start()
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **self._kafka.consumer_kwargs(),
+        )
+        try:
+            await consumer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer, self._consumer = producer, consumer
+        self._task = asyncio.create_task(self._consume(), name=f"{self.service.name}-runner")
+        logger.info(
+            "service %s consuming %s as group %s", self.service.name, self.topic, self.group_id
+        )
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, publish its replies, commit its offsets, close Kafka.
+
+        Idempotent. The engine is the caller's and stays open.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()
+        if self._task is not None:
+            # wait() rather than await: a loop that failed was logged, and the clients
+            # must be closed anyway.
+            await asyncio.wait([self._task])
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        logger.info("service %s stopped", self.service.name)
+
+    async def wait(self) -> None:
+        """Wait until the consume loop ends (after :meth:`stop`, or a fatal Kafka error).
+
+        Raises:
+            Exception: The error that ended the loop.
+        """
+        if self._task is None:
+            raise RuntimeError("the runner is not started")
+        await asyncio.shield(self._task)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- deferred replies ------------------------------------------------------------------
+
+    async def complete_later(
+        self, command_id: str, payload: BaseModel | Mapping[str, Any] | None = None
+    ) -> Envelope:
+        """Answer a deferred command with success, record the reply and publish it.
+
+        Idempotent: once answered, a command's recorded reply is published again (same
+        message id) and returned, whatever the later call asks.
+
+        Raises:
+            LookupError: No deferred or answered command has this id.
+        """
+        data = reply_payload(payload)
+        return await self._finish_later(
+            command_id,
+            lambda command: reply_envelope(
+                command, self.service.name, Outcome.SUCCESS, payload=data
+            ),
+        )
+
+    async def reject_later(
+        self,
+        command_id: str,
+        reason: str,
+        *,
+        retryable: bool = False,
+        data: Mapping[str, Any] | None = None,
+    ) -> Envelope:
+        """Answer a deferred command with a rejection, like a handler raising ``CommandRejected``.
+
+        A final rejection is recorded (idempotent, as :meth:`complete_later`); a retryable one
+        forgets the command, so the coordinator's re-send runs the handler again.
+
+        Raises:
+            LookupError: No deferred or answered command has this id.
+        """
+        outcome = Outcome.RETRYABLE if retryable else Outcome.FAILURE
+        return await self._finish_later(
+            command_id,
+            lambda command: reply_envelope(
+                command, self.service.name, outcome, payload=dict(data or {}), error=reason
+            ),
+        )
+
+    async def _finish_later(
+        self, command_id: str, build: Callable[[Envelope], Envelope]
+    ) -> Envelope:
+        if self._producer is None or self._stopped:
+            raise RuntimeError("the runner is not running")
+        async with self._engine.begin() as conn:
+            row = await self._store.select_for_update(conn, command_id)
+            if row is None:
+                raise LookupError(f"{self.service.name}: no deferred command {command_id!r}")
+            if row.status is CommandStatus.DONE and row.reply is not None:
+                reply = row.reply
+            else:
+                reply = build(row.command)
+                await self._record(conn, command_id, reply)
+            publication = self._reply_publication(reply, row.command)
+        await (await self._send(publication))
+        logger.info(
+            "deferred command %s answered: %s",
+            command_id,
+            reply.outcome,
+            extra={"saga_id": reply.saga_id, "command_id": command_id},
+        )
+        return reply
+
+    # -- the consume loop ------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(
+                    timeout_ms=_POLL_TIMEOUT_MS, max_records=self._max_batch
+                )
+                if batch:
+                    await self._process_batch(batch)
+        except Exception:
+            logger.exception("service %s: consume loop failed", self.service.name)
+            raise
+
+    async def _process_batch(self, batch: dict[Any, list[Any]]) -> None:
+        done: dict[Any, int] = {}
+        sends: list[asyncio.Future[Any]] = []
+        try:
+            try:
+                for tp, records in batch.items():
+                    for record in records:
+                        for publication in await self._process_record(record):
+                            sends.append(await self._send(publication))
+                        done[tp] = record.offset + 1
+            except _StoppingError:
+                logger.info("service %s: stopping in the middle of a batch", self.service.name)
+            # Every send is awaited, so that no failed future is left unretrieved.
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            failures = [result for result in results if isinstance(result, BaseException)]
+            if failures:
+                raise failures[0]
+        except Exception:
+            # Nothing of this batch is committed: read it again. Answered commands are answered
+            # again from the record, so a reply is never lost, at worst published twice.
+            logger.exception("service %s: publishing failed; re-reading", self.service.name)
+            self._rewind(batch)
+            await self._pause(self._handler_backoff_s)
+            return
+        if done:
+            await self._commit(done)
+
+    def _rewind(self, batch: dict[Any, list[Any]]) -> None:
+        for tp, records in batch.items():
+            try:
+                self._consumer.seek(tp, records[0].offset)
+            except KafkaError as exc:
+                # The partition was revoked meanwhile; its new owner reads from the commit.
+                logger.debug("cannot rewind %s: %r", tp, exc)
+
+    async def _commit(self, offsets: dict[Any, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # Usually a rebalance moved the partition: its new owner re-reads these records
+            # and answers them from the processed-commands record.
+            logger.warning("service %s: offset commit failed: %r", self.service.name, exc)
+
+    async def _send(self, publication: _Publication) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = await self._producer.send(
+            publication.topic,
+            value=publication.value,
+            key=publication.key,
+            headers=publication.headers,
+        )
+        return future
+
+    async def _process_record(self, record: Any) -> list[_Publication]:
+        try:
+            envelope = decode_envelope(record.value)
+        except MalformedMessageError as exc:
+            return [self._dead_letter(record, exc, "malformed")]
+        if envelope.kind is not MessageKind.COMMAND:
+            error = ContractError(f"expected a command, got a {envelope.kind.value} envelope")
+            return [self._dead_letter(record, error, "schema")]
+        if not envelope.command_id:
+            return [
+                self._dead_letter(record, ContractError("command without command_id"), "schema")
+            ]
+        try:
+            command = self.service.parse(envelope)
+        except UnknownMessageTypeError as exc:
+            return [self._dead_letter(record, exc, "unknown_type")]
+        except ValidationError as exc:
+            return [self._dead_letter(record, exc, "schema")]
+        return await self._execute_with_retries(record, envelope, command)
+
+    async def _execute_with_retries(
+        self, record: Any, envelope: Envelope, command: Command
+    ) -> list[_Publication]:
+        extra = {"saga_id": envelope.saga_id, "command_id": envelope.command_id}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._execute(envelope, command)
+            except _StoppingError:
+                raise
+            except Exception as exc:
+                self._observer.handler_failed(envelope.message_type, attempt)
+                if attempt >= self._handler_attempts:
+                    logger.error(
+                        "%s failed %d time(s); dead-lettering it",
+                        envelope.message_type,
+                        attempt,
+                        exc_info=exc,
+                        extra=extra,
+                    )
+                    return [self._dead_letter(record, exc, "handler_error")]
+                logger.warning(
+                    "%s failed (attempt %d of %d): %r",
+                    envelope.message_type,
+                    attempt,
+                    self._handler_attempts,
+                    exc,
+                    extra=extra,
+                )
+                await asyncio.sleep(self._handler_backoff_s * 2 ** (attempt - 1))
+
+    async def _execute(self, envelope: Envelope, command: Command) -> list[_Publication]:
+        command_id = envelope.command_id
+        assert command_id is not None  # checked by _process_record
+        extra = {"saga_id": envelope.saga_id, "command_id": command_id}
+        conn = await self._connect()
+        started = time.monotonic()
+        try:
+            async with conn.begin():
+                if not await self._store.insert_claim(conn, envelope):
+                    row = await self._store.select_for_update(conn, command_id)
+                    if row is None:
+                        raise RuntimeError(f"record of command {command_id!r} vanished")
+                    if row.status is CommandStatus.PENDING or row.reply is None:
+                        self._observe(envelope, "pending", started)
+                        logger.info("deferred command re-delivered; still pending", extra=extra)
+                        return []
+                    self._observe(envelope, "duplicate", started)
+                    logger.info("command re-delivered; re-publishing its reply", extra=extra)
+                    return [self._reply_publication(row.reply, envelope)]
+                result = await self.service.dispatch(envelope, command, conn)
+                if isinstance(result, Deferred):
+                    self._observe(envelope, "deferred", started)
+                    return []
+                await self._record(conn, command_id, result)
+                publication = self._reply_publication(result, envelope)
+        finally:
+            await conn.close()
+        assert result.outcome is not None
+        self._observe(envelope, result.outcome.value, started)
+        return [publication]
+
+    async def _record(self, conn: AsyncConnection, command_id: str, reply: Envelope) -> None:
+        if reply.outcome is Outcome.RETRYABLE:
+            await self._store.delete(conn, command_id)
+        else:
+            await self._store.update_done(conn, command_id, reply)
+
+    async def _connect(self) -> AsyncConnection:
+        """A connection; while the database is unreachable, wait (this is not the command's
+        fault, so it does not count as a handler attempt) until it is back or we stop."""
+        delay = max(self._handler_backoff_s, 0.05)
+        while True:
+            conn = self._engine.connect()
+            try:
+                await conn.start()
+            except Exception as exc:
+                logger.warning("service %s: database unreachable: %r", self.service.name, exc)
+                if await self._pause(delay):
+                    raise _StoppingError from exc
+                delay = min(delay * 2, _MAX_CONNECT_BACKOFF_S)
+                continue
+            return conn
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep; return True early when the runner is asked to stop."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def _observe(self, envelope: Envelope, result: str, started: float) -> None:
+        self._observer.command_processed(envelope.message_type, result, time.monotonic() - started)
+
+    def _reply_publication(self, reply: Envelope, command: Envelope) -> _Publication:
+        return _Publication(
+            topic=command.reply_to or self.topics.replies,
+            key=reply.key(),
+            value=reply.to_bytes(),
+            headers=encode_headers(reply.headers()),
+        )
+
+    def _dead_letter(self, record: Any, exc: BaseException, reason: str) -> _Publication:
+        letter = DeadLetterRecord.from_consumer_record(
+            record, group=self.group_id, exc=exc, reason=reason
+        )
+        logger.warning(
+            "dead-lettering %s[%d]@%d to %s (%s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            letter.topic,
+            reason,
+            exc,
+        )
+        self._observer.dead_lettered(record.topic, reason)
+        return _Publication(
+            topic=letter.topic, key=letter.key, value=letter.value, headers=letter.headers
+        )

@@ -1,0 +1,313 @@
+"""The declaration of a participant service and its command handlers.
+
+A service is an instance; handlers are registered on it with a decorator and validated when
+the module is imported::
+
+    inventory = Service("inventory", schema="inventory")
+
+    @inventory.handles(ReserveStock)
+    async def reserve(cmd: ReserveStock, ctx: HandlerContext) -> StockReserved:
+        await ctx.connection.execute(...)
+        return StockReserved(reservation_id=...)
+
+A handler returns its success reply (a pydantic model, a mapping or None), raises
+:class:`~service_sdk.errors.CommandRejected` to refuse the command, or returns
+``ctx.defer()`` to answer later through the runner. Any other exception is retried by the
+runner and then dead-lettered.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service_sdk.envelope import Command, Envelope, MessageKind, Outcome, new_message_id
+from service_sdk.errors import CommandRejected, HandlerRegistrationError, UnknownMessageTypeError
+
+__all__ = [
+    "CommandHandler",
+    "Deferred",
+    "HandlerContext",
+    "HandlerResult",
+    "Registration",
+    "Service",
+]
+
+C = TypeVar("C", bound=Command)
+
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Returned by a handler (via :meth:`HandlerContext.defer`) that answers later.
+
+    The runner records the command as pending; the service finishes it with
+    ``ServiceRunner.complete_later`` or ``ServiceRunner.reject_later``.
+
+    Attributes:
+        command_id: The id to pass to ``complete_later`` / ``reject_later``.
+    """
+
+    command_id: str
+
+
+HandlerResult: TypeAlias = BaseModel | Mapping[str, Any] | Deferred | None
+"""What a handler may return: the success reply's data, or :class:`Deferred`."""
+
+CommandHandler: TypeAlias = Callable[[C, "HandlerContext"], Awaitable[HandlerResult]]
+"""An ``async def handler(command, ctx)``."""
+
+
+class HandlerContext:
+    """What a handler knows besides its command.
+
+    Args:
+        connection: The service's database connection, inside the transaction that also
+            records the command as processed; None only in unit tests without a database.
+        envelope: The command's envelope.
+        service: The service the handler belongs to.
+    """
+
+    def __init__(
+        self, *, connection: AsyncConnection | None, envelope: Envelope, service: Service
+    ) -> None:
+        self._connection = connection
+        self.envelope = envelope
+        self.service = service
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The connection; the handler's writes commit together with the processed record.
+
+        Raises:
+            RuntimeError: The handler runs without a database (a unit test that passed
+                no connection).
+        """
+        if self._connection is None:
+            raise RuntimeError(
+                f"handler of {self.envelope.message_type!r} needs a database connection; "
+                "pass connection= to service_sdk.testing.invoke"
+            )
+        return self._connection
+
+    @property
+    def saga_id(self) -> str:
+        """The saga the command belongs to."""
+        return self.envelope.saga_id
+
+    @property
+    def command_id(self) -> str:
+        """The command's id, the same on every re-send."""
+        return self.envelope.command_id or self.envelope.message_id
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first send, +1 for every re-send by the coordinator."""
+        return self.envelope.attempt
+
+    @property
+    def step(self) -> str | None:
+        """The saga step the command belongs to."""
+        return self.envelope.step
+
+    def defer(self) -> Deferred:
+        """Answer later: return this from the handler; its writes still commit."""
+        return Deferred(command_id=self.command_id)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A command model and the handler registered for it.
+
+    Attributes:
+        model: The command's payload model.
+        handler: The coroutine function handling it.
+    """
+
+    model: type[Command]
+    handler: Callable[[Any, HandlerContext], Awaitable[HandlerResult]]
+
+
+class Service:
+    """A participant service: its name, its database schema and its command handlers.
+
+    Args:
+        name: The service's name; it consumes ``<prefix><name>.commands`` and signs its
+            replies with it (lowercase letters, digits, ``_`` and ``-``).
+        schema: The PostgreSQL schema that holds the service's processed-commands record;
+            defaults to the name with ``-`` replaced by ``_``.
+
+    Raises:
+        HandlerRegistrationError: The name or schema is not valid.
+    """
+
+    def __init__(self, name: str, *, schema: str | None = None) -> None:
+        if not _SERVICE_NAME.fullmatch(name):
+            raise HandlerRegistrationError(
+                f"service name {name!r} must match {_SERVICE_NAME.pattern}"
+            )
+        resolved = schema if schema is not None else name.replace("-", "_")
+        if not _SCHEMA_NAME.fullmatch(resolved):
+            raise HandlerRegistrationError(
+                f"schema {resolved!r} of service {name!r} must match {_SCHEMA_NAME.pattern}"
+            )
+        self.name = name
+        self.schema = resolved
+        self._registrations: dict[str, Registration] = {}
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, schema={self.schema!r})"
+
+    def handles(self, model: type[C]) -> Callable[[CommandHandler[C]], CommandHandler[C]]:
+        """Register the decorated coroutine function as the handler of ``model``.
+
+        Args:
+            model: A :class:`~service_sdk.envelope.Command` subclass with a ``message_type``.
+
+        Raises:
+            HandlerRegistrationError: ``model`` is not a Command subclass, has no
+                ``message_type`` or already has a handler, or the handler is not
+                an ``async def``.
+        """
+        if not (isinstance(model, type) and issubclass(model, Command)):
+            raise HandlerRegistrationError(f"{model!r} is not a service_sdk.Command subclass")
+        message_type = model.message_type
+        if not isinstance(message_type, str) or not message_type:
+            raise HandlerRegistrationError(f"{model.__qualname__} has no message_type")
+        if message_type in self._registrations:
+            existing = self._registrations[message_type].handler
+            raise HandlerRegistrationError(
+                f"{self.name}: {message_type!r} is already handled by "
+                f"{getattr(existing, '__qualname__', existing)!r}"
+            )
+
+        def register(handler: CommandHandler[C]) -> CommandHandler[C]:
+            if not inspect.iscoroutinefunction(handler):
+                raise HandlerRegistrationError(
+                    f"handler {getattr(handler, '__qualname__', handler)!r} of "
+                    f"{message_type!r} must be an async def"
+                )
+            if message_type in self._registrations:
+                raise HandlerRegistrationError(f"{self.name}: {message_type!r} handled twice")
+            self._registrations[message_type] = Registration(model=model, handler=handler)
+            return handler
+
+        return register
+
+    @property
+    def message_types(self) -> frozenset[str]:
+        """The command types this service handles."""
+        return frozenset(self._registrations)
+
+    def __iter__(self) -> Iterator[Registration]:
+        return iter(self._registrations.values())
+
+    def registration(self, message_type: str) -> Registration:
+        """The registration of ``message_type``.
+
+        Raises:
+            UnknownMessageTypeError: No handler is registered for it.
+        """
+        try:
+            return self._registrations[message_type]
+        except KeyError:
+            raise UnknownMessageTypeError(
+                f"service {self.name!r} has no handler for {message_type!r}"
+            ) from None
+
+    def parse(self, envelope: Envelope) -> Command:
+        """Validate a command envelope's payload against the registered model.
+
+        Raises:
+            UnknownMessageTypeError: No handler is registered for the message type.
+            pydantic.ValidationError: The payload does not fit the model.
+        """
+        return self.registration(envelope.message_type).model.model_validate(envelope.payload)
+
+    async def dispatch(
+        self, envelope: Envelope, command: Command, connection: AsyncConnection | None
+    ) -> Envelope | Deferred:
+        """Run the handler for one command and turn its outcome into a reply.
+
+        This is the step the runner and :mod:`service_sdk.testing` share; services do not
+        call it. The handler runs inside a SAVEPOINT of ``connection``, so a rejection
+        undoes its writes while the caller's transaction goes on.
+
+        Returns:
+            The reply envelope (success, failure or retryable), or :class:`Deferred`.
+
+        Raises:
+            Exception: Whatever the handler raised other than ``CommandRejected``; its
+                writes are rolled back to the savepoint.
+        """
+        handler = self.registration(envelope.message_type).handler
+        ctx = HandlerContext(connection=connection, envelope=envelope, service=self)
+        try:
+            if connection is None:
+                result = await handler(command, ctx)
+            else:
+                async with connection.begin_nested():
+                    result = await handler(command, ctx)
+        except CommandRejected as rejected:
+            outcome = Outcome.RETRYABLE if rejected.retryable else Outcome.FAILURE
+            return reply_envelope(
+                envelope,
+                self.name,
+                outcome,
+                payload=dict(rejected.data),
+                error=rejected.reason,
+            )
+        if isinstance(result, Deferred):
+            return result
+        return reply_envelope(envelope, self.name, Outcome.SUCCESS, payload=reply_payload(result))
+
+
+def reply_payload(result: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A handler's success value as a reply payload."""
+    if result is None:
+        return {}
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    if isinstance(result, Mapping):
+        return dict(result)
+    raise TypeError(
+        f"a handler returns a pydantic model, a mapping, None or ctx.defer(), not {result!r}"
+    )
+
+
+def reply_envelope(
+    command: Envelope,
+    source: str,
+    outcome: Outcome,
+    *,
+    payload: dict[str, Any],
+    error: str | None = None,
+) -> Envelope:
+    """The reply to ``command``, with a new message id.
+
+    It carries the command's saga id, saga type, step, attempt, command id and trace
+    context, and the command's message type.
+    """
+    return Envelope(
+        message_id=new_message_id(),
+        kind=MessageKind.REPLY,
+        message_type=command.message_type,
+        source=source,
+        saga_id=command.saga_id,
+        saga_type=command.saga_type,
+        step=command.step,
+        attempt=command.attempt,
+        command_id=command.command_id,
+        outcome=outcome,
+        error=error,
+        payload=payload,
+        traceparent=command.traceparent,
+    )
