@@ -105,7 +105,12 @@ class Infrastructure:
 @contextlib.asynccontextmanager
 async def infrastructure(options: DemoOptions, console: Console) -> AsyncIterator[Infrastructure]:
     """The given Kafka and PostgreSQL, or embedded ones started (and removed) here."""
-    from coordinator.devstack import EmbeddedKafka, start_postgres
+    from coordinator.devstack import (
+        EmbeddedKafka,
+        LocalPostgres,
+        PostgresBinaries,
+        PrerequisiteMissingError,
+    )
 
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = options.bootstrap_servers
@@ -119,8 +124,12 @@ async def infrastructure(options: DemoOptions, console: Console) -> AsyncIterato
             broker = "embedded"
         database_url = options.database_url
         if database_url is None:
-            console.log("starting an embedded PostgreSQL")
-            postgres = await stack.enter_async_context(start_postgres())
+            try:
+                binaries = PostgresBinaries.find("embedded")
+            except PrerequisiteMissingError:
+                binaries = PostgresBinaries.find("debian")
+            console.log(f"starting PostgreSQL ({binaries.flavor} server binaries)")
+            postgres = await stack.enter_async_context(LocalPostgres(binaries))
             database_url = postgres.url
         yield Infrastructure(bootstrap, idempotent, database_url, broker)
 
