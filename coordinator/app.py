@@ -7,6 +7,7 @@ import contextlib
 import logging
 from types import TracebackType
 
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.client import SagaClient
@@ -47,7 +48,7 @@ class Coordinator:
         self._engine: AsyncEngine | None = None
         self._started = False
         self._stopped = False
-        self._producer = create_producer(settings.kafka)
+        self._producer: AIOKafkaProducer | None = None
         self.store: SagaStore
         self.relay: OutboxRelay
         self.processor: BatchProcessor
@@ -85,13 +86,14 @@ class Coordinator:
         self.store = SagaStore(self._engine)
         if settings.kafka.create_topics:
             await ensure_topics(settings.kafka.bootstrap_servers, self.topic_plan())
-        await self._producer.start()
-        self.relay = OutboxRelay(self.store, self._producer, settings.relay, self.clock)
+        self._producer = producer = create_producer(settings.kafka)
+        await producer.start()
+        self.relay = OutboxRelay(self.store, producer, settings.relay, self.clock)
         self.processor = BatchProcessor(self.store, self.registry, self.topics, self.clock)
         self.client = SagaClient(self.processor, self.relay)
         self.consumer = ReplyConsumer(
             self.processor,
-            DeadLetterPublisher(self._producer, settings.kafka.group_id),
+            DeadLetterPublisher(producer, settings.kafka.group_id),
             settings.kafka,
             self.topics,
             on_commit=self._after_commit,
@@ -138,7 +140,8 @@ class Coordinator:
         self._stopped = True
         with contextlib.suppress(Exception):
             await self.consumer.stop()
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
         if self._engine is not None:
             await self._engine.dispose()
         logger.info("coordinator stopped")

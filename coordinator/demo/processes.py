@@ -80,6 +80,7 @@ def child_env(settings: Settings) -> dict[str, str]:
     env["SAGA_KAFKA__BOOTSTRAP_SERVERS"] = settings.kafka.bootstrap_servers
     env["SAGA_KAFKA__IDEMPOTENT"] = "true" if settings.kafka.idempotent else "false"
     env["SAGA_KAFKA__TOPIC_PREFIX"] = settings.kafka.topic_prefix
+    env["SAGA_KAFKA__GROUP_ID"] = settings.kafka.group_id
     env["SAGA_DATABASE__URL"] = settings.database.url
     return env
 
@@ -89,7 +90,6 @@ async def run_participant(
 ) -> None:
     """Run the example participant ``name`` until a signal sets the stop event."""
     from coordinator.demo.participants import PARTICIPANTS
-
     from service_sdk import KafkaConfig, ServiceRunner, Topics
 
     try:
@@ -109,6 +109,7 @@ async def run_participant(
             ),
             engine=engine,
             topics=Topics(settings.kafka.topic_prefix),
+            group_id=f"{settings.kafka.topic_prefix}{name}-service",
         )
         stop = asyncio.Event()
         install_signals(stop)

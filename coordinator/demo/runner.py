@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
-from coordinator.demo.ledger import check_ledger
-from coordinator.demo.participants import PARTICIPANTS, inventory, payment
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,6 +26,8 @@ from coordinator.app import Coordinator
 from coordinator.client import start_request
 from coordinator.config import DatabaseSettings, KafkaSettings, Settings
 from coordinator.database import create_engine
+from coordinator.demo.ledger import check_ledger
+from coordinator.demo.participants import PARTICIPANTS, inventory, payment
 from coordinator.demo.processes import ChildProcess, child_env
 from coordinator.kafka import ensure_topics, producer_kwargs
 from coordinator.migrate import upgrade_database
@@ -60,6 +60,8 @@ class DemoOptions:
     seed: int = 7
     quiet: bool = False
     coordinators: int = 1
+    topic_prefix: str = ""
+    """Prefixes topics and consumer groups, so runs sharing a broker stay apart."""
 
 
 @dataclass
@@ -139,6 +141,8 @@ class _Plan:
     orders: list[OrderData]
     declined_customers: set[str]
     stock: dict[str, int]
+    warmup: OrderData
+    warmup_stock: dict[str, int]
 
 
 def _plan(options: DemoOptions) -> _Plan:
@@ -166,15 +170,27 @@ def _plan(options: DemoOptions) -> _Plan:
                 amount_cents=rng.randint(500, 50_000),
             )
         )
-    return _Plan(orders, declined_customers, {sku: 1_000_000 for sku in skus})
+    warmup = OrderData(
+        order_id=f"{run}-warmup",
+        customer_id=f"{run}-warmup-customer",
+        items=(OrderItem(sku=f"{run}-warmup-sku", quantity=1),),
+        amount_cents=100,
+    )
+    return _Plan(
+        orders,
+        declined_customers,
+        {sku: 1_000_000 for sku in skus},
+        warmup,
+        {f"{run}-warmup-sku": 1},
+    )
 
 
 async def _prepare(engine: AsyncEngine, plan: _Plan) -> None:
     async with engine.begin() as conn:
         for module in PARTICIPANTS.values():
             await module.install(conn)
-        await inventory.seed(conn, plan.stock)
-        customers = {o.customer_id: "ok" for o in plan.orders}
+        await inventory.seed(conn, {**plan.stock, **plan.warmup_stock})
+        customers = {o.customer_id: "ok" for o in [*plan.orders, plan.warmup]}
         customers.update({c: "declined" for c in plan.declined_customers})
         await payment.seed(conn, customers)
 
@@ -210,7 +226,10 @@ class DemoCluster:
         self.plan = _plan(options)
         self.settings = Settings(
             kafka=KafkaSettings(
-                bootstrap_servers=infra.bootstrap_servers, idempotent=infra.idempotent
+                bootstrap_servers=infra.bootstrap_servers,
+                idempotent=infra.idempotent,
+                topic_prefix=options.topic_prefix,
+                group_id=f"{options.topic_prefix}saga-coordinator",
             ),
             database=DatabaseSettings(url=infra.database_url),
         )
@@ -254,15 +273,29 @@ class DemoCluster:
             await child.start()
             self.children.append(child)
 
-    async def submit(self) -> None:
-        """Publish every order as a start request to ``saga.requests``."""
+    async def wait_ready(self, timeout_s: float = 90.0) -> float:
+        """Run one warm-up saga through every process, so latencies exclude start-up
+        (consumer-group joins). Returns the seconds it took."""
+        began = time.monotonic()
+        warmup = self.plan.warmup
+        await self._publish([warmup])
+        while True:
+            status = (await _statuses(self.engine, [warmup.order_id])).get(warmup.order_id)
+            if status is not None and status[0] in TERMINAL:
+                return time.monotonic() - began
+            dead = [c for c in self.children if c.returncode is not None]
+            if dead or time.monotonic() - began > timeout_s:
+                tails = "\n".join(f"--- {c.name}\n{c.log_tail()}" for c in self.children)
+                raise RuntimeError(f"not ready after {time.monotonic() - began:.0f}s:\n{tails}")
+            await asyncio.sleep(0.1)
+
+    async def _publish(self, orders: list[OrderData]) -> None:
         producer = AIOKafkaProducer(**producer_kwargs(self.settings.kafka))
         await producer.start()
-        self.started_at = time.time()
         topic = Topics(self.settings.kafka.topic_prefix).requests
         try:
             sends = []
-            for order in self.plan.orders:
+            for order in orders:
                 envelope = start_request("order", order, saga_id=order.order_id, source="demo")
                 self.submitted_at[order.order_id] = time.time()
                 sends.append(
@@ -276,6 +309,11 @@ class DemoCluster:
             await asyncio.gather(*sends)
         finally:
             await producer.stop()
+
+    async def submit(self) -> None:
+        """Publish every order as a start request to ``saga.requests``."""
+        self.started_at = time.time()
+        await self._publish(self.plan.orders)
 
     async def statuses(self) -> dict[str, tuple[str, datetime | None]]:
         """Each order's saga status and completion time (absent: not started yet)."""
@@ -373,6 +411,8 @@ async def run_demo(options: DemoOptions) -> DemoSummary:
             await cluster.prepare()
             await cluster.start()
             console.log(f"started {len(cluster.children)} processes (logs in {cluster.log_dir})")
+            waited = await cluster.wait_ready()
+            console.log(f"warm-up saga done after {waited:.1f}s; submitting the orders")
             await cluster.submit()
             statuses = await cluster.wait()
             summary = await cluster.summarize(statuses)
