@@ -1,0 +1,38 @@
+"""The coordinator's connection pool to PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+__all__ = ["create_engine"]
+
+
+def _json_dumps(value: Any) -> str:
+    # NaN and Infinity are not JSON and PostgreSQL's jsonb rejects them; fail here, with a
+    # Python traceback pointing at the value, rather than in the server.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """An asyncpg engine for ``url``.
+
+    A plain ``postgresql://`` URL is given the asyncpg driver, so operators can paste the URL
+    they use with psql. Connections are pinged when checked out, so a pool survives a database
+    restart or failover with one failed ping per stale connection instead of a failed batch.
+    """
+    sa_url = make_url(url)
+    if sa_url.drivername in ("postgresql", "postgres"):
+        sa_url = sa_url.set(drivername="postgresql+asyncpg")
+    return create_async_engine(
+        sa_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        json_deserializer=json.loads,
+        connect_args={"server_settings": {"application_name": "saga-coordinator"}},
+    )
