@@ -13,10 +13,9 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal
 
 from coordinator.devstack.errors import (
     DevStackError,
@@ -25,11 +24,11 @@ from coordinator.devstack.errors import (
 )
 from coordinator.devstack.kafka_admin import wait_for_kafka
 from coordinator.devstack.ports import LOOPBACK, free_ports
-from coordinator.devstack.process import ManagedProcess, make_scratch_dir, remove_scratch_dir
+from coordinator.devstack.process import ManagedProcess, make_scratch_dir
+from coordinator.devstack.scratch_server import ScratchServer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from types import TracebackType
 
 __all__ = [
     "KAFKA_VERSION",
@@ -199,7 +198,7 @@ class KafkaDistribution:
             return True
 
 
-class ApacheKafka:
+class ApacheKafka(ScratchServer):
     """One KRaft node (broker + controller) on loopback, data in a scratch directory."""
 
     def __init__(
@@ -215,13 +214,10 @@ class ApacheKafka:
         self.distribution = distribution or KafkaDistribution(default_kafka_cache_dir(os.environ))
         self.num_partitions = num_partitions
         self.heap_mb = heap_mb
-        self.startup_timeout = startup_timeout
         self.extra_properties = dict(extra_properties or {})
         self.java = java
-        self.startup_seconds: float | None = None
-        self._bootstrap: str | None = None
-        self._workdir: Path | None = None
-        self._process: ManagedProcess | None = None
+        self._java_path = ""
+        super().__init__(startup_timeout=startup_timeout)
 
     @property
     def kind(self) -> Literal["apache"]:
@@ -237,80 +233,46 @@ class ApacheKafka:
 
     @property
     def bootstrap_servers(self) -> str:
-        if self._bootstrap is None:
-            raise RuntimeError("ApacheKafka is not started")
-        return self._bootstrap
+        return self._started_address()
 
-    @property
-    def log_path(self) -> Path | None:
-        return self._process.log_path if self._process else None
-
-    async def start(self) -> None:
-        if self._bootstrap is not None:
-            return
-        began = time.monotonic()
+    def _check_prerequisites(self) -> None:
         java = shutil.which(self.java)
         if java is None:
             raise PrerequisiteMissingError(f"Java 17+ is needed to run Kafka; {_INSTALL_HINT}")
-        try:
-            await asyncio.to_thread(self.distribution.fetch)
-            port, controller_port = free_ports(2)
-            self._workdir = make_scratch_dir("saga-kafka-")
-            properties = await asyncio.to_thread(self._write_config, port, controller_port)
-            await asyncio.to_thread(self._format_storage, java, properties)
-            self._process = ManagedProcess(
-                "kafka",
-                [
-                    java,
-                    f"-Xms{self.heap_mb}m",
-                    f"-Xmx{self.heap_mb}m",
-                    "-cp",
-                    self.distribution.classpath,
-                    f"-Dlog4j2.configurationFile={self._workdir / 'log4j2.properties'}",
-                    "kafka.Kafka",
-                    str(properties),
-                ],
-                log_path=self._workdir / "kafka.log",
-                cwd=self._workdir,
-            )
-            self._process.spawn()
-            bootstrap = f"{LOOPBACK}:{port}"
-            try:
-                await wait_for_kafka(
-                    bootstrap, max_wait=self.startup_timeout, is_alive=self._process.is_running
-                )
-            except (TimeoutError, DevStackError) as error:
-                raise ServiceStartError(
-                    f"Apache Kafka {self.version} did not start: {error}",
-                    service="kafka",
-                    log_tail=self._process.log_tail(),
-                ) from error
-            self._bootstrap = bootstrap
-            self.startup_seconds = time.monotonic() - began
-        except BaseException:
-            await self.stop()
-            raise
+        self._java_path = java
 
-    async def stop(self) -> None:
-        self._bootstrap = None
-        if self._process is not None:
-            await self._process.stop()
-            self._process = None
-        if self._workdir is not None:
-            remove_scratch_dir(self._workdir)
-            self._workdir = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    async def _launch(self) -> str:
+        java = self._java_path
+        await asyncio.to_thread(self.distribution.fetch)
+        port, controller_port = free_ports(2)
+        self._workdir = make_scratch_dir("saga-kafka-")
+        properties = await asyncio.to_thread(self._write_config, port, controller_port)
+        await asyncio.to_thread(self._format_storage, java, properties)
+        self._process = ManagedProcess(
+            "kafka",
+            [
+                java,
+                f"-Xms{self.heap_mb}m",
+                f"-Xmx{self.heap_mb}m",
+                "-cp",
+                self.distribution.classpath,
+                f"-Dlog4j2.configurationFile={self._workdir / 'log4j2.properties'}",
+                "kafka.Kafka",
+                str(properties),
+            ],
+            log_path=self._workdir / "kafka.log",
+            cwd=self._workdir,
+        )
+        self._process.spawn()
+        bootstrap = f"{LOOPBACK}:{port}"
+        await self._wait_ready(
+            wait_for_kafka(
+                bootstrap, max_wait=self.startup_timeout, is_alive=self._process.is_running
+            ),
+            f"Apache Kafka {self.version}",
+            "kafka",
+        )
+        return bootstrap
 
     def _write_config(self, port: int, controller_port: int) -> Path:
         assert self._workdir is not None

@@ -7,17 +7,16 @@ transactional producers fail, so :attr:`EmbeddedKafka.supports_idempotence` is `
 from __future__ import annotations
 
 import os
-import time
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal
 
-from coordinator.devstack.errors import DevStackError, PrerequisiteMissingError, ServiceStartError
+from coordinator.devstack.errors import PrerequisiteMissingError
 from coordinator.devstack.kafka_admin import wait_for_kafka
 from coordinator.devstack.ports import LOOPBACK, free_port
-from coordinator.devstack.process import ManagedProcess, make_scratch_dir, remove_scratch_dir
+from coordinator.devstack.process import ManagedProcess, make_scratch_dir
+from coordinator.devstack.scratch_server import ScratchServer
 
 if TYPE_CHECKING:
-    from pathlib import Path
-    from types import TracebackType
+    pass
 
 __all__ = ["EmbeddedKafka", "tansu_version"]
 
@@ -52,15 +51,12 @@ def _tansu_binary() -> str:
         raise PrerequisiteMissingError(f"no Tansu broker binary: {error}") from error
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(ScratchServer):
     """A Tansu broker on a free loopback port, in memory."""
 
     def __init__(self, *, startup_timeout: float = 30.0) -> None:
-        self.startup_timeout = startup_timeout
-        self.startup_seconds: float | None = None
-        self._bootstrap: str | None = None
-        self._workdir: Path | None = None
-        self._process: ManagedProcess | None = None
+        super().__init__(startup_timeout=startup_timeout)
+        self._binary = ""
 
     @property
     def kind(self) -> Literal["embedded"]:
@@ -76,71 +72,36 @@ class EmbeddedKafka:
 
     @property
     def bootstrap_servers(self) -> str:
-        if self._bootstrap is None:
-            raise RuntimeError("EmbeddedKafka is not started")
-        return self._bootstrap
+        return self._started_address()
 
-    @property
-    def log_path(self) -> Path | None:
-        return self._process.log_path if self._process else None
+    def _check_prerequisites(self) -> None:
+        self._binary = _tansu_binary()
 
-    async def start(self) -> None:
-        if self._bootstrap is not None:
-            return
-        began = time.monotonic()
-        binary = _tansu_binary()
-        try:
-            port = free_port()
-            url = f"tcp://{LOOPBACK}:{port}"
-            self._workdir = make_scratch_dir("saga-tansu-")
-            env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-            self._process = ManagedProcess(
-                "tansu",
-                [
-                    binary,
-                    "broker",
-                    *("--listener-url", url, "--advertised-listener-url", url),
-                    *("--storage-engine", "memory://tansu/"),
-                ],
-                log_path=self._workdir / "tansu.log",
-                cwd=self._workdir,
-                env=env,
-            )
-            self._process.spawn()
-            bootstrap = f"{LOOPBACK}:{port}"
-            try:
-                await wait_for_kafka(
-                    bootstrap, max_wait=self.startup_timeout, is_alive=self._process.is_running
-                )
-            except (TimeoutError, DevStackError) as error:
-                raise ServiceStartError(
-                    f"the embedded broker did not start: {error}",
-                    service="tansu",
-                    log_tail=self._process.log_tail(),
-                ) from error
-            self._bootstrap = bootstrap
-            self.startup_seconds = time.monotonic() - began
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        self._bootstrap = None
-        if self._process is not None:
-            await self._process.stop()
-            self._process = None
-        if self._workdir is not None:
-            remove_scratch_dir(self._workdir)
-            self._workdir = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    async def _launch(self) -> str:
+        binary = self._binary
+        port = free_port()
+        url = f"tcp://{LOOPBACK}:{port}"
+        self._workdir = make_scratch_dir("saga-tansu-")
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        self._process = ManagedProcess(
+            "tansu",
+            [
+                binary,
+                "broker",
+                *("--listener-url", url, "--advertised-listener-url", url),
+                *("--storage-engine", "memory://tansu/"),
+            ],
+            log_path=self._workdir / "tansu.log",
+            cwd=self._workdir,
+            env=env,
+        )
+        self._process.spawn()
+        bootstrap = f"{LOOPBACK}:{port}"
+        await self._wait_ready(
+            wait_for_kafka(
+                bootstrap, max_wait=self.startup_timeout, is_alive=self._process.is_running
+            ),
+            "the embedded broker",
+            "tansu",
+        )
+        return bootstrap

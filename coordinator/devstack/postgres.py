@@ -16,20 +16,19 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, Self, runtime_checkable
 
-from coordinator.devstack.errors import DevStackError, PrerequisiteMissingError, ServiceStartError
+from coordinator.devstack.errors import PrerequisiteMissingError, ServiceStartError
 from coordinator.devstack.ports import LOOPBACK, free_port
 from coordinator.devstack.postgres_admin import wait_for_postgres
 from coordinator.devstack.process import (
     ManagedProcess,
     OsUser,
     make_scratch_dir,
-    remove_scratch_dir,
 )
+from coordinator.devstack.scratch_server import ScratchServer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -166,7 +165,7 @@ def postgres_server_args(
     return args
 
 
-class LocalPostgres:
+class LocalPostgres(ScratchServer):
     """A fresh cluster in a scratch directory, served on a free loopback port (trust auth)."""
 
     def __init__(
@@ -181,13 +180,9 @@ class LocalPostgres:
         self.binaries = binaries or PostgresBinaries.find("embedded")
         self.fsync = fsync
         self.run_as = run_as
-        self.startup_timeout = startup_timeout
         self.settings = dict(settings or {})
-        self.startup_seconds: float | None = None
-        self._url: str | None = None
         self._version: str | None = None
-        self._workdir: Path | None = None
-        self._process: ManagedProcess | None = None
+        super().__init__(startup_timeout=startup_timeout)
 
     @property
     def kind(self) -> LocalFlavor:
@@ -195,9 +190,7 @@ class LocalPostgres:
 
     @property
     def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("LocalPostgres is not started")
-        return self._url
+        return self._started_address()
 
     @property
     def version(self) -> str:
@@ -205,71 +198,35 @@ class LocalPostgres:
             raise RuntimeError("LocalPostgres is not started")
         return self._version
 
-    @property
-    def log_path(self) -> Path | None:
-        return self._process.log_path if self._process else None
-
-    async def start(self) -> None:
-        if self._url is not None:
-            return
-        began = time.monotonic()
-        try:
-            user = self._os_user()
-            self._workdir = make_scratch_dir("saga-postgres-")
-            bin_dir = await asyncio.to_thread(self._prepare, self._workdir, user)
-            port = free_port()
-            self._process = ManagedProcess(
-                "postgres",
-                [
-                    str(bin_dir / "postgres"),
-                    *("-D", str(self._workdir / "data")),
-                    *postgres_server_args(port=port, fsync=self.fsync, settings=self.settings),
-                ],
-                log_path=self._workdir / "postgres.log",
-                cwd=self._workdir,
-                user=user,
-                # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to
-                # leave; SIGINT is "fast": roll back open transactions and stop.
-                stop_signal=signal.SIGINT,
-            )
-            self._process.spawn()
-            url = f"postgresql+asyncpg://postgres@{LOOPBACK}:{port}/postgres"
-            try:
-                self._version = await wait_for_postgres(
-                    url, max_wait=self.startup_timeout, is_alive=self._process.is_running
-                )
-            except (TimeoutError, DevStackError) as error:
-                raise ServiceStartError(
-                    f"PostgreSQL ({self.kind}) did not start: {error}",
-                    service="postgres",
-                    log_tail=self._process.log_tail(),
-                ) from error
-            self._url = url
-            self.startup_seconds = time.monotonic() - began
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        self._url = None
-        if self._process is not None:
-            await self._process.stop()
-            self._process = None
-        if self._workdir is not None:
-            remove_scratch_dir(self._workdir)
-            self._workdir = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    async def _launch(self) -> str:
+        user = self._os_user()
+        self._workdir = make_scratch_dir("saga-postgres-")
+        bin_dir = await asyncio.to_thread(self._prepare, self._workdir, user)
+        port = free_port()
+        self._process = ManagedProcess(
+            "postgres",
+            [
+                str(bin_dir / "postgres"),
+                *("-D", str(self._workdir / "data")),
+                *postgres_server_args(port=port, fsync=self.fsync, settings=self.settings),
+            ],
+            log_path=self._workdir / "postgres.log",
+            cwd=self._workdir,
+            user=user,
+            # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to
+            # leave; SIGINT is "fast": roll back open transactions and stop.
+            stop_signal=signal.SIGINT,
+        )
+        self._process.spawn()
+        url = f"postgresql+asyncpg://postgres@{LOOPBACK}:{port}/postgres"
+        self._version = await self._wait_ready(
+            wait_for_postgres(
+                url, max_wait=self.startup_timeout, is_alive=self._process.is_running
+            ),
+            f"PostgreSQL ({self.kind})",
+            "postgres",
+        )
+        return url
 
     def _os_user(self) -> OsUser | None:
         if self.run_as is not None:

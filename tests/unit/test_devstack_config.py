@@ -190,7 +190,7 @@ class TestClientSettings:
 
     def test_embedded_broker_gets_acks_all_without_idempotence(self) -> None:
         broker = EmbeddedKafka()
-        broker._bootstrap = "127.0.0.1:1"  # pretend it started; no process here
+        broker._address = "127.0.0.1:1"  # pretend it started; no process here
         settings = kafka_client_settings(broker)
         assert settings["enable_idempotence"] is False
         assert settings["acks"] == "all"
