@@ -20,7 +20,6 @@ from coordinator.state import (
     LifecycleKind,
     ReplyReceived,
     SagaStatus,
-    command_id_for,
 )
 from service_sdk import Outcome
 
@@ -114,6 +113,7 @@ def late_compensation_reply(
             attempt=reply.attempt + 1,
             purpose=CommandPurpose.RETRY,
             track=False,
+            command_id=reply.command_id,
         )
         return
     error = reply.error or reply.outcome.value
@@ -121,10 +121,6 @@ def late_compensation_reply(
         # Already waiting for an operator on another step; the history keeps this one.
         d.record(HistoryKind.COMPENSATION_FAILED, step.name, error=error, late=True)
         return
-    # A compensation in flight is abandoned; when the saga resumes it is sent again, same id.
-    d.update(
-        current_step=step.name,
-        command_id=command_id_for(inst.saga_id, step.name, compensation=True),
-        attempt=reply.attempt,
-    )
+    # A compensation in flight is abandoned; an operator's retry resumes with it (new epoch).
+    d.update(current_step=step.name, command_id=reply.command_id, attempt=reply.attempt)
     fail_compensation(d, step, error, late=True)

@@ -106,6 +106,7 @@ class TransitionDraft:
         purpose: CommandPurpose,
         delay: timedelta = timedelta(0),
         track: bool = True,
+        command_id: str | None = None,
     ) -> None:
         """Emit a step's command (or its compensation), built from the current data.
 
@@ -113,6 +114,7 @@ class TransitionDraft:
             delay: Added to the timeout: the backoff spaces out deadlines.
             track: Make it the awaited command (``current_step``, ``command_id``, ``attempt``,
                 ``deadline_at``); False sends it fire-and-forget.
+            command_id: Re-send under this id; by default the id of the saga's current epoch.
 
         Raises:
             SagaDefinitionError: ``build`` failed or returned the wrong command type.
@@ -142,7 +144,10 @@ class TransitionDraft:
                 saga_id=saga_id,
                 step=step.name,
             )
-        command_id = command_id_for(saga_id, step.name, compensation=compensation)
+        if command_id is None:
+            command_id = command_id_for(
+                saga_id, step.name, compensation=compensation, epoch=self.instance.epoch
+            )
         self.commands.append(
             OutgoingCommand(
                 service=step.service,

@@ -16,6 +16,11 @@ Rules worth knowing before reading the code:
   A RETRYABLE reply to an older attempt than the last send changes nothing.
 * Backoff spaces out *deadlines*: a re-send is emitted at once and awaited until
   ``now + backoff + timeout``. (Delaying the send itself is left to a later change.)
+* Command ids carry the saga's *epoch*, which only an operator's retry of a FAILED saga bumps:
+  the participant recorded its final refusal under the old id and would answer a re-send of it
+  from that record. Retrying an active saga re-sends the awaited id, so a participant that did
+  act on it answers from its record instead of acting twice. Replies are recognised under the
+  ids of every epoch so far.
 """
 
 from __future__ import annotations
@@ -157,22 +162,22 @@ def _on_unexpected_reply(d: TransitionDraft, reply: ReplyReceived, seen: dict[st
     inst = d.instance
     name = reply.step
     if name is not None and reply.command_id is not None:
-        forward_id = command_id_for(inst.saga_id, name, compensation=False)
-        compensation_id = command_id_for(inst.saga_id, name, compensation=True)
-        if (name in inst.completed_steps and reply.command_id == forward_id) or (
-            name in inst.compensated_steps and reply.command_id == compensation_id
+        forward = reply.command_id in _command_ids(inst, name, compensation=False)
+        compensating = reply.command_id in _command_ids(inst, name, compensation=True)
+        if (name in inst.completed_steps and forward) or (
+            name in inst.compensated_steps and compensating
         ):
             d.record(HistoryKind.DUPLICATE_REPLY, name, **seen)
             return
         late = _abandoned_step(d)
         if late is not None and late.name == name:
-            if reply.command_id == forward_id:
+            if forward:
                 if reply.outcome is Outcome.SUCCESS:
                     late_success(d, late, reply, seen)
                 else:
                     d.record(HistoryKind.LATE_REPLY, name, **seen)
                 return
-            if late.compensation is not None and reply.command_id == compensation_id:
+            if late.compensation is not None and compensating:
                 late_compensation_reply(d, late, reply, seen)
                 return
     d.record(HistoryKind.STALE_REPLY, name, **seen)
@@ -294,14 +299,23 @@ def _on_retry(d: TransitionDraft, event: OperatorRetry) -> None:
     )
     step = d.definition.step(inst.current_step)
     if inst.status is SagaStatus.FAILED:
-        # A fresh retry budget: attempts count from the operator's action.
-        d.update(status=SagaStatus.COMPENSATING)
+        # A fresh retry budget: attempts count from the operator's action. A new epoch, so a
+        # new command id: the participant answers the old one from its record of the refusal.
+        d.update(status=SagaStatus.COMPENSATING, epoch=inst.epoch + 1)
         d.emit(LifecycleKind.COMPENSATING, reason=inst.failure_reason)
         d.send(step, compensation=True, attempt=1, purpose=CommandPurpose.RETRY)
     else:
+        # No final answer is recorded for the awaited command (it would have moved the saga
+        # on), so the same id is safe and keeps a participant that did act from acting twice.
         compensation = inst.status is SagaStatus.COMPENSATING
         attempt = inst.attempt + 1
-        d.send(step, compensation=compensation, attempt=attempt, purpose=CommandPurpose.RETRY)
+        d.send(
+            step,
+            compensation=compensation,
+            attempt=attempt,
+            purpose=CommandPurpose.RETRY,
+            command_id=inst.command_id,
+        )
 
 
 # --- moves ---------------------------------------------------------------------------------
@@ -350,6 +364,14 @@ def _fail_step(d: TransitionDraft, step: Step[Any], error: str, /, **detail: Any
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _command_ids(inst: SagaInstance, step: str, *, compensation: bool) -> frozenset[str]:
+    """The ids a step's command (or its compensation) may have had, in any epoch so far."""
+    return frozenset(
+        command_id_for(inst.saga_id, step, compensation=compensation, epoch=epoch)
+        for epoch in range(inst.epoch + 1)
+    )
 
 
 def _abandoned_step(d: TransitionDraft) -> Step[Any] | None:

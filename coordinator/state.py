@@ -51,14 +51,23 @@ class SagaStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 
 
-def command_id_for(saga_id: str, step: str, *, compensation: bool) -> str:
+def command_id_for(saga_id: str, step: str, *, compensation: bool, epoch: int = 0) -> str:
     """The id of a step's command (or its compensation).
 
     Deterministic, so re-sends and a re-run of the engine after a crash produce the same id and
-    a participant answers them from its record instead of acting twice.
+    a participant answers them from its record instead of acting twice. ``epoch`` (see
+    :attr:`SagaInstance.epoch`) changes the id: a participant that refused a command for good
+    answers a re-send of the same id from its record, so an operator's retry needs a new one.
+    Epoch 0 keeps the ids sagas had before epochs existed.
+
+    Raises:
+        ValueError: ``epoch`` is negative.
     """
+    if epoch < 0:
+        raise ValueError(f"epoch must not be negative, got {epoch}")
     phase = "compensate" if compensation else "forward"
-    return str(uuid.uuid5(_COMMAND_NAMESPACE, f"{saga_id}/{step}/{phase}"))
+    suffix = f"/{epoch}" if epoch else ""
+    return str(uuid.uuid5(_COMMAND_NAMESPACE, f"{saga_id}/{step}/{phase}{suffix}"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ class SagaInstance:
         completed_steps: Forward steps that succeeded, in order.
         compensated_steps: Steps whose compensation succeeded, in order of undoing.
         failure_reason: Why the saga compensates or failed.
+        epoch: How many times an operator retried the saga out of FAILED; part of the id of
+            every command sent since (see :func:`command_id_for`).
         version: Incremented on every change; guards concurrent writers.
     """
 
@@ -92,6 +103,7 @@ class SagaInstance:
     compensated_steps: tuple[str, ...] = ()
     failure_reason: str | None = None
     traceparent: str | None = None
+    epoch: int = 0
     version: int = 0
 
     @property

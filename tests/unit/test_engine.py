@@ -60,8 +60,8 @@ def fwd(step: str) -> str:
     return command_id_for(SAGA_ID, step, compensation=False)
 
 
-def comp(step: str) -> str:
-    return command_id_for(SAGA_ID, step, compensation=True)
+def comp(step: str, epoch: int = 0) -> str:
+    return command_id_for(SAGA_ID, step, compensation=True, epoch=epoch)
 
 
 def kinds(t: Transition) -> list[HistoryKind]:
@@ -200,6 +200,24 @@ def test_command_ids_are_deterministic() -> None:
     assert other.commands[0].command_id != fwd("reserve_inventory")
     assert fwd("reserve_inventory") != comp("reserve_inventory")
     assert fwd("reserve_inventory") != fwd("charge_payment")
+
+
+def test_epoch_zero_command_ids_are_the_ids_sagas_always_had() -> None:
+    # Pinned: participants' records of sagas already running hold these ids.
+    assert fwd("charge_payment") == "1e86ee00-8163-508e-9df8-963898a970d5"
+    assert comp("charge_payment") == "568f0baa-1688-5f4e-8d0a-1918d7fc3c39"
+    assert command_id_for(SAGA_ID, "charge_payment", compensation=True, epoch=0) == comp(
+        "charge_payment"
+    )
+
+
+def test_each_epoch_has_its_own_deterministic_command_ids() -> None:
+    ids = {comp("charge_payment", epoch) for epoch in range(4)}
+    assert len(ids) == 4
+    assert comp("charge_payment", 2) == comp("charge_payment", 2)
+    assert command_id_for(SAGA_ID, "charge_payment", compensation=False, epoch=1) not in ids
+    with pytest.raises(ValueError, match="epoch"):
+        command_id_for(SAGA_ID, "charge_payment", compensation=True, epoch=-1)
 
 
 # --- forward -------------------------------------------------------------------------------
@@ -600,13 +618,17 @@ def test_operator_retry_resumes_a_failed_saga_to_compensated() -> None:
     assert t.history[0].detail == {"actor": "alice", "action": "retry", "reason": "bank is back"}
     assert events(t) == [LifecycleKind.COMPENSATING]
     (command,) = t.commands
-    assert command.command_id == comp("charge_payment")
+    # A new epoch, so a new id: the bank answers the old one from its record of the refusal.
+    assert t.instance.epoch == inst.epoch + 1 == 1
+    assert command.command_id == comp("charge_payment", epoch=1) != inst.command_id
+    assert t.instance.command_id == command.command_id
     assert command.attempt == 1
     assert command.purpose is CommandPurpose.RETRY
     assert t.instance.deadline_at == later + timedelta(seconds=30)
 
     inst = step_apply(t.instance, answer(t.instance, payload={})).instance
     assert inst.current_step == "reserve_inventory"
+    assert inst.command_id == comp("reserve_inventory", epoch=1)
     inst = step_apply(inst, answer(inst, payload={})).instance
     assert inst.status is SagaStatus.COMPENSATED
     assert inst.compensated_steps == ("charge_payment", "reserve_inventory")
@@ -713,6 +735,72 @@ def test_operator_retry_of_an_active_saga_resends_the_awaited_command(
     assert command.purpose is CommandPurpose.RETRY
     assert t.instance.status is inst.status
     assert t.instance.attempt == inst.attempt + 1
+
+
+def test_operator_retry_of_an_active_saga_keeps_the_epoch() -> None:
+    inst = awaiting("charge_payment")
+    t = step_apply(inst, OperatorRetry("alice", "nudge"))
+    assert t.instance.epoch == inst.epoch == 0
+    assert t.instance.command_id == fwd("charge_payment")
+
+
+def test_every_operator_retry_of_a_failed_saga_sends_under_a_new_id() -> None:
+    failed = failed_saga()
+    first = step_apply(failed, OperatorRetry("alice", "bank is back"))
+    assert first.instance.epoch == 1
+    refused = step_apply(first.instance, answer(first.instance, Outcome.FAILURE, error="still"))
+    assert refused.instance.status is SagaStatus.FAILED
+    assert refused.instance.command_id == comp("charge_payment", 1)
+
+    second = step_apply(refused.instance, OperatorRetry("alice", "really back now"))
+    assert second.instance.epoch == 2
+    assert [c.command_id for c in second.commands] == [comp("charge_payment", 2)]
+    assert len({failed.command_id, first.instance.command_id, second.instance.command_id}) == 3
+
+
+def test_refusal_replayed_under_the_old_id_after_a_retry_changes_nothing() -> None:
+    failed = failed_saga()
+    resumed = step_apply(failed, OperatorRetry("alice", "bank is back")).instance
+    replayed = answer(
+        resumed, Outcome.FAILURE, command_id=failed.command_id, attempt=1, error="bank down"
+    )
+    t = step_apply(resumed, replayed)
+    assert not t.changed
+    assert t.commands == ()
+    assert kinds(t) == [HistoryKind.STALE_REPLY]
+
+
+def test_replies_from_every_epoch_are_recognised() -> None:
+    # Aborted while charging; the release is refused, then retried by an operator (epoch 1).
+    inst = awaiting("charge_payment")
+    inst = step_apply(inst, OperatorAbort("bob", "stop")).instance
+    inst = step_apply(inst, answer(inst, Outcome.FAILURE, error="warehouse offline")).instance
+    inst = step_apply(inst, OperatorRetry("alice", "warehouse back")).instance
+    assert inst.epoch == 1
+    assert inst.command_id == comp("reserve_inventory", 1)
+
+    # The charge sent at epoch 0 succeeds late: it is refunded, under the current epoch's id.
+    late = answer(inst, step="charge_payment", command_id=fwd("charge_payment"), attempt=1)
+    t = step_apply(inst, late)
+    assert kinds(t) == [HistoryKind.LATE_REPLY, HistoryKind.COMPENSATION_SENT]
+    assert [c.command_id for c in t.commands] == [comp("charge_payment", 1)]
+    inst = t.instance
+
+    # The release under the new id completes the saga; its repeat is a duplicate.
+    release = answer(inst, payload={}, message_id="m-release")
+    done = step_apply(inst, release).instance
+    assert done.status is SagaStatus.COMPENSATED
+    again = step_apply(done, replace(release, message_id="m-release-2"))
+    assert not again.changed
+    assert kinds(again) == [HistoryKind.DUPLICATE_REPLY]
+
+    # The late refund's reply, under the epoch-1 id, is matched too.
+    refund = ReplyReceived(
+        "m-refund", "charge_payment", comp("charge_payment", 1), 1, Outcome.SUCCESS, {}
+    )
+    t = step_apply(done, refund)
+    assert kinds(t) == [HistoryKind.LATE_REPLY]
+    assert t.history[0].detail["outcome"] == "success"
 
 
 # --- late success ------------------------------------------------------------------------
@@ -832,7 +920,9 @@ def test_late_compensation_failure_fails_the_saga_and_an_operator_can_resume() -
 
     resumed = step_apply(failed, OperatorRetry("alice", "refund by hand done")).instance
     assert resumed.status is SagaStatus.COMPENSATING
-    done = step_apply(resumed, _refund_reply(Outcome.SUCCESS)).instance
+    assert resumed.command_id == comp("charge_payment", epoch=1)
+    success = replace(_refund_reply(Outcome.SUCCESS), command_id=resumed.command_id)
+    done = step_apply(resumed, success).instance
     assert done.status is SagaStatus.COMPENSATED
     assert done.compensated_steps == ("reserve_inventory", "charge_payment")
 
@@ -952,7 +1042,9 @@ def _to_input(
         name = STEPS[action[1]]
         is_comp = kind == "compensation"
         payload = SUCCESS_PAYLOADS[name] if not is_comp and action[2] is Outcome.SUCCESS else {}
-        cid = command_id_for(SAGA_ID, name, compensation=is_comp)
+        # Compensation replies carry the current epoch's id or, half the time, the first one's.
+        epoch = inst.epoch if is_comp and index % 2 else 0
+        cid = command_id_for(SAGA_ID, name, compensation=is_comp, epoch=epoch)
         if is_comp and name not in compensations_sent:
             cid = "unknown-command"
         return ReplyReceived(mid, name, cid, action[3], action[2], payload, "e")
@@ -1000,10 +1092,12 @@ def test_engine_invariants_hold_for_any_input_sequence(actions: list[tuple[Any, 
             assert t.events == ()
         else:
             assert after.updated_at == now
+        # The epoch moves only when an operator retries a FAILED saga, by one.
+        bumped = isinstance(event, OperatorRetry) and inst.status is SagaStatus.FAILED
+        assert after.epoch == inst.epoch + (1 if bumped else 0)
         for command in t.commands:
-            if command.purpose is CommandPurpose.COMPENSATION or command.command_id == comp(
-                command.step
-            ):
+            comp_ids = {comp(command.step, epoch) for epoch in range(after.epoch + 1)}
+            if command.purpose is CommandPurpose.COMPENSATION or command.command_id in comp_ids:
                 assert command.step in after.completed_steps or command.step in late_succeeded
                 compensations_sent.add(command.step)
             else:
@@ -1032,7 +1126,7 @@ def test_engine_invariants_hold_for_any_input_sequence(actions: list[tuple[Any, 
             assert after.deadline_at is not None
         elif after.status is SagaStatus.COMPENSATING:
             assert after.current_step is not None
-            assert after.command_id == comp(after.current_step)
+            assert after.command_id == comp(after.current_step, after.epoch)
             assert after.deadline_at is not None
         elif after.status is SagaStatus.FAILED:
             assert after.current_step is not None

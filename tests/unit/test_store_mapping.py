@@ -104,3 +104,11 @@ def test_update_row_is_json_with_the_read_version() -> None:
     assert update["completed_steps"] == ["reserve"]
     assert "saga_type" not in update
     assert "created_at" not in update
+
+
+def test_epoch_is_saved_and_read_back() -> None:
+    original = instance(epoch=3)
+
+    assert saga_to_row(original)["epoch"] == 3
+    assert saga_update_row(original)["epoch"] == 3
+    assert saga_from_row({**saga_to_row(original), "version": 7}) == original
