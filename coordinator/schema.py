@@ -19,6 +19,7 @@ __all__ = [
     "ACTIVE_DEADLINE_PREDICATE",
     "ACTIVE_STATUSES",
     "SCHEMA",
+    "dead_letter_replay",
     "inbox",
     "metadata",
     "outbox",
@@ -73,6 +74,7 @@ saga_instance = sa.Table(
     sa.Column("failure_reason", sa.Text),
     sa.Column("traceparent", sa.Text),
     sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False, server_default=sa.text("0")),
     _timestamp("created_at"),
     _timestamp("updated_at"),
     _timestamp("completed_at", nullable=True),
@@ -124,4 +126,17 @@ outbox = sa.Table(
     _timestamp("created_at"),
     _timestamp("sent_at", nullable=True),
     sa.Index("ix_outbox_unsent", "id", postgresql_where=sa.text("sent_at IS NULL")),
+)
+
+dead_letter_replay = sa.Table(
+    "dead_letter_replay",
+    metadata,
+    # A dead letter is its position in its dead-letter topic; one row per dead letter
+    # replayed, inserted before the send, so none is replayed twice.
+    sa.Column("dlq_topic", sa.Text, primary_key=True),
+    sa.Column("dlq_partition", sa.Integer, primary_key=True),
+    sa.Column("dlq_offset", sa.BigInteger, primary_key=True),
+    _timestamp("replayed_at"),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("original_topic", sa.Text, nullable=False),
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -112,6 +112,7 @@ def saga_to_row(instance: SagaInstance) -> dict[str, Any]:
         "data": instance.data,
         "failure_reason": instance.failure_reason,
         "traceparent": instance.traceparent,
+        "epoch": instance.epoch,
         "created_at": _aware(instance.created_at, "created_at"),
         "updated_at": _aware(instance.updated_at, "updated_at"),
         "completed_at": instance.updated_at if instance.is_terminal else None,
@@ -136,6 +137,7 @@ def saga_from_row(row: Mapping[Any, Any]) -> SagaInstance:
         compensated_steps=tuple(row["compensated_steps"]),
         failure_reason=row["failure_reason"],
         traceparent=row["traceparent"],
+        epoch=row["epoch"],
         version=row["version"],
     )
 
@@ -151,6 +153,7 @@ _UPDATED_COLUMNS = (
     "data",
     "failure_reason",
     "traceparent",
+    "epoch",
     "updated_at",
 )
 """What a transition may change; id, type, definition version and creation time never do."""
@@ -378,12 +381,35 @@ class SagaStore:
         result = await conn.execute(stmt)
         return {(row.saga_type, SagaStatus(row.status)): row.n for row in result}
 
+    async def count_overdue(
+        self, conn: AsyncConnection, now: datetime, grace: timedelta
+    ) -> dict[str, int]:
+        """How many awaiting sagas per type have a deadline before ``now - grace``.
+
+        With the deadline scanner healthy this stays at zero; absent types have none.
+        """
+        stmt = (
+            sa.select(saga_instance.c.saga_type, sa.func.count().label("n"))
+            # The partial index's predicate verbatim, so the planner can use that index.
+            .where(sa.text(ACTIVE_DEADLINE_PREDICATE))
+            .where(saga_instance.c.deadline_at < _aware(now, "now") - grace)
+            .group_by(saga_instance.c.saga_type)
+        )
+        result = await conn.execute(stmt)
+        return {row.saga_type: row.n for row in result}
+
     async def claim_due_deadlines(
-        self, conn: AsyncConnection, now: datetime, limit: int
+        self,
+        conn: AsyncConnection,
+        now: datetime,
+        limit: int,
+        *,
+        saga_types: Collection[str] | None = None,
     ) -> list[SagaInstance]:
         """Lock and return up to ``limit`` awaiting sagas whose deadline is at or before ``now``.
 
         Earliest deadline first. The locks last until the caller's transaction ends.
+        ``saga_types`` limits the claim to those types (None: every type).
         """
         stmt = (
             sa.select(saga_instance)
@@ -396,6 +422,12 @@ class SagaStore:
             # one of them, and none waits for another's batch.
             .with_for_update(skip_locked=True)
         )
+        if saga_types is not None:
+            # A scanner claims only the types it can run: rows it would skip must not fill
+            # its batch ahead of due sagas it could fire.
+            stmt = stmt.where(
+                saga_instance.c.saga_type == sa.any_(_text_array("types", saga_types))
+            )
         result = await conn.execute(stmt)
         return [saga_from_row(row) for row in result.mappings()]
 

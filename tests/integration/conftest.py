@@ -11,7 +11,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from coordinator.app import Coordinator
-from coordinator.config import DatabaseSettings, KafkaSettings, RelaySettings, Settings
+from coordinator.clock import Clock
+from coordinator.config import (
+    DatabaseSettings,
+    HttpSettings,
+    KafkaSettings,
+    RelaySettings,
+    Settings,
+)
+from coordinator.definition import SagaRegistry
 from coordinator.migrate import upgrade_database
 from saga_defs import default_registry
 from service_sdk import Envelope, decode_envelope, encode_headers
@@ -24,7 +32,11 @@ if TYPE_CHECKING:
 async def coordinator_settings(
     kafka: KafkaService, topic_prefix: str, database_url: str
 ) -> Settings:
-    """Settings for a coordinator on this test's topics and a freshly migrated database."""
+    """Settings for a coordinator on this test's topics and a freshly migrated database.
+
+    Its HTTP API listens on 127.0.0.1 at a free port (``coordinator.http.port`` once started)
+    without a token (mutating endpoints refused); set ``settings.http.token`` to use them.
+    """
     await upgrade_database(database_url)
     session_timeout = 6_000 if kafka.supports_idempotence else 3_000
     return Settings(
@@ -40,14 +52,21 @@ async def coordinator_settings(
         ),
         database=DatabaseSettings(url=database_url, pool_size=4),
         relay=RelaySettings(sweep_interval_s=0.5),
+        http=HttpSettings(host="127.0.0.1", port=0),
     )
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Coordinator]:
-    """A started coordinator serving in the background; drained and stopped on exit."""
+async def serving(
+    settings: Settings, registry: SagaRegistry | None = None, clock: Clock | None = None
+) -> AsyncIterator[Coordinator]:
+    """A started coordinator serving in the background; drained and stopped on exit.
+
+    ``registry`` defaults to :func:`saga_defs.default_registry`, ``clock`` to the system clock.
+    """
     stop = asyncio.Event()
-    async with Coordinator(settings, default_registry()) as coordinator:
+    registry = registry if registry is not None else default_registry()
+    async with Coordinator(settings, registry, clock) as coordinator:
         task = asyncio.create_task(coordinator.serve(stop))
         try:
             yield coordinator
@@ -57,10 +76,9 @@ async def serving(settings: Settings) -> AsyncIterator[Coordinator]:
 
 
 @pytest.fixture
-def running_coordinator() -> Callable[
-    [Settings], contextlib.AbstractAsyncContextManager[Coordinator]
-]:
-    """``async with running_coordinator(settings) as c:`` runs a coordinator in the test."""
+def running_coordinator() -> Callable[..., contextlib.AbstractAsyncContextManager[Coordinator]]:
+    """``async with running_coordinator(settings[, registry][, clock]) as c:`` runs a
+    coordinator in the test."""
     return serving
 
 
