@@ -8,6 +8,7 @@ import logging
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.client import SagaClient
@@ -18,9 +19,14 @@ from coordinator.database import create_engine
 from coordinator.dead_letters import DeadLetterPublisher
 from coordinator.deadlines import DeadlineScanner
 from coordinator.definition import SagaRegistry
+from coordinator.http_api import CoordinatorBackend, create_api
+from coordinator.http_server import HttpServer
 from coordinator.kafka import create_producer, ensure_topics
+from coordinator.metrics import CoordinatorMetrics, MetricsSampler
+from coordinator.operator import OperatorActions
 from coordinator.outbox import OutboxRelay
 from coordinator.processor import BatchOutcome, BatchProcessor
+from coordinator.state import Transition
 from coordinator.store import SagaStore
 from service_sdk import Topics
 
@@ -36,12 +42,21 @@ class Coordinator:
     Use ``async with Coordinator(...) as c: await c.serve(stop_event)``. Shutdown stops
     intake, lets the in-flight batch finish and commit, publishes pending outbox rows within
     the grace period, closes Kafka, and disposes the database last.
+
+    ``metrics`` receives what every component does; without one, a private registry holds
+    them (serving ``/metrics`` is the CLI's job).
     """
 
     def __init__(
-        self, settings: Settings, registry: SagaRegistry, clock: Clock | None = None
+        self,
+        settings: Settings,
+        registry: SagaRegistry,
+        clock: Clock | None = None,
+        *,
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else CoordinatorMetrics(CollectorRegistry())
         self.registry = registry
         self.clock: Clock = clock or SystemClock()
         self.topics = Topics(settings.kafka.topic_prefix)
@@ -55,10 +70,19 @@ class Coordinator:
         self.consumer: ReplyConsumer
         self.client: SagaClient
         self.deadlines: DeadlineScanner
+        self.operator: OperatorActions
+        self.http: HttpServer | None = None
+        """The HTTP API's server; None when ``settings.http.port`` is None."""
+        self.sampler: MetricsSampler
 
     def _after_commit(self, outcome: BatchOutcome) -> None:
+        self.metrics.observe_batch(outcome)
         if outcome.outbox_ids:
             self.relay.wake()
+
+    def _after_deadlines(self, transitions: list[Transition]) -> None:
+        self.metrics.observe_deadlines(transitions)
+        self.relay.wake()
 
     def topic_plan(self) -> list[tuple[str, int]]:
         """The topics this coordinator needs, with their partition counts."""
@@ -84,16 +108,33 @@ class Coordinator:
         settings = self.settings
         self._engine = create_engine(settings.database.url, pool_size=settings.database.pool_size)
         self.store = SagaStore(self._engine)
+        self.metrics.instrument_engine(self._engine)
+        self.metrics.prime(
+            self.registry, dead_letter_topics=(self.topics.replies, self.topics.requests)
+        )
         if settings.kafka.create_topics:
             await ensure_topics(settings.kafka.bootstrap_servers, self.topic_plan())
         self._producer = producer = create_producer(settings.kafka)
         await producer.start()
-        self.relay = OutboxRelay(self.store, producer, settings.relay, self.clock)
+        self.relay = OutboxRelay(
+            self.store,
+            producer,
+            settings.relay,
+            self.clock,
+            on_published=self.metrics.relay_published,
+        )
         self.processor = BatchProcessor(self.store, self.registry, self.topics, self.clock)
         self.client = SagaClient(self.processor, self.relay)
+        self.operator = OperatorActions(
+            self.store, self.registry, self.topics, self.clock, on_commit=self.relay.wake
+        )
         self.consumer = ReplyConsumer(
             self.processor,
-            DeadLetterPublisher(producer, settings.kafka.group_id),
+            DeadLetterPublisher(
+                producer,
+                settings.kafka.group_id,
+                on_published=self.metrics.dead_letters_published,
+            ),
             settings.kafka,
             self.topics,
             on_commit=self._after_commit,
@@ -104,9 +145,22 @@ class Coordinator:
             self.topics,
             self.clock,
             settings.deadlines,
-            on_commit=lambda _: self.relay.wake(),
+            on_commit=self._after_deadlines,
+        )
+        self.sampler = MetricsSampler(
+            self.metrics,
+            self.store,
+            self.clock,
+            settings.metrics,
+            self.registry.names(),
+            consumer_lag=self.consumer.partition_lag,
         )
         await self.consumer.start()
+        if settings.http.port is not None:
+            self.http = HttpServer(
+                create_api(CoordinatorBackend(self), settings.http), settings.http
+            )
+            self.http.start()  # binds now: a taken port fails the start, not the serve
         logger.info(
             "coordinator started (kafka %s, group %s)",
             settings.kafka.bootstrap_servers,
@@ -121,10 +175,18 @@ class Coordinator:
             group.create_task(self.consumer.run(), name="reply-consumer")
             relay_task = group.create_task(self.relay.run(), name="outbox-relay")
             group.create_task(self.deadlines.run(), name="deadline-scanner")
+            group.create_task(self.sampler.run(), name="metrics-sampler")
+            http = self.http
+            http_task = group.create_task(http.run(), name="http-api") if http else None
             await stop.wait()
             logger.info("coordinator draining")
+            self.sampler.stop()
             try:
                 async with asyncio.timeout(self.settings.shutdown_grace_s):
+                    if http is not None and http_task is not None:
+                        # First: no new sagas or actions while the rest drains.
+                        http.stop()
+                        await http_task
                     await self.consumer.stop()
                     self.deadlines.stop()
                     self.relay.stop()
@@ -132,12 +194,16 @@ class Coordinator:
             except TimeoutError:
                 logger.warning("grace period over; pending outbox rows stay for the next sweep")
                 relay_task.cancel()
+                if http_task is not None:
+                    http_task.cancel()
 
     async def stop(self) -> None:
         """Release Kafka and the database. Idempotent."""
         if self._stopped or not self._started:
             return
         self._stopped = True
+        if self.http is not None:
+            self.http.close()
         with contextlib.suppress(Exception):
             await self.consumer.stop()
         if self._producer is not None:

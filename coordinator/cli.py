@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from coordinator.config import Settings
+from coordinator.logs import LogFormat, configure_logging
 
 __all__ = ["app", "main"]
 
@@ -36,6 +37,23 @@ DatabaseOpt = Annotated[
         "--database-url", help="PostgreSQL URL, postgresql+asyncpg://... [env SAGA_DATABASE__URL]"
     ),
 ]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port", min=0, max=65_535, help="Port of /metrics [env SAGA_METRICS__PORT]"
+    ),
+]
+
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="SAGA_LOG_FORMAT",
+        case_sensitive=False,
+        help="json: one JSON object per line, with saga_id/step/message_id/command_id; "
+        "text: for a terminal",
+    ),
+]
 
 
 def _settings(bootstrap_servers: str | None = None, database_url: str | None = None) -> Settings:
@@ -47,13 +65,8 @@ def _settings(bootstrap_servers: str | None = None, database_url: str | None = N
     return settings
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+def _logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> None:
+    configure_logging(log_format, level=logging.DEBUG if verbose else logging.INFO)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -66,19 +79,35 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 def run(
     bootstrap_servers: BootstrapOpt = None,
     database_url: DatabaseOpt = None,
+    metrics_port: MetricsPortOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOpt = LogFormat.TEXT,
 ) -> None:
-    """Run a coordinator instance until SIGTERM/SIGINT, then drain and exit."""
+    """Run a coordinator instance until SIGTERM/SIGINT, then drain and exit.
+
+    Its HTTP API listens on SAGA_HTTP__HOST:SAGA_HTTP__PORT (0.0.0.0:8080; port "off"
+    disables it); mutating endpoints need SAGA_HTTP__TOKEN as a bearer token.
+    """
+    from prometheus_client import CollectorRegistry
+
     from coordinator.app import Coordinator
+    from coordinator.metrics import CoordinatorMetrics, serve_metrics
     from saga_defs import default_registry
 
-    _logging(verbose)
+    _logging(verbose, log_format)
     settings = _settings(bootstrap_servers, database_url)
+    if metrics_port is not None:
+        settings.metrics.port = metrics_port
 
     async def serve() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        async with Coordinator(settings, default_registry()) as coordinator:
+        registry = CollectorRegistry()
+        metrics = CoordinatorMetrics(registry)
+        async with (
+            serve_metrics(registry, settings.metrics),
+            Coordinator(settings, default_registry(), metrics=metrics) as coordinator,
+        ):
             await coordinator.serve(stop)
 
     asyncio.run(serve())
@@ -89,13 +118,17 @@ def participant(
     name: Annotated[str, typer.Argument(help="inventory, payment or shipping")],
     bootstrap_servers: BootstrapOpt = None,
     database_url: DatabaseOpt = None,
+    metrics_port: MetricsPortOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOpt = LogFormat.TEXT,
 ) -> None:
     """Run one of the demo's example participant services until SIGTERM/SIGINT."""
     from coordinator.demo.processes import run_participant
 
-    _logging(verbose)
+    _logging(verbose, log_format)
     settings = _settings(bootstrap_servers, database_url)
+    if metrics_port is not None:
+        settings.metrics.port = metrics_port
     asyncio.run(run_participant(name, settings, _stop_on_signals))
 
 
@@ -166,3 +199,14 @@ def _env() -> dict[str, Any]:
 def main() -> None:
     """Entry point of the ``saga`` console script."""
     app()
+
+
+# Last, so the operators' commands (show, list, retry, abort) follow the ones above in --help.
+from coordinator.cli_sagas import register as _register_sagas  # noqa: E402
+
+_register_sagas(app)
+
+# The dead-letter commands: saga dlq list | show | replay.
+from coordinator.cli_dlq import dlq_app as _dlq_app  # noqa: E402
+
+app.add_typer(_dlq_app, name="dlq")

@@ -7,13 +7,17 @@ sections they need.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "DatabaseSettings",
     "DeadlineSettings",
+    "HttpSettings",
     "KafkaSettings",
+    "MetricsSettings",
     "RelaySettings",
     "Settings",
 ]
@@ -61,6 +65,62 @@ class DeadlineSettings(BaseModel):
     batch_size: int = Field(default=200, ge=1)
 
 
+class HttpSettings(BaseModel):
+    """The HTTP API (``coordinator.http_api``): start, inspect, retry and abort sagas.
+
+    Mutating endpoints need ``Authorization: Bearer <token>``; with no token configured they
+    are refused (403), never open. Reads, ``/health`` and ``/ready`` need no token.
+    """
+
+    # All interfaces: the coordinator runs in a container behind a service/load balancer.
+    host: str = "0.0.0.0"
+    port: int | None = Field(
+        default=8080,
+        ge=0,
+        le=65_535,
+        description="None (env: empty, 'none' or 'off') disables the API; 0 picks a free port.",
+    )
+    token: SecretStr | None = None
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus endpoint and the gauges sampled from the database."""
+
+    port: int | None = Field(
+        default=9464,
+        ge=0,
+        le=65_535,
+        description="Port of /metrics; None (env: empty, 'none' or 'off') turns it off.",
+    )
+    # All interfaces: Prometheus scrapes the pod/container from outside.
+    host: str = "0.0.0.0"
+    refresh_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often the database gauges (sagas by status, outbox, overdue sagas) "
+        "and the consumer lag are sampled.",
+    )
+    overdue_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A saga whose deadline passed longer ago than this counts as overdue.",
+    )
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
+
 class Settings(BaseSettings):
     """All of the coordinator's settings."""
 
@@ -70,4 +130,6 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     shutdown_grace_s: float = Field(default=10.0, gt=0)

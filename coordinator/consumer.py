@@ -15,7 +15,9 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from coordinator.config import KafkaSettings
 from coordinator.dead_letters import DeadLetter, DeadLetterPublisher
 from coordinator.errors import SagaConflictError
+from coordinator.logs import envelope_extra
 from coordinator.processor import BatchOutcome, BatchProcessor, Rejection, RejectReason
+from coordinator.tracing import with_header_traceparent
 from service_sdk import Envelope, MalformedMessageError, Topics, decode_envelope
 
 __all__ = ["ReplyConsumer", "is_transient"]
@@ -100,6 +102,37 @@ class ReplyConsumer:
         await consumer.start()
         self._consumer = consumer
 
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop` (readiness)."""
+        return self._consumer is not None and not self._stopping.is_set()
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns now (empty before the first assignment)."""
+        consumer = self._consumer
+        return frozenset() if consumer is None else frozenset(consumer.assignment())
+
+    async def partition_lag(self) -> dict[TopicPartition, int]:
+        """Records behind the log end per owned partition (highwater - position).
+
+        Partitions not fetched from yet (no highwater known) are absent.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lag: dict[TopicPartition, int] = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                async with asyncio.timeout(1.0):
+                    position = await consumer.position(tp)
+            except (KafkaError, TimeoutError):
+                continue  # revoked meanwhile, or no position yet: the next sample has it
+            lag[tp] = max(highwater - position, 0)
+        return lag
+
     async def stop(self) -> None:
         """Finish the in-flight batch, commit, and leave the group. Idempotent."""
         self._stopping.set()
@@ -143,7 +176,7 @@ class ReplyConsumer:
         origins: list[Record] = []
         for record in records:
             try:
-                envelopes.append(decode_envelope(record.value))
+                envelopes.append(with_header_traceparent(decode_envelope(record.value), record))
                 origins.append(record)
             except MalformedMessageError as exc:
                 letters.append(DeadLetter(record, exc.reason_code, exc))
@@ -151,6 +184,7 @@ class ReplyConsumer:
         letters.extend(DeadLetter(origins[r.index], r.reason, r.error) for r in outcome.rejections)
         if letters:
             await self._retry_transient(lambda: self._dead_letters.publish(letters))
+        outcome.records = len(records)
         if self._on_commit is not None:
             self._on_commit(outcome)
         offsets = {tp: partition[-1].offset + 1 for tp, partition in batch.items() if partition}
@@ -178,7 +212,11 @@ class ReplyConsumer:
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                logger.exception("message %s cannot be applied", envelope.message_id)
+                logger.exception(
+                    "message %s cannot be applied",
+                    envelope.message_id,
+                    extra=envelope_extra(envelope),
+                )
 
                 merged.rejections.append(Rejection(index, RejectReason.PROCESSING_ERROR, exc))
                 continue

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from service_sdk import Topics, dead_letter_headers, decode_headers, encode_headers
+from service_sdk import Header, decode_headers
+from service_sdk._private.dead_letters import DeadLetterRecord
 
 __all__ = ["DeadLetter", "DeadLetterPublisher"]
 
@@ -29,24 +30,27 @@ class DeadLetter:
 class DeadLetterPublisher:
     """Sends dead letters with headers saying why and where from; waits for the broker's ack."""
 
-    def __init__(self, producer: AIOKafkaProducer, group_id: str) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        group_id: str,
+        *,
+        on_published: Callable[[Sequence[DeadLetter]], None] | None = None,
+    ) -> None:
         self._producer = producer
         self._group_id = group_id
+        self._on_published = on_published
 
     async def publish(self, letters: Sequence[DeadLetter]) -> None:
         """Publish every letter to ``<original topic>.dlq``; returns once all are acked."""
         sends = []
         for letter in letters:
             record = letter.record
-            headers = dead_letter_headers(
-                decode_headers(record.headers),
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                timestamp=record.timestamp,
-                group=self._group_id,
-                exc=letter.error,
-                reason=letter.reason,
+            original = decode_headers(record.headers)
+            # The SDK's record keeps the original headers byte for byte (a decoded copy would
+            # mangle values that are not UTF-8) and sheds detail that would not fit.
+            dead = DeadLetterRecord.from_consumer_record(
+                record, group=self._group_id, exc=letter.error, reason=letter.reason
             )
             logger.warning(
                 "dead-lettering %s[%d]@%d: %s (%s)",
@@ -55,13 +59,19 @@ class DeadLetterPublisher:
                 record.offset,
                 letter.reason,
                 letter.error,
+                extra={
+                    "saga_id": original.get(Header.SAGA_ID),
+                    "saga_type": original.get(Header.SAGA_TYPE),
+                    "step": original.get(Header.STEP),
+                    "message_id": original.get(Header.ID),
+                    "command_id": original.get(Header.COMMAND_ID),
+                },
             )
             sends.append(
                 await self._producer.send(
-                    Topics.dead_letters(record.topic),
-                    record.value,
-                    key=record.key,
-                    headers=encode_headers(headers),
+                    dead.topic, dead.value, key=dead.key, headers=dead.headers
                 )
             )
         await asyncio.gather(*sends)
+        if self._on_published is not None:
+            self._on_published(letters)

@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from coordinator.clock import Clock
 from coordinator.config import DeadlineSettings
 from coordinator.definition import SagaRegistry
 from coordinator.engine import apply
+from coordinator.logs import log_transitions
 from coordinator.processor import persist
-from coordinator.state import DeadlineFired, Transition
+from coordinator.state import DeadlineFired, SagaInstance, Transition
 from coordinator.store import SagaStore
+from coordinator.tracing import record_transitions
 from service_sdk import Topics
 
 __all__ = ["DeadlineScanner"]
@@ -55,9 +58,13 @@ class DeadlineScanner:
     async def scan_once(self) -> int:
         """Fire up to one batch of due deadlines; returns how many fired."""
         now = self._clock.now()
+        started_ns = time.time_ns()
         transitions: list[Transition] = []
+        befores: list[SagaInstance] = []
         async with self._store.engine.begin() as conn:
-            due = await self._store.claim_due_deadlines(conn, now, self._settings.batch_size)
+            due = await self._store.claim_due_deadlines(
+                conn, now, self._settings.batch_size, saga_types=self._registry.names()
+            )
             for instance in due:
                 if instance.current_step is None or instance.command_id is None:
                     continue
@@ -78,6 +85,7 @@ class DeadlineScanner:
                 transitions.append(
                     apply(self._registry.get(instance.saga_type), instance, event, now)
                 )
+                befores.append(instance)
             if transitions:
                 await persist(
                     self._store,
@@ -88,6 +96,15 @@ class DeadlineScanner:
                     now,
                 )
         self.fired += len(transitions)
+        fired = list(zip(befores, transitions, strict=True))
+        log_transitions(logger, fired, level=logging.INFO, cause="missed its deadline")
+        record_transitions(
+            fired,
+            start_ns=started_ns,
+            end_ns=time.time_ns(),
+            batch_size=len(due),
+            name="saga.deadline",
+        )
         if transitions and self._on_commit is not None:
             self._on_commit(transitions)
         return len(due)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
 
 from coordinator.clock import Clock
 from coordinator.config import RelaySettings
-from coordinator.store import SagaStore
+from coordinator.store import OutboxRecord, SagaStore
+from coordinator.tracing import record_publishes
 from service_sdk import encode_headers
 
 __all__ = ["OutboxRelay"]
@@ -34,8 +38,11 @@ class OutboxRelay:
         producer: AIOKafkaProducer,
         settings: RelaySettings,
         clock: Clock,
+        *,
+        on_published: Callable[[Sequence[OutboxRecord], float, datetime], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_published = on_published
         self._producer = producer
         self._settings = settings
         self._clock = clock
@@ -58,6 +65,7 @@ class OutboxRelay:
             rows = await self._store.claim_outbox(conn, limit=self._settings.batch_size)
             if not rows:
                 return 0
+            started_ns = time.time_ns()
             sends = [
                 await self._producer.send(
                     row.topic, row.value, key=row.key, headers=encode_headers(row.headers)
@@ -65,8 +73,13 @@ class OutboxRelay:
                 for row in rows
             ]
             await asyncio.gather(*sends)
-            await self._store.mark_outbox_sent(conn, [row.id for row in rows], self._clock.now())
+            ended_ns = time.time_ns()
+            record_publishes(rows, start_ns=started_ns, end_ns=ended_ns)
+            sent_at = self._clock.now()
+            await self._store.mark_outbox_sent(conn, [row.id for row in rows], sent_at)
         self._published += len(rows)
+        if self._on_published is not None:
+            self._on_published(rows, (ended_ns - started_ns) / 1e9, sent_at)
         return len(rows)
 
     async def drain(self) -> int:

@@ -12,6 +12,7 @@ repaired message can be replayed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,7 @@ from coordinator.clock import Clock
 from coordinator.definition import SagaDefinition, SagaRegistry
 from coordinator.engine import apply, start_saga
 from coordinator.errors import InvalidSagaDataError, SagaError
+from coordinator.logs import log_transitions
 from coordinator.messages import command_message, event_message
 from coordinator.state import (
     HistoryEntry,
@@ -32,6 +34,7 @@ from coordinator.state import (
     Transition,
 )
 from coordinator.store import OutboxMessage, SagaStore
+from coordinator.tracing import ensure_traceparent, record_transitions
 from service_sdk import Envelope, MessageKind, Topics
 
 __all__ = ["BatchOutcome", "BatchProcessor", "RejectReason", "Rejection", "persist"]
@@ -69,6 +72,8 @@ class BatchOutcome:
     outbox_ids: list[int] = field(default_factory=list)
     transitions: list[tuple[SagaInstance | None, Transition]] = field(default_factory=list)
     """(state before, transition) pairs; before is None for a start."""
+    records: int = 0
+    """Kafka records in the batch, undecodable ones included (set by the consumer)."""
 
 
 async def persist(
@@ -150,6 +155,7 @@ class BatchProcessor:
         """
         outcome = BatchOutcome()
         now = self._clock.now()
+        started_ns = time.time_ns()
         candidates: list[tuple[int, Envelope]] = []
         for index, envelope in enumerate(envelopes):
             rejection = self._screen(index, envelope)
@@ -171,7 +177,10 @@ class BatchProcessor:
                         definition,
                         envelope.saga_id,
                         StartSaga(
-                            envelope.message_id, dict(envelope.payload), envelope.traceparent
+                            envelope.message_id,
+                            dict(envelope.payload),
+                            # Every saga gets one trace, started here if the request had none.
+                            ensure_traceparent(envelope.traceparent),
                         ),
                         now,
                     )
@@ -248,4 +257,11 @@ class BatchProcessor:
                 [t for _, t in outcome.transitions],
                 now,
             )
+        log_transitions(logger, outcome.transitions)
+        record_transitions(
+            outcome.transitions,
+            start_ns=started_ns,
+            end_ns=time.time_ns(),
+            batch_size=len(envelopes),
+        )
         return outcome

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -31,10 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service_sdk._private.dead_letters import DeadLetterRecord
 from service_sdk._private.idempotency import CommandStatus, ProcessedCommands
+from service_sdk._private.tracing import handler_span
 from service_sdk.config import KafkaConfig
 from service_sdk.envelope import Command, Envelope, MessageKind, Outcome, decode_envelope
 from service_sdk.errors import ContractError, MalformedMessageError, UnknownMessageTypeError
-from service_sdk.headers import encode_headers
+from service_sdk.headers import Header, decode_headers, encode_headers
 from service_sdk.service import Deferred, Service, reply_envelope, reply_payload
 from service_sdk.topics import Topics
 
@@ -44,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_MS = 200
 _MAX_CONNECT_BACKOFF_S = 5.0
+# Kafka's legal topic names. A reply to anything else could never be published, and the
+# consumer would retry that publication forever instead of moving on.
+_TOPIC_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}")
 
 
 class RunnerObserver(Protocol):
@@ -77,6 +82,29 @@ class _NoObserver:
         pass
 
 
+def _log_extra(envelope: Envelope) -> dict[str, Any]:
+    """The saga coordinates a log line about ``envelope`` carries (see coordinator.logs)."""
+    return {
+        "saga_id": envelope.saga_id,
+        "saga_type": envelope.saga_type,
+        "step": envelope.step,
+        "message_id": envelope.message_id,
+        "command_id": envelope.command_id,
+        "attempt": envelope.attempt,
+    }
+
+
+def _record_extra(record: Any) -> dict[str, Any]:
+    """The saga coordinates of a record that may not even decode: from its headers."""
+    headers = decode_headers(record.headers)
+    return {
+        "saga_id": headers.get(Header.SAGA_ID),
+        "step": headers.get(Header.STEP),
+        "message_id": headers.get(Header.ID),
+        "command_id": headers.get(Header.COMMAND_ID),
+    }
+
+
 class _StoppingError(Exception):
     """The runner is stopping while waiting for the database."""
 
@@ -86,7 +114,7 @@ class _Publication:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes | None]]
 
 
 class ServiceRunner:
@@ -371,6 +399,9 @@ class ServiceRunner:
             return [
                 self._dead_letter(record, ContractError("command without command_id"), "schema")
             ]
+        if envelope.reply_to and not _TOPIC_NAME.fullmatch(envelope.reply_to):
+            error = ContractError(f"reply_to {envelope.reply_to!r} is not a valid topic name")
+            return [self._dead_letter(record, error, "schema")]
         try:
             command = self.service.parse(envelope)
         except UnknownMessageTypeError as exc:
@@ -382,7 +413,7 @@ class ServiceRunner:
     async def _execute_with_retries(
         self, record: Any, envelope: Envelope, command: Command
     ) -> list[_Publication]:
-        extra = {"saga_id": envelope.saga_id, "command_id": envelope.command_id}
+        extra = _log_extra(envelope)
         attempt = 0
         while True:
             attempt += 1
@@ -414,7 +445,7 @@ class ServiceRunner:
     async def _execute(self, envelope: Envelope, command: Command) -> list[_Publication]:
         command_id = envelope.command_id
         assert command_id is not None  # checked by _process_record
-        extra = {"saga_id": envelope.saga_id, "command_id": command_id}
+        extra = _log_extra(envelope)
         conn = await self._connect()
         started = time.monotonic()
         try:
@@ -430,7 +461,8 @@ class ServiceRunner:
                     self._observe(envelope, "duplicate", started)
                     logger.info("command re-delivered; re-publishing its reply", extra=extra)
                     return [self._reply_publication(row.reply, envelope)]
-                result = await self.service.dispatch(envelope, command, conn)
+                with handler_span(envelope, self.topic, self.service.name):
+                    result = await self.service.dispatch(envelope, command, conn)
                 if isinstance(result, Deferred):
                     self._observe(envelope, "deferred", started)
                     return []
@@ -495,6 +527,7 @@ class ServiceRunner:
             letter.topic,
             reason,
             exc,
+            extra=_record_extra(record),
         )
         self._observer.dead_lettered(record.topic, reason)
         return _Publication(

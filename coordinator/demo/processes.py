@@ -74,14 +74,24 @@ class ChildProcess:
         return ""
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    """The environment that points a child at the same Kafka and PostgreSQL."""
+def child_env(settings: Settings, metrics_port: int | None = None) -> dict[str, str]:
+    """The environment that points a child at the same Kafka and PostgreSQL.
+
+    ``metrics_port`` is where the child serves ``/metrics`` (on loopback); None turns the
+    endpoint off, so children on one host never fight over the default port.
+    """
     env = dict(os.environ)
+    env["SAGA_METRICS__PORT"] = "off" if metrics_port is None else str(metrics_port)
+    env["SAGA_METRICS__HOST"] = "127.0.0.1"
+    env["SAGA_METRICS__REFRESH_INTERVAL_S"] = str(settings.metrics.refresh_interval_s)
     env["SAGA_KAFKA__BOOTSTRAP_SERVERS"] = settings.kafka.bootstrap_servers
     env["SAGA_KAFKA__IDEMPOTENT"] = "true" if settings.kafka.idempotent else "false"
     env["SAGA_KAFKA__TOPIC_PREFIX"] = settings.kafka.topic_prefix
     env["SAGA_KAFKA__GROUP_ID"] = settings.kafka.group_id
     env["SAGA_DATABASE__URL"] = settings.database.url
+    # The HTTP API on a free local port each: several coordinators may run side by side.
+    env["SAGA_HTTP__HOST"] = "127.0.0.1"
+    env["SAGA_HTTP__PORT"] = "0"
     return env
 
 
@@ -89,8 +99,11 @@ async def run_participant(
     name: str, settings: Settings, install_signals: Callable[[asyncio.Event], None]
 ) -> None:
     """Run the example participant ``name`` until a signal sets the stop event."""
+    from prometheus_client import CollectorRegistry
+
     from coordinator.demo.participants import PARTICIPANTS
-    from service_sdk import KafkaConfig, ServiceRunner, Topics
+    from coordinator.metrics import serve_metrics
+    from service_sdk import KafkaConfig, ServiceMetrics, ServiceRunner, Topics
 
     try:
         module = PARTICIPANTS[name]
@@ -100,6 +113,7 @@ async def run_participant(
     try:
         async with engine.begin() as conn:
             await module.install(conn)
+        registry = CollectorRegistry()
         runner = ServiceRunner(
             module.service,
             kafka=KafkaConfig(
@@ -110,10 +124,16 @@ async def run_participant(
             engine=engine,
             topics=Topics(settings.kafka.topic_prefix),
             group_id=f"{settings.kafka.topic_prefix}{name}-service",
+            observer=ServiceMetrics(
+                registry,
+                name,
+                message_types=module.service.message_types,
+                topic=Topics(settings.kafka.topic_prefix).commands(name),
+            ),
         )
         stop = asyncio.Event()
         install_signals(stop)
-        async with runner:
+        async with serve_metrics(registry, settings.metrics), runner:
             logger.info("participant %s running", name)
             await stop.wait()
     finally:
