@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-unit lint typecheck demo
+.PHONY: install test test-unit lint typecheck demo dashboards metrics-picture
 
 install: $(STAMP)
 
@@ -29,6 +29,18 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+	$(BIN)/mypy deploy/dashboards.py deploy/render_metrics.py
 
 demo: install
 	$(BIN)/saga demo
+
+# The Grafana dashboards in deploy/grafana/dashboards are generated from code; a unit test
+# fails while the committed JSON differs from what deploy/dashboards.py builds.
+dashboards: install
+	$(BIN)/python deploy/dashboards.py
+
+# docs/demo-metrics.png from a demo run scraped by a real Prometheus (`apt-get install
+# prometheus`). PICTURE_ARGS="--kafka apache" runs it on Apache Kafka (needs Java).
+PICTURE_ARGS ?=
+metrics-picture: install
+	$(BIN)/python deploy/render_metrics.py $(PICTURE_ARGS)

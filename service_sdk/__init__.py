@@ -20,6 +20,7 @@ from service_sdk.errors import (
     UnknownMessageTypeError,
 )
 from service_sdk.headers import DeadLetterHeader, Header, decode_headers, encode_headers
+from service_sdk.metrics import MetricsServer, ServiceMetrics
 from service_sdk.runner import RunnerObserver, ServiceRunner
 from service_sdk.service import Deferred, HandlerContext, HandlerResult, Service
 from service_sdk.topics import Topics
@@ -39,10 +40,12 @@ __all__ = [
     "KafkaConfig",
     "MalformedMessageError",
     "MessageKind",
+    "MetricsServer",
     "Outcome",
     "ParticipantError",
     "RunnerObserver",
     "Service",
+    "ServiceMetrics",
     "ServiceRunner",
     "Topics",
     "UnknownMessageTypeError",

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.app import Coordinator
 from coordinator.client import start_request
-from coordinator.config import DatabaseSettings, KafkaSettings, Settings
+from coordinator.config import DatabaseSettings, KafkaSettings, MetricsSettings, Settings
 from coordinator.database import create_engine
 from coordinator.demo.ledger import check_ledger
 from coordinator.demo.participants import PARTICIPANTS, inventory, payment
@@ -232,10 +232,14 @@ class DemoCluster:
                 group_id=f"{options.topic_prefix}saga-coordinator",
             ),
             database=DatabaseSettings(url=infra.database_url),
+            # A demo lasts seconds: sample the database gauges every second.
+            metrics=MetricsSettings(refresh_interval_s=1.0),
         )
         self.engine = create_engine(infra.database_url, pool_size=2)
         self.log_dir = Path(tempfile.mkdtemp(prefix="saga-demo-"))
         self.children: list[ChildProcess] = []
+        self.metrics_ports: dict[str, int] = {}
+        """Where each child (by name) serves ``/metrics`` on 127.0.0.1."""
         self.submitted_at: dict[str, float] = {}
         self.started_at = 0.0
         self._coordinators = 0
@@ -254,9 +258,8 @@ class DemoCluster:
 
     async def start_coordinator(self) -> ChildProcess:
         """Start one more coordinator process."""
-        child = ChildProcess(
-            f"coordinator-{self._coordinators}", ["run"], child_env(self.settings), self.log_dir
-        )
+        name = f"coordinator-{self._coordinators}"
+        child = ChildProcess(name, ["run"], self._child_env(name), self.log_dir)
         self._coordinators += 1
         await child.start()
         self.children.append(child)
@@ -267,11 +270,15 @@ class DemoCluster:
         for _ in range(self.options.coordinators):
             await self.start_coordinator()
         for name in PARTICIPANTS:
-            child = ChildProcess(
-                name, ["participant", name], child_env(self.settings), self.log_dir
-            )
+            child = ChildProcess(name, ["participant", name], self._child_env(name), self.log_dir)
             await child.start()
             self.children.append(child)
+
+    def _child_env(self, name: str) -> dict[str, str]:
+        from coordinator.devstack.ports import free_port
+
+        self.metrics_ports[name] = port = free_port()
+        return child_env(self.settings, metrics_port=port)
 
     async def wait_ready(self, timeout_s: float = 90.0) -> float:
         """Run one warm-up saga through every process, so latencies exclude start-up
