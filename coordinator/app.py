@@ -175,12 +175,13 @@ class Coordinator:
             group.create_task(self.consumer.run(), name="reply-consumer")
             relay_task = group.create_task(self.relay.run(), name="outbox-relay")
             group.create_task(self.deadlines.run(), name="deadline-scanner")
-            group.create_task(self.sampler.run(), name="metrics-sampler")
+            sampler_task = group.create_task(self.sampler.run(), name="metrics-sampler")
             http = self.http
             http_task = group.create_task(http.run(), name="http-api") if http else None
             await stop.wait()
             logger.info("coordinator draining")
-            self.sampler.stop()
+            # Read-only and possibly waiting on a partition's position: no need to finish.
+            sampler_task.cancel()
             try:
                 async with asyncio.timeout(self.settings.shutdown_grace_s):
                     if http is not None and http_task is not None:

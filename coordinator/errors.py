@@ -8,7 +8,8 @@ The tree::
     ├── UnknownSagaTypeError         no registered definition has that name
     ├── SagaNotFoundError            no saga with that id
     ├── SagaConflictError            a concurrent writer changed the saga (retriable)
-    └── InvalidOperatorActionError   the action does not apply to the saga's status
+    ├── InvalidOperatorActionError   the action does not apply to the saga's status
+    └── DeadLetterNotFoundError      no dead letter at that topic, partition and offset
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "DeadLetterNotFoundError",
     "InvalidOperatorActionError",
     "InvalidSagaDataError",
     "SagaConflictError",
@@ -61,3 +63,7 @@ class SagaConflictError(SagaError):
 
 class InvalidOperatorActionError(SagaError):
     """An operator action does not apply to the saga in its current status."""
+
+
+class DeadLetterNotFoundError(SagaError):
+    """No record exists at the requested dead-letter topic, partition and offset."""

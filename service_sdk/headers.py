@@ -47,6 +47,9 @@ class DeadLetterHeader:
     REASON: Final = "saga_dlt-reason"
     REPLAY_COUNT: Final = "saga_dlt-replay-count"
     DEAD_LETTER_ID: Final = "saga_dlt-id"
+    VALUE_DROPPED: Final = "saga_dlt-value-dropped"
+    """Set (to the body's size in bytes) on a dead letter whose body was too large to keep;
+    the body is still at the original topic, partition and offset."""
 
 
 def encode_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:

@@ -7,21 +7,33 @@ messages with the same function, so the CLI lists and replays both alike.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
 from service_sdk.envelope import new_message_id
 from service_sdk.headers import DeadLetterHeader, encode_headers
 from service_sdk.topics import Topics
 
-__all__ = ["DeadLetterRecord", "dead_letter_headers"]
+__all__ = ["MAX_RECORD_BYTES", "DeadLetterRecord", "dead_letter_headers"]
+
+logger = logging.getLogger(__name__)
 
 # Headers count against the broker's record size limit; a deep stack must not push the dead
 # letter itself over it.
 _MAX_MESSAGE_CHARS = 2_000
 _MAX_STACKTRACE_CHARS = 8_000
+# What is left of the exception message when a dead letter must shrink to fit.
+_SHORT_MESSAGE_CHARS = 200
+
+MAX_RECORD_BYTES = 1_048_576
+"""Kafka's default ``max.request.size``, which aiokafka checks before sending: an original
+record near it grows past it with the dead-letter headers, and a dead letter that cannot be
+sent would stop the consumer that publishes it."""
 
 _OWN_HEADERS = frozenset(
     {
@@ -35,6 +47,7 @@ _OWN_HEADERS = frozenset(
         DeadLetterHeader.EXCEPTION_STACKTRACE,
         DeadLetterHeader.REASON,
         DeadLetterHeader.DEAD_LETTER_ID,
+        DeadLetterHeader.VALUE_DROPPED,
     }
 )
 
@@ -105,16 +118,24 @@ class DeadLetterRecord:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
     @classmethod
     def from_consumer_record(
-        cls, record: Any, *, group: str | None, exc: BaseException, reason: str
+        cls,
+        record: Any,
+        *,
+        group: str | None,
+        exc: BaseException,
+        reason: str,
+        max_bytes: int = MAX_RECORD_BYTES,
     ) -> DeadLetterRecord:
         """The dead letter of an aiokafka ``ConsumerRecord``.
 
         The original headers are kept byte for byte (only earlier dead-letter headers are
-        replaced), so a replay publishes exactly what was first received.
+        replaced), so a replay publishes exactly what was first received. A dead letter that
+        would be larger than ``max_bytes`` sheds the stack trace, then most of the exception
+        message, and as a last resort the body (``saga_dlt-value-dropped`` gives its size).
         """
         added = dead_letter_headers(
             {},
@@ -126,14 +147,41 @@ class DeadLetterRecord:
             exc,
             reason,
         )
-        original = [
-            (str(name), bytes(value))
+        # Header values may be null in Kafka; they are kept as they came.
+        original: list[tuple[str, bytes | None]] = [
+            (str(name), None if value is None else bytes(value))
             for name, value in record.headers or ()
-            if name not in _OWN_HEADERS and value is not None
+            if name not in _OWN_HEADERS
         ]
+        value: bytes | None = record.value
+        if value is None and record.key is None:
+            # Kafka allows a record with neither key nor value, but aiokafka refuses to send
+            # one; an empty body is the same to every consumer of a dead letter.
+            value = b""
+        headers = [*original, *encode_headers(added)]
+        # Shed what matters least first; the body goes only when nothing else makes it fit.
+        for shed in ("stacktrace", "message", "value"):
+            if DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, value, headers) <= (
+                max_bytes
+            ):
+                break
+            if shed == "stacktrace":
+                added.pop(DeadLetterHeader.EXCEPTION_STACKTRACE, None)
+            elif shed == "message":
+                message = added[DeadLetterHeader.EXCEPTION_MESSAGE]
+                added[DeadLetterHeader.EXCEPTION_MESSAGE] = _truncate(message, _SHORT_MESSAGE_CHARS)
+            elif value is not None:
+                logger.error(
+                    "dead letter of %s[%d]@%d too large even without its stack trace; "
+                    "dropping its %d-byte body (it stays at that offset)",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    len(value),
+                )
+                added[DeadLetterHeader.VALUE_DROPPED] = str(len(value))
+                value = None
+            headers = [*original, *encode_headers(added)]
         return cls(
-            topic=Topics.dead_letters(record.topic),
-            key=record.key,
-            value=record.value,
-            headers=original + encode_headers(added),
+            topic=Topics.dead_letters(record.topic), key=record.key, value=value, headers=headers
         )

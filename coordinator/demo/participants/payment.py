@@ -3,11 +3,17 @@
 Tables (schema ``payment``): ``accounts`` (whether a customer's card works) and ``charges``
 (one per order, with how often it was charged and refunded, so a double execution is
 visible).
+
+Fault injection (demo and tests only): while ``payment.outage`` holds a customer's row, charging
+that customer fails with :class:`PaymentProviderDownError`, an unexpected error, as when the
+card processor is unreachable. The SDK retries it and then dead-letters the command
+(``handler_error``); :func:`start_outage` and :func:`end_outage` switch it, and after the
+outage the dead letters can be replayed with ``saga dlq replay --reason handler_error``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import text
@@ -16,7 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from saga_defs.order.contracts import ChargePayment, PaymentCharged, RefundPayment
 from service_sdk import CommandRejected, HandlerContext, Service
 
-__all__ = ["charge_payment", "install", "refund_payment", "seed", "service"]
+__all__ = [
+    "PaymentProviderDownError",
+    "charge_payment",
+    "end_outage",
+    "install",
+    "refund_payment",
+    "seed",
+    "service",
+    "start_outage",
+]
 
 service = Service("payment", schema="payment")
 
@@ -41,8 +56,10 @@ _DDL = (
         refunded_at timestamptz
     )
     """,
+    "CREATE TABLE IF NOT EXISTS payment.outage (customer_id text PRIMARY KEY)",
 )
 
+_IN_OUTAGE = text("SELECT 1 FROM payment.outage WHERE customer_id = :customer_id")
 _SELECT_CARD = text("SELECT card_status FROM payment.accounts WHERE customer_id = :customer_id")
 # A second charge of the same order is counted, not refused: the SDK is what prevents double
 # execution, and the ledger check must be able to see it if it ever fails.
@@ -83,9 +100,33 @@ async def seed(conn: AsyncConnection, customers: Mapping[str, str]) -> None:
     )
 
 
+class PaymentProviderDownError(Exception):
+    """The (simulated) card processor is unreachable; not a business failure."""
+
+
+async def start_outage(conn: AsyncConnection, customers: Iterable[str]) -> None:
+    """Make charging these customers fail until :func:`end_outage` (fault injection)."""
+    rows = [{"customer_id": c} for c in customers]
+    if rows:
+        await conn.execute(
+            text(
+                "INSERT INTO payment.outage (customer_id) VALUES (:customer_id) "
+                "ON CONFLICT DO NOTHING"
+            ),
+            rows,
+        )
+
+
+async def end_outage(conn: AsyncConnection) -> None:
+    """End every simulated outage."""
+    await conn.execute(text("DELETE FROM payment.outage"))
+
+
 @service.handles(ChargePayment)
 async def charge_payment(cmd: ChargePayment, ctx: HandlerContext) -> PaymentCharged:
     """Charge the order's amount; refuse unknown customers and declined cards."""
+    if (await ctx.connection.execute(_IN_OUTAGE, {"customer_id": cmd.customer_id})).first():
+        raise PaymentProviderDownError(f"card processor unreachable for {cmd.customer_id}")
     card = (
         await ctx.connection.execute(_SELECT_CARD, {"customer_id": cmd.customer_id})
     ).scalar_one_or_none()
