@@ -172,9 +172,9 @@ class Coordinator:
         if not self._started:
             await self.start()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.consumer.run(), name="reply-consumer")
+            consumer_task = group.create_task(self.consumer.run(), name="reply-consumer")
             relay_task = group.create_task(self.relay.run(), name="outbox-relay")
-            group.create_task(self.deadlines.run(), name="deadline-scanner")
+            deadline_task = group.create_task(self.deadlines.run(), name="deadline-scanner")
             sampler_task = group.create_task(self.sampler.run(), name="metrics-sampler")
             http = self.http
             http_task = group.create_task(http.run(), name="http-api") if http else None
@@ -193,10 +193,12 @@ class Coordinator:
                     self.relay.stop()
                     await relay_task
             except TimeoutError:
-                logger.warning("grace period over; pending outbox rows stay for the next sweep")
-                relay_task.cancel()
-                if http_task is not None:
-                    http_task.cancel()
+                # Whatever is unfinished is safe to abandon: uncommitted batches are
+                # redelivered, pending outbox rows are swept by the next instance.
+                logger.warning("grace period over; abandoning what is still in flight")
+                for task in (consumer_task, relay_task, deadline_task, http_task):
+                    if task is not None:
+                        task.cancel()
 
     async def stop(self) -> None:
         """Release Kafka and the database. Idempotent."""

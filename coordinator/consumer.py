@@ -134,13 +134,25 @@ class ReplyConsumer:
         return lag
 
     async def stop(self) -> None:
-        """Finish the in-flight batch, commit, and leave the group. Idempotent."""
+        """Finish the in-flight batch, commit, and leave the group. Idempotent.
+
+        If the wait is cancelled (the grace period ran out), the group is still left.
+        """
         self._stopping.set()
-        consumer, self._consumer = self._consumer, None
-        if consumer is None:
+        if self._consumer is None:
             return
-        async with self._lock:
-            await consumer.stop()
+        try:
+            async with self._lock:
+                pass
+        finally:
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await consumer.stop()
+
+    def _interrupted(self) -> bool:
+        """True once shutdown began: a failure now says nothing about the messages."""
+        task = asyncio.current_task()
+        return self._stopping.is_set() or (task is not None and task.cancelling() > 0)
 
     async def run(self) -> None:
         """Consume until :meth:`stop` is called."""
@@ -161,11 +173,14 @@ class ReplyConsumer:
                 try:
                     await self._handle(consumer, batch)
                 except Exception as exc:
-                    if self._stopping.is_set() and is_transient(exc):
-                        # Not committed: the batch is redelivered to whoever owns it next.
-                        logger.warning("abandoning a batch at shutdown: %s", exc)
-                        return
-                    raise
+                    if not self._interrupted():
+                        raise
+                    # Not committed: the batch is redelivered to whoever owns it next.
+                    logger.warning("abandoning a batch at shutdown: %s", exc)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from exc
+                    return
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Record]]
@@ -202,7 +217,8 @@ class ReplyConsumer:
         try:
             return await self._with_retries(envelopes)
         except Exception as exc:
-            if is_transient(exc):
+            # A cancelled transaction surfaces as a database error: never dead-letter for it.
+            if is_transient(exc) or self._interrupted():
                 raise
             logger.exception("batch of %d failed; applying one by one", len(envelopes))
         merged = BatchOutcome()
@@ -210,7 +226,7 @@ class ReplyConsumer:
             try:
                 single = await self._with_retries([envelope])
             except Exception as exc:
-                if is_transient(exc):
+                if is_transient(exc) or self._interrupted():
                     raise
                 logger.exception(
                     "message %s cannot be applied",
