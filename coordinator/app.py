@@ -19,6 +19,7 @@ from coordinator.database import create_engine
 from coordinator.dead_letters import DeadLetterPublisher
 from coordinator.deadlines import DeadlineScanner
 from coordinator.definition import SagaRegistry
+from coordinator.housekeeping import Housekeeper
 from coordinator.http_api import CoordinatorBackend, create_api
 from coordinator.http_server import HttpServer
 from coordinator.kafka import create_producer, ensure_topics
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 class Coordinator:
     """One coordinator instance: a consumer-group member over replies and start requests,
-    the outbox relay, the deadline scanner, and the Python client.
+    the outbox relay, the deadline scanner, housekeeping, and the Python client.
 
     Use ``async with Coordinator(...) as c: await c.serve(stop_event)``. Shutdown stops
     intake, lets the in-flight batch finish and commit, publishes pending outbox rows within
@@ -70,6 +71,7 @@ class Coordinator:
         self.consumer: ReplyConsumer
         self.client: SagaClient
         self.deadlines: DeadlineScanner
+        self.housekeeper: Housekeeper
         self.operator: OperatorActions
         self.http: HttpServer | None = None
         """The HTTP API's server; None when ``settings.http.port`` is None."""
@@ -147,6 +149,7 @@ class Coordinator:
             settings.deadlines,
             on_commit=self._after_deadlines,
         )
+        self.housekeeper = Housekeeper(self.store, self.clock, settings.housekeeping)
         self.sampler = MetricsSampler(
             self.metrics,
             self.store,
@@ -176,12 +179,16 @@ class Coordinator:
             relay_task = group.create_task(self.relay.run(), name="outbox-relay")
             deadline_task = group.create_task(self.deadlines.run(), name="deadline-scanner")
             sampler_task = group.create_task(self.sampler.run(), name="metrics-sampler")
+            housekeeping_task = group.create_task(self.housekeeper.run(), name="housekeeping")
             http = self.http
             http_task = group.create_task(http.run(), name="http-api") if http else None
             await stop.wait()
             logger.info("coordinator draining")
             # Read-only and possibly waiting on a partition's position: no need to finish.
             sampler_task.cancel()
+            # Deletes are idempotent and bounded: an interrupted sweep resumes next time.
+            self.housekeeper.stop()
+            housekeeping_task.cancel()
             try:
                 async with asyncio.timeout(self.settings.shutdown_grace_s):
                     if http is not None and http_task is not None:

@@ -156,6 +156,9 @@ def demo(
     database_url: DatabaseOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every saga to end")] = 300.0,
     seed: Annotated[int, typer.Option(help="Random seed of the generated orders")] = 7,
+    rate: Annotated[
+        float, typer.Option(min=0.0, help="Orders per second; 0 submits all at once")
+    ] = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the order saga end to end: broker, database, coordinator and three services.
@@ -181,6 +184,7 @@ def demo(
         idempotent=settings.kafka.idempotent if env_bootstrap else None,
         timeout_s=timeout,
         seed=seed,
+        rate=rate,
         quiet=as_json,
     )
     summary = asyncio.run(run_demo(options))

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = [
     "DatabaseSettings",
     "DeadlineSettings",
+    "HousekeepingSettings",
     "HttpSettings",
     "KafkaSettings",
     "MetricsSettings",
@@ -63,6 +64,19 @@ class DeadlineSettings(BaseModel):
 
     scan_interval_s: float = Field(default=0.5, gt=0)
     batch_size: int = Field(default=200, ge=1)
+
+
+class HousekeepingSettings(BaseModel):
+    """Deleting what is no longer needed: sent outbox rows and old inbox entries."""
+
+    interval_s: float = Field(default=60.0, gt=0)
+    outbox_retention_s: float = Field(default=3_600.0, ge=0)
+    inbox_retention_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="How long a processed message id is remembered for de-duplication.",
+    )
+    batch_size: int = Field(default=10_000, ge=1)
 
 
 class HttpSettings(BaseModel):
@@ -130,6 +144,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
+    housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     shutdown_grace_s: float = Field(default=10.0, gt=0)

@@ -111,6 +111,7 @@ inbox = sa.Table(
     sa.Column("message_id", sa.Text, primary_key=True),
     sa.Column("saga_id", sa.Text),
     _timestamp("processed_at"),
+    sa.Index("ix_inbox_processed_at", "processed_at"),
 )
 
 outbox = sa.Table(
@@ -126,6 +127,7 @@ outbox = sa.Table(
     _timestamp("created_at"),
     _timestamp("sent_at", nullable=True),
     sa.Index("ix_outbox_unsent", "id", postgresql_where=sa.text("sent_at IS NULL")),
+    sa.Index("ix_outbox_sent_at", "sent_at", postgresql_where=sa.text("sent_at IS NOT NULL")),
 )
 
 dead_letter_replay = sa.Table(

@@ -539,6 +539,24 @@ class SagaStore:
             return int(pending), 0.0
         return int(pending), max(0.0, (_aware(now, "now") - oldest).total_seconds())
 
+    async def delete_inbox(
+        self, conn: AsyncConnection, older_than: datetime, limit: int = 10_000
+    ) -> int:
+        """Forget up to ``limit`` inbox entries processed before ``older_than``.
+
+        A message redelivered after its entry is gone would be applied again, so the
+        retention must outlast any redelivery (offsets are committed seconds after a batch).
+        """
+        doomed = (
+            sa.select(inbox.c.message_id)
+            .where(inbox.c.processed_at < _aware(older_than, "older_than"))
+            .limit(limit)
+            # SKIP LOCKED: a batch inserting or checking these ids is never waited for.
+            .with_for_update(skip_locked=True)
+        )
+        result = await conn.execute(sa.delete(inbox).where(inbox.c.message_id.in_(doomed)))
+        return result.rowcount
+
     async def delete_sent_outbox(
         self, conn: AsyncConnection, older_than: datetime, limit: int = 10_000
     ) -> int:

@@ -62,6 +62,8 @@ class DemoOptions:
     coordinators: int = 1
     topic_prefix: str = ""
     """Prefixes topics and consumer groups, so runs sharing a broker stay apart."""
+    rate: float = 0.0
+    """Orders submitted per second; 0 submits them all at once (a burst)."""
 
 
 @dataclass
@@ -296,13 +298,17 @@ class DemoCluster:
                 raise RuntimeError(f"not ready after {time.monotonic() - began:.0f}s:\n{tails}")
             await asyncio.sleep(0.1)
 
-    async def _publish(self, orders: list[OrderData]) -> None:
+    async def _publish(self, orders: list[OrderData], rate: float = 0.0) -> None:
         producer = AIOKafkaProducer(**producer_kwargs(self.settings.kafka))
         await producer.start()
         topic = Topics(self.settings.kafka.topic_prefix).requests
+        began = time.monotonic()
         try:
             sends = []
-            for order in orders:
+            for index, order in enumerate(orders):
+                if rate > 0:
+                    # Paced by the schedule, not by sleeps, so slow sends do not add up.
+                    await asyncio.sleep(max(began + index / rate - time.monotonic(), 0))
                 envelope = start_request("order", order, saga_id=order.order_id, source="demo")
                 self.submitted_at[order.order_id] = time.time()
                 sends.append(
@@ -318,9 +324,10 @@ class DemoCluster:
             await producer.stop()
 
     async def submit(self) -> None:
-        """Publish every order as a start request to ``saga.requests``."""
+        """Publish every order as a start request to ``saga.requests``, all at once or at
+        ``options.rate`` orders per second."""
         self.started_at = time.time()
-        await self._publish(self.plan.orders)
+        await self._publish(self.plan.orders, self.options.rate)
 
     async def statuses(self) -> dict[str, tuple[str, datetime | None]]:
         """Each order's saga status and completion time (absent: not started yet)."""
