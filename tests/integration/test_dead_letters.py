@@ -362,14 +362,16 @@ async def test_participant_dead_letters_every_kind_of_bad_input(
 # -- replay --------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> Any:
-    """``saga <args>`` in a thread (the command runs its own event loop)."""
+def _cli(*args: str, idempotent: bool = True) -> Any:
+    """``saga <args>`` in a thread (the command runs its own event loop), configured for the
+    broker as an operator would be (the embedded broker has no idempotent producer)."""
     from typer.testing import CliRunner
 
     from coordinator.cli import app
 
     # A wide terminal, so that no table column is cut short.
-    return asyncio.to_thread(CliRunner().invoke, app, list(args), env={"COLUMNS": "200"})
+    env = {"COLUMNS": "200", "SAGA_KAFKA__IDEMPOTENT": "true" if idempotent else "false"}
+    return asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
 
 
 async def _wait_for(
@@ -467,6 +469,7 @@ async def test_replay_sends_each_dead_letter_back_once_and_failures_come_back_co
                 database_url,
                 "--topic-prefix",
                 topic_prefix,
+                idempotent=kafka.supports_idempotence,
             )
             assert result.exit_code == 0, result.output
             report = json.loads(result.stdout)
@@ -496,16 +499,39 @@ async def test_replay_sends_each_dead_letter_back_once_and_failures_come_back_co
         ]
         # The human-readable forms render.
         common = ["--bootstrap-servers", kafka.bootstrap_servers, "--topic-prefix", topic_prefix]
-        listing = await _cli("dlq", "list", "--reason", "handler_error", *common)
+        listing = await _cli(
+            "dlq",
+            "list",
+            "--reason",
+            "handler_error",
+            *common,
+            idempotent=kafka.supports_idempotence,
+        )
         assert listing.exit_code == 0, listing.output
         assert "handler_error" in listing.stdout
-        shown = await _cli("dlq", "show", first.dlq_topic, "0", str(first.offset), *common)
+        shown = await _cli(
+            "dlq",
+            "show",
+            first.dlq_topic,
+            "0",
+            str(first.offset),
+            *common,
+            idempotent=kafka.supports_idempotence,
+        )
         assert shown.exit_code == 0, shown.output
         assert "payment.charge_payment" in shown.stdout
         assert DeadLetterHeader.EXCEPTION_MESSAGE in shown.stdout
-        missing = await _cli("dlq", "show", first.dlq_topic, "0", "999", *common)
+        missing = await _cli(
+            "dlq",
+            "show",
+            first.dlq_topic,
+            "0",
+            "999",
+            *common,
+            idempotent=kafka.supports_idempotence,
+        )
         assert missing.exit_code == 1
-        unfiltered = await _cli("dlq", "replay", *common)
+        unfiltered = await _cli("dlq", "replay", *common, idempotent=kafka.supports_idempotence)
         assert unfiltered.exit_code == 2
     finally:
         await engine.dispose()
@@ -615,6 +641,7 @@ async def test_garbage_during_500_sagas_is_dead_lettered_and_repaired_by_one_rep
         first = await _cli(
             "dlq", "replay", "--topic", "payment.commands", "--reason", "handler_error",
             "--json", "--actor", "test", *cli_options,
+            idempotent=kafka.supports_idempotence,
         )  # fmt: skip
         assert first.exit_code == 0, first.output
         replayed = json.loads(first.stdout)
@@ -627,6 +654,7 @@ async def test_garbage_during_500_sagas_is_dead_lettered_and_repaired_by_one_rep
         second = await _cli(
             "dlq", "replay", "--topic", "payment.commands", "--reason", "handler_error",
             "--json", *cli_options,
+            idempotent=kafka.supports_idempotence,
         )  # fmt: skip
         assert second.exit_code == 0, second.output
         again = json.loads(second.stdout)
