@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from coordinator.cli_common import settings_from
 from coordinator.config import Settings
 from coordinator.logs import LogFormat, configure_logging
 
@@ -56,15 +57,6 @@ LogFormatOpt = Annotated[
 ]
 
 
-def _settings(bootstrap_servers: str | None = None, database_url: str | None = None) -> Settings:
-    settings = Settings()
-    if bootstrap_servers:
-        settings.kafka.bootstrap_servers = bootstrap_servers
-    if database_url:
-        settings.database.url = database_url
-    return settings
-
-
 def _logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> None:
     configure_logging(log_format, level=logging.DEBUG if verbose else logging.INFO)
 
@@ -95,7 +87,7 @@ def run(
     from saga_defs import default_registry
 
     _logging(verbose, log_format)
-    settings = _settings(bootstrap_servers, database_url)
+    settings = settings_from(bootstrap_servers=bootstrap_servers, database_url=database_url)
     if metrics_port is not None:
         settings.metrics.port = metrics_port
 
@@ -126,7 +118,7 @@ def participant(
     from coordinator.demo.processes import run_participant
 
     _logging(verbose, log_format)
-    settings = _settings(bootstrap_servers, database_url)
+    settings = settings_from(bootstrap_servers=bootstrap_servers, database_url=database_url)
     if metrics_port is not None:
         settings.metrics.port = metrics_port
     asyncio.run(run_participant(name, settings, _stop_on_signals))
@@ -140,7 +132,7 @@ def db_upgrade(
     """Migrate the coordinator's schema to the latest (or given) revision."""
     from coordinator.migrate import upgrade_database
 
-    settings = _settings(database_url=database_url)
+    settings = settings_from(database_url=database_url)
     asyncio.run(upgrade_database(settings.database.url, revision))
     typer.echo(f"database at {revision}")
 

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from aiokafka.errors import KafkaError
@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from coordinator.cli_common import database_error_message, fail, first_line, settings_from
 from coordinator.config import Settings
 from coordinator.database import create_engine
 from coordinator.dead_letter_admin import (
@@ -92,29 +93,6 @@ _REASON_WIDTH = len("unknown_saga_type")
 # --- wiring ----------------------------------------------------------------------------------
 
 
-def _settings(
-    bootstrap_servers: str | None, database_url: str | None, topic_prefix: str | None
-) -> Settings:
-    settings = Settings()
-    if bootstrap_servers:
-        settings.kafka.bootstrap_servers = bootstrap_servers
-    if database_url:
-        settings.database.url = database_url
-    if topic_prefix is not None:
-        settings.kafka.topic_prefix = topic_prefix
-    return settings
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _run(settings: Settings, work: Callable[[DeadLetterAdmin], Awaitable[T]]) -> T:
     """Run ``work`` with an admin; errors become one line on stderr and exit 1."""
 
@@ -135,15 +113,11 @@ def _run(settings: Settings, work: Callable[[DeadLetterAdmin], Awaitable[T]]) ->
     try:
         return asyncio.run(main())
     except SagaError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (KafkaError, TimeoutError) as exc:
-        _fail(f"kafka: {_first_line(exc)} ({settings.kafka.bootstrap_servers})")
+        fail(f"kafka: {first_line(exc)} ({settings.kafka.bootstrap_servers})")
     except (OSError, SQLAlchemyError) as exc:
-        first = _first_line(exc)
-        hint = (
-            " (is the schema migrated? run: saga db upgrade)" if "does not exist" in first else ""
-        )
-        _fail(f"database: {first}{hint}")
+        fail(database_error_message(exc))
 
 
 def _time(value: str | None, option: str) -> datetime | None:
@@ -305,7 +279,7 @@ def list_letters(
 ) -> None:
     """List dead letters (read from the beginning of every dead-letter topic)."""
     filters = _filters(topic, reason, saga_id, since, until)
-    settings = _settings(bootstrap_servers, None, topic_prefix)
+    settings = settings_from(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
     letters = _run(settings, lambda admin: admin.list(filters))
     if as_json:
         _print_json([letter.as_dict() for letter in letters])
@@ -328,7 +302,7 @@ def show_letter(
     topic_prefix: TopicPrefixOpt = None,
 ) -> None:
     """Show one dead letter: every header, and the body (pretty JSON when it is JSON)."""
-    settings = _settings(bootstrap_servers, None, topic_prefix)
+    settings = settings_from(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
     prefix = settings.kafka.topic_prefix
     if prefix and not dlq_topic.startswith(prefix):
         dlq_topic = prefix + dlq_topic
@@ -367,7 +341,9 @@ def replay_letters(
     filters = _filters(topic, reason, saga_id, since, until)
     if filters == DeadLetterFilter() and not replay_all:
         raise typer.BadParameter("give a filter (--topic, --reason, ...) or --all")
-    settings = _settings(bootstrap_servers, database_url, topic_prefix)
+    settings = settings_from(
+        bootstrap_servers=bootstrap_servers, database_url=database_url, topic_prefix=topic_prefix
+    )
     who = _actor(actor)
     report = _run(settings, lambda admin: admin.replay(filters, dry_run=dry_run, actor=who))
     if as_json:

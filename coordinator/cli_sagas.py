@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from coordinator.cli_common import database_error_message, fail, settings_from
 from coordinator.clock import SystemClock
 from coordinator.config import Settings
 from coordinator.database import create_engine
@@ -98,20 +99,6 @@ def register(app: typer.Typer) -> None:
     app.command("abort")(abort)
 
 
-def _settings(database_url: str | None, topic_prefix: str | None) -> Settings:
-    settings = Settings()
-    if database_url:
-        settings.database.url = database_url
-    if topic_prefix is not None:
-        settings.kafka.topic_prefix = topic_prefix
-    return settings
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
-
-
 def _run(settings: Settings, work: Callable[[OperatorActions], Awaitable[T]]) -> T:
     """Run ``work`` against the database; errors become one line on stderr and exit 1."""
     from saga_defs import default_registry
@@ -132,13 +119,9 @@ def _run(settings: Settings, work: Callable[[OperatorActions], Awaitable[T]]) ->
     try:
         return asyncio.run(main())
     except SagaError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (OSError, SQLAlchemyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = (
-            " (is the schema migrated? run: saga db upgrade)" if "does not exist" in first else ""
-        )
-        _fail(f"database: {first}{hint}")
+        fail(database_error_message(exc))
 
 
 def _actor(actor: str | None) -> str:
@@ -165,7 +148,7 @@ def show(
     topic_prefix: TopicPrefixOpt = None,
 ) -> None:
     """Show a saga: its state, its history and a per-step summary."""
-    settings = _settings(database_url, topic_prefix)
+    settings = settings_from(database_url=database_url, topic_prefix=topic_prefix)
     timeline = _run(settings, lambda actions: actions.show(saga_id))
     if as_json:
         _print_json(timeline.as_dict())
@@ -185,7 +168,7 @@ def list_sagas(
     topic_prefix: TopicPrefixOpt = None,
 ) -> None:
     """List sagas, newest first."""
-    settings = _settings(database_url, topic_prefix)
+    settings = settings_from(database_url=database_url, topic_prefix=topic_prefix)
     sagas = _run(
         settings,
         lambda actions: actions.list(
@@ -235,7 +218,7 @@ def _act(
     topic_prefix: str | None,
 ) -> None:
     why, who = _reason(reason), _actor(actor)
-    settings = _settings(database_url, topic_prefix)
+    settings = settings_from(database_url=database_url, topic_prefix=topic_prefix)
 
     async def work(actions: OperatorActions) -> ActionResult:
         act = actions.retry if action == "retry" else actions.abort

@@ -1,0 +1,47 @@
+"""What the ``saga`` subcommands share: settings from options and errors as one line."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+
+from coordinator.config import Settings
+
+__all__ = ["database_error_message", "fail", "first_line", "settings_from"]
+
+
+def settings_from(
+    *,
+    bootstrap_servers: str | None = None,
+    database_url: str | None = None,
+    topic_prefix: str | None = None,
+) -> Settings:
+    """The environment's settings (``SAGA_*``), overridden by the options that were given."""
+    settings = Settings()
+    if bootstrap_servers:
+        settings.kafka.bootstrap_servers = bootstrap_servers
+    if database_url:
+        settings.database.url = database_url
+    if topic_prefix is not None:
+        settings.kafka.topic_prefix = topic_prefix
+    return settings
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with code 1."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def database_error_message(exc: BaseException) -> str:
+    """A one-line database error, with a hint when the schema is missing."""
+    first = first_line(exc)
+    hint = " (is the schema migrated? run: saga db upgrade)" if "does not exist" in first else ""
+    return f"database: {first}{hint}"
