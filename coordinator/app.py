@@ -22,7 +22,7 @@ from coordinator.definition import SagaRegistry
 from coordinator.housekeeping import Housekeeper
 from coordinator.http_api import CoordinatorBackend, create_api
 from coordinator.http_server import HttpServer
-from coordinator.kafka import create_producer, ensure_topics
+from coordinator.kafka import ensure_topics, start_producer
 from coordinator.metrics import CoordinatorMetrics, MetricsSampler
 from coordinator.operator import OperatorActions
 from coordinator.outbox import OutboxRelay
@@ -116,8 +116,7 @@ class Coordinator:
         )
         if settings.kafka.create_topics:
             await ensure_topics(settings.kafka.bootstrap_servers, self.topic_plan())
-        self._producer = producer = create_producer(settings.kafka)
-        await producer.start()
+        self._producer = producer = await start_producer(settings.kafka)
         self.relay = OutboxRelay(
             self.store,
             producer,

@@ -10,8 +10,9 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from aiokafka.errors import KafkaError
 
-from coordinator.cli_common import settings_from
+from coordinator.cli_common import fail, first_line, settings_from
 from coordinator.config import Settings
 from coordinator.logs import LogFormat, configure_logging
 
@@ -179,7 +180,10 @@ def demo(
         rate=rate,
         quiet=as_json,
     )
-    summary = asyncio.run(run_demo(options))
+    try:
+        summary = asyncio.run(run_demo(options))
+    except KafkaError as exc:
+        fail(f"kafka: {first_line(exc)}")
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))
     if not summary.ok:

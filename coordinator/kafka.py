@@ -9,11 +9,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError
 
 from coordinator.config import KafkaSettings
 
-__all__ = ["create_producer", "ensure_topics", "producer_kwargs"]
+__all__ = ["create_producer", "ensure_topics", "producer_kwargs", "start_producer"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,28 @@ def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
 def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     """A producer configured from ``settings`` (not started)."""
     return AIOKafkaProducer(**producer_kwargs(settings))
+
+
+async def start_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    """A started producer; on failure it is closed and the error says what to check.
+
+    Raises:
+        KafkaError: The broker cannot be reached, or refuses the idempotent producer.
+    """
+    producer = create_producer(settings)
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        if settings.idempotent and isinstance(exc, UnknownError):
+            # Brokers without InitProducerId (such as the embedded one) answer this way.
+            raise UnknownError(
+                f"the broker at {settings.bootstrap_servers} refused the idempotent "
+                "producer; if it does not support idempotence (the embedded broker does not), "
+                "set SAGA_KAFKA__IDEMPOTENT=false"
+            ) from exc
+        raise
+    return producer
 
 
 async def ensure_topics(

@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,7 +28,7 @@ from coordinator.database import create_engine
 from coordinator.demo.ledger import check_ledger
 from coordinator.demo.participants import PARTICIPANTS, inventory, payment
 from coordinator.demo.processes import ChildProcess, child_env
-from coordinator.kafka import ensure_topics, producer_kwargs
+from coordinator.kafka import ensure_topics, start_producer
 from coordinator.migrate import upgrade_database
 from saga_defs import OrderData, default_registry
 from saga_defs.order import OrderItem
@@ -299,8 +298,7 @@ class DemoCluster:
             await asyncio.sleep(0.1)
 
     async def _publish(self, orders: list[OrderData], rate: float = 0.0) -> None:
-        producer = AIOKafkaProducer(**producer_kwargs(self.settings.kafka))
-        await producer.start()
+        producer = await start_producer(self.settings.kafka)
         topic = Topics(self.settings.kafka.topic_prefix).requests
         began = time.monotonic()
         try:
