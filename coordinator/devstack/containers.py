@@ -13,16 +13,17 @@ import os
 import socket
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from coordinator.devstack.errors import ServiceStartError
 from coordinator.devstack.kafka_admin import wait_for_kafka
+from coordinator.devstack.lifecycle import Lifecycle
 from coordinator.devstack.ports import free_port
 from coordinator.devstack.postgres_admin import sqlalchemy_url, wait_for_postgres
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 __all__ = [
     "DEFAULT_KAFKA_IMAGE",
@@ -66,7 +67,7 @@ def docker_available(timeout: float = 2.0, docker_host: str | None = None) -> bo
     return status_line.startswith(b"HTTP/1.") and b" 200" in status_line
 
 
-class ContainerKafka:
+class ContainerKafka(Lifecycle):
     """A single-node Apache Kafka container (KRaft)."""
 
     def __init__(
@@ -168,20 +169,8 @@ class ContainerKafka:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(container.stop)
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-class ContainerPostgres:
+class ContainerPostgres(Lifecycle):
     """A PostgreSQL container."""
 
     def __init__(self, image: str = DEFAULT_POSTGRES_IMAGE, *, startup_timeout: float = 60.0):
@@ -242,15 +231,3 @@ class ContainerPostgres:
         if container is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(container.stop)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

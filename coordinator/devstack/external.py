@@ -5,19 +5,20 @@ Starting one only checks that it answers; stopping leaves it running.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal
 
 from coordinator.devstack.errors import ServiceStartError
 from coordinator.devstack.kafka_admin import wait_for_kafka
+from coordinator.devstack.lifecycle import Lifecycle
 from coordinator.devstack.postgres_admin import sqlalchemy_url, wait_for_postgres
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 __all__ = ["ExternalKafka", "ExternalPostgres"]
 
 
-class ExternalKafka:
+class ExternalKafka(Lifecycle):
     """A broker at a known address; assumed to be Apache Kafka unless told otherwise."""
 
     def __init__(
@@ -61,20 +62,8 @@ class ExternalKafka:
     async def stop(self) -> None:
         return None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-class ExternalPostgres:
+class ExternalPostgres(Lifecycle):
     """A server at a known URL; the URL's database serves as the maintenance database."""
 
     def __init__(self, url: str, *, startup_timeout: float = 15.0) -> None:
@@ -108,15 +97,3 @@ class ExternalPostgres:
 
     async def stop(self) -> None:
         return None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -16,14 +16,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from coordinator.devstack.errors import (
     DevStackError,
     PrerequisiteMissingError,
     ServiceStartError,
 )
+from coordinator.devstack.lifecycle import Lifecycle
 from coordinator.devstack.ports import LOOPBACK, free_port
 from coordinator.devstack.process import ManagedProcess, make_scratch_dir, remove_scratch_dir
 
@@ -130,7 +130,7 @@ class PrometheusClient:
         return list((await self.api("targets"))["activeTargets"])
 
 
-class PrometheusServer(PrometheusClient):
+class PrometheusServer(PrometheusClient, Lifecycle):
     """Runs ``prometheus`` scraping ``jobs`` every ``scrape_interval_s``.
 
     Args:
@@ -233,18 +233,6 @@ class PrometheusServer(PrometheusClient):
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server's log."""
         return "" if self._process is None else self._process.log_tail(lines)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def wait_until_up(self, timeout_s: float = 30.0) -> None:
         """Wait until every target has been scraped successfully.

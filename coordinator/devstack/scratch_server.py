@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from coordinator.devstack.errors import DevStackError, ServiceStartError
+from coordinator.devstack.lifecycle import Lifecycle
 from coordinator.devstack.process import ManagedProcess, remove_scratch_dir
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
     from pathlib import Path
-    from types import TracebackType
 
 __all__ = ["ScratchServer"]
 
 T = TypeVar("T")
 
 
-class ScratchServer(ABC):
+class ScratchServer(Lifecycle, ABC):
     """A server started in a scratch directory, ready once a probe answers, and stopped (its
     directory removed) on :meth:`stop`, also when start-up fails half-way."""
 
@@ -82,15 +82,3 @@ class ScratchServer(ABC):
         if self._workdir is not None:
             remove_scratch_dir(self._workdir)
             self._workdir = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

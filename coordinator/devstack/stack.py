@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from coordinator.devstack.apache_kafka import (
     ApacheKafka,
@@ -15,6 +15,7 @@ from coordinator.devstack.apache_kafka import (
 from coordinator.devstack.containers import ContainerKafka, ContainerPostgres, docker_available
 from coordinator.devstack.embedded_kafka import EmbeddedKafka
 from coordinator.devstack.external import ExternalKafka, ExternalPostgres
+from coordinator.devstack.lifecycle import Lifecycle
 from coordinator.devstack.postgres import (
     LocalPostgres,
     PostgresBinaries,
@@ -30,7 +31,6 @@ from coordinator.devstack.selection import (
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from types import TracebackType
 
     from coordinator.devstack.kafka import KafkaService
     from coordinator.devstack.postgres import PostgresService
@@ -92,7 +92,7 @@ def postgres_from_choice(choice: PostgresChoice, *, fsync: bool = False) -> Post
     return ExternalPostgres(choice.url)
 
 
-class DevStack:
+class DevStack(Lifecycle):
     """Kafka and PostgreSQL started together and stopped together.
 
     Example::
@@ -137,15 +137,3 @@ class DevStack:
             await self.kafka.stop()
         finally:
             await self.postgres.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
