@@ -12,6 +12,7 @@ from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from coordinator.cancellation import cancelling
 from coordinator.config import KafkaSettings
 from coordinator.dead_letters import DeadLetter, DeadLetterPublisher
 from coordinator.errors import SagaConflictError
@@ -151,8 +152,7 @@ class ReplyConsumer:
 
     def _interrupted(self) -> bool:
         """True once shutdown began: a failure now says nothing about the messages."""
-        task = asyncio.current_task()
-        return self._stopping.is_set() or (task is not None and task.cancelling() > 0)
+        return self._stopping.is_set() or cancelling()
 
     async def run(self) -> None:
         """Consume until :meth:`stop` is called."""
@@ -177,8 +177,7 @@ class ReplyConsumer:
                         raise
                     # Not committed: the batch is redelivered to whoever owns it next.
                     logger.warning("abandoning a batch at shutdown: %s", exc)
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
+                    if cancelling():
                         raise asyncio.CancelledError from exc
                     return
 

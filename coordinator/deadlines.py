@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable
 
+from coordinator.cancellation import cancelling
 from coordinator.clock import Clock
 from coordinator.config import DeadlineSettings
 from coordinator.definition import SagaRegistry
@@ -117,6 +118,8 @@ class DeadlineScanner:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if cancelling():
+                    raise
                 logger.exception("deadline scan failed; retrying")
                 claimed = 0
             if claimed < self._settings.batch_size:

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from coordinator.cancellation import cancelling
 from coordinator.clock import Clock
 from coordinator.config import HousekeepingSettings
 from coordinator.store import SagaStore
@@ -73,6 +74,8 @@ class Housekeeper:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if cancelling():
+                    raise
                 logger.exception("housekeeping failed; trying again next interval")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._settings.interval_s)

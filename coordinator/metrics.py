@@ -57,6 +57,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
@@ -313,7 +314,15 @@ class CoordinatorMetrics:
         conn.info[_TX_STARTED] = time.perf_counter()
 
     def _on_end(self, conn: Any) -> None:
-        started = conn.info.pop(_TX_STARTED, None)
+        # A connection invalidated mid-transaction (e.g. by a cancelled query) raises on
+        # ``info``; an exception here would replace the one being handled, cancellation
+        # included, so an instrument never raises.
+        if conn.invalidated:
+            return
+        try:
+            started = conn.info.pop(_TX_STARTED, None)
+        except SQLAlchemyError:
+            return
         if started is not None:
             self.db_transaction_duration.observe(time.perf_counter() - started)
 

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
 
+from coordinator.cancellation import cancelling
 from coordinator.clock import Clock
 from coordinator.config import RelaySettings
 from coordinator.store import OutboxRecord, SagaStore
@@ -104,6 +105,8 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if cancelling():
+                    raise
                 # Kafka or the database is unavailable: the rows stay pending; try again.
                 logger.exception("outbox relay failed; retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)
