@@ -1,5 +1,5 @@
 """``python -m coordinator`` runs the ``saga`` CLI."""
 
-from coordinator.cli import main
+from coordinator.cli.main import main
 
 main()

@@ -11,25 +11,26 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.client import SagaClient
-from coordinator.clock import Clock, SystemClock
+from coordinator.api.app import CoordinatorBackend, create_api
+from coordinator.api.server import HttpServer
 from coordinator.config import Settings
-from coordinator.consumer import ReplyConsumer
-from coordinator.database import create_engine
-from coordinator.dead_letters import DeadLetterPublisher
-from coordinator.deadlines import DeadlineScanner
-from coordinator.definition import SagaRegistry
-from coordinator.housekeeping import Housekeeper
-from coordinator.http_api import CoordinatorBackend, create_api
-from coordinator.http_server import HttpServer
-from coordinator.kafka import ensure_topics, start_producer
-from coordinator.metrics import CoordinatorMetrics, MetricsSampler
-from coordinator.operator import OperatorActions
-from coordinator.outbox import OutboxRelay
-from coordinator.processor import BatchOutcome, BatchProcessor
-from coordinator.state import Transition
-from coordinator.store import SagaStore
-from service_sdk import Topics
+from coordinator.core.batch import BatchOutcome
+from coordinator.core.clock import Clock, SystemClock
+from coordinator.core.definition import SagaRegistry
+from coordinator.core.state import Transition
+from coordinator.observability.metrics import CoordinatorMetrics, MetricsSampler
+from coordinator.ops.actions import OperatorActions
+from coordinator.ops.client import SagaClient
+from coordinator.runtime.consumer import ReplyConsumer
+from coordinator.runtime.dead_letters import DeadLetterPublisher
+from coordinator.runtime.deadlines import DeadlineScanner
+from coordinator.runtime.housekeeping import Housekeeper
+from coordinator.runtime.kafka import ensure_topics, start_producer
+from coordinator.runtime.outbox import OutboxRelay
+from coordinator.runtime.processor import BatchProcessor
+from coordinator.store.database import create_engine
+from coordinator.store.saga_store import SagaStore
+from service_sdk.contract import Topics
 
 __all__ = ["Coordinator"]
 
@@ -134,7 +135,9 @@ class Coordinator:
             DeadLetterPublisher(
                 producer,
                 settings.kafka.group_id,
-                on_published=self.metrics.dead_letters_published,
+                on_published=lambda letters: self.metrics.dead_letters_published(
+                    (letter.record.topic, letter.reason) for letter in letters
+                ),
             ),
             settings.kafka,
             self.topics,

@@ -80,7 +80,7 @@ class HousekeepingSettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    """The HTTP API (``coordinator.http_api``): start, inspect, retry and abort sagas.
+    """The HTTP API (``coordinator.api.app``): start, inspect, retry and abort sagas.
 
     Mutating endpoints need ``Authorization: Bearer <token>``; with no token configured they
     are refused (403), never open. Reads, ``/health`` and ``/ready`` need no token.

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from coordinator.definition import SagaRegistry  # noqa: E402
+from coordinator.core.definition import SagaRegistry  # noqa: E402
 from saga_defs import default_registry  # noqa: E402
 
 __all__ = [

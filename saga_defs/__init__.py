@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from coordinator.definition import SagaDefinition, SagaRegistry
+from coordinator.core.definition import SagaDefinition, SagaRegistry
 from saga_defs.order import OrderData, OrderSaga
 
 __all__ = ["ALL_SAGAS", "OrderData", "OrderSaga", "default_registry"]

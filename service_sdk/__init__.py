@@ -1,29 +1,42 @@
-"""Participant SDK and the wire contract of the saga coordinator."""
+"""Participant SDK and the wire contract of the saga coordinator.
 
-from service_sdk._private.dead_letters import dead_letter_headers
-from service_sdk.config import KafkaConfig
-from service_sdk.envelope import (
+The contract names (:mod:`service_sdk.contract`) import eagerly and cheaply. The runtime
+(``ServiceRunner``, ``Service``, metrics) loads on first use, so importing the contract through
+this package never pulls in aiokafka, SQLAlchemy or prometheus_client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from service_sdk.contract import (
     SPEC_VERSION,
     Command,
+    ContractError,
+    DeadLetterHeader,
+    DeadLetterReason,
     Envelope,
+    Header,
+    MalformedMessageError,
     MessageKind,
     Outcome,
+    ParticipantError,
+    Topics,
+    UnknownMessageTypeError,
     decode_envelope,
+    decode_headers,
+    encode_headers,
     new_message_id,
 )
-from service_sdk.errors import (
-    CommandRejected,
-    ContractError,
-    HandlerRegistrationError,
-    MalformedMessageError,
-    ParticipantError,
-    UnknownMessageTypeError,
-)
-from service_sdk.headers import DeadLetterHeader, Header, decode_headers, encode_headers
-from service_sdk.metrics import MetricsServer, ServiceMetrics
-from service_sdk.runner import RunnerObserver, ServiceRunner
-from service_sdk.service import Deferred, HandlerContext, HandlerResult, Service
-from service_sdk.topics import Topics
+from service_sdk.errors import CommandRejected, HandlerRegistrationError
+
+if TYPE_CHECKING:
+    from service_sdk.config import KafkaConfig
+    from service_sdk.dead_letters import dead_letter_headers
+    from service_sdk.metrics import MetricsServer, ServiceMetrics
+    from service_sdk.runner import RunnerObserver, ServiceRunner
+    from service_sdk.service import Deferred, HandlerContext, HandlerResult, Service
 
 __all__ = [
     "SPEC_VERSION",
@@ -31,6 +44,7 @@ __all__ = [
     "CommandRejected",
     "ContractError",
     "DeadLetterHeader",
+    "DeadLetterReason",
     "Deferred",
     "Envelope",
     "HandlerContext",
@@ -55,3 +69,25 @@ __all__ = [
     "encode_headers",
     "new_message_id",
 ]
+
+_LAZY = {
+    "dead_letter_headers": "service_sdk.dead_letters",
+    "KafkaConfig": "service_sdk.config",
+    "MetricsServer": "service_sdk.metrics",
+    "ServiceMetrics": "service_sdk.metrics",
+    "RunnerObserver": "service_sdk.runner",
+    "ServiceRunner": "service_sdk.runner",
+    "Deferred": "service_sdk.service",
+    "HandlerContext": "service_sdk.service",
+    "HandlerResult": "service_sdk.service",
+    "Service": "service_sdk.service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'service_sdk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value

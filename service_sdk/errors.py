@@ -8,11 +8,19 @@ The tree::
     │   ├── MalformedMessageError    bytes that are not a JSON envelope
     │   └── UnknownMessageTypeError  no handler or model for the message type
     └── HandlerRegistrationError     a handler declared wrongly (raised at import)
+
+The root and the contract errors live in :mod:`service_sdk.contract.errors` (a leaf the
+coordinator's core imports); they are re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from service_sdk.contract.errors import (
+    ContractError,
+    MalformedMessageError,
+    ParticipantError,
+    UnknownMessageTypeError,
+)
 
 __all__ = [
     "CommandRejected",
@@ -22,12 +30,6 @@ __all__ = [
     "ParticipantError",
     "UnknownMessageTypeError",
 ]
-
-
-class ParticipantError(Exception):
-    """Root of the SDK's errors."""
-
-    retriable: ClassVar[bool] = False
 
 
 class CommandRejected(ParticipantError):
@@ -48,24 +50,6 @@ class CommandRejected(ParticipantError):
         self.reason = reason
         self.retryable = retryable
         self.data = dict(data or {})
-
-
-class ContractError(ParticipantError):
-    """A message does not follow the wire contract; it goes to a dead-letter topic."""
-
-    reason_code: ClassVar[str] = "contract"
-
-
-class MalformedMessageError(ContractError):
-    """The bytes are not a valid JSON envelope."""
-
-    reason_code: ClassVar[str] = "malformed"
-
-
-class UnknownMessageTypeError(ContractError):
-    """No handler or model is registered for the message type."""
-
-    reason_code: ClassVar[str] = "unknown_type"
 
 
 class HandlerRegistrationError(ParticipantError):

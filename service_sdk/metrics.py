@@ -34,6 +34,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from service_sdk.contract.reasons import DeadLetterReason
+
 __all__ = ["DEAD_LETTER_REASONS", "HANDLER_DURATION_BUCKETS", "MetricsServer", "ServiceMetrics"]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,12 @@ HANDLER_DURATION_BUCKETS = (
 
 _NOT_A_HANDLER_RUN = frozenset({"duplicate", "pending"})
 
-DEAD_LETTER_REASONS = ("malformed", "schema", "unknown_type", "handler_error")
+DEAD_LETTER_REASONS = (
+    DeadLetterReason.MALFORMED,
+    DeadLetterReason.SCHEMA,
+    DeadLetterReason.UNKNOWN_TYPE,
+    DeadLetterReason.HANDLER_ERROR,
+)
 """The reasons :class:`~service_sdk.ServiceRunner` dead-letters a command with."""
 
 

@@ -30,15 +30,16 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service_sdk._private.dead_letters import DeadLetterRecord
 from service_sdk._private.idempotency import CommandStatus, ProcessedCommands
 from service_sdk._private.tracing import handler_span
 from service_sdk.config import KafkaConfig
-from service_sdk.envelope import Command, Envelope, MessageKind, Outcome, decode_envelope
+from service_sdk.contract.envelope import Command, Envelope, MessageKind, Outcome, decode_envelope
+from service_sdk.contract.headers import Header, decode_headers, encode_headers
+from service_sdk.contract.reasons import DeadLetterReason
+from service_sdk.contract.topics import Topics
+from service_sdk.dead_letters import DeadLetterRecord
 from service_sdk.errors import ContractError, MalformedMessageError, UnknownMessageTypeError
-from service_sdk.headers import Header, decode_headers, encode_headers
 from service_sdk.service import Deferred, Service, reply_envelope, reply_payload
-from service_sdk.topics import Topics
 
 __all__ = ["RunnerObserver", "ServiceRunner"]
 
@@ -83,7 +84,7 @@ class _NoObserver:
 
 
 def _log_extra(envelope: Envelope) -> dict[str, Any]:
-    """The saga coordinates a log line about ``envelope`` carries (see coordinator.logs)."""
+    """The saga coordinates a log line about ``envelope`` carries (see coordinator.observability.logs)."""
     return {
         "saga_id": envelope.saga_id,
         "saga_type": envelope.saga_type,
@@ -391,23 +392,25 @@ class ServiceRunner:
         try:
             envelope = decode_envelope(record.value)
         except MalformedMessageError as exc:
-            return [self._dead_letter(record, exc, "malformed")]
+            return [self._dead_letter(record, exc, DeadLetterReason.MALFORMED)]
         if envelope.kind is not MessageKind.COMMAND:
             error = ContractError(f"expected a command, got a {envelope.kind.value} envelope")
-            return [self._dead_letter(record, error, "schema")]
+            return [self._dead_letter(record, error, DeadLetterReason.SCHEMA)]
         if not envelope.command_id:
             return [
-                self._dead_letter(record, ContractError("command without command_id"), "schema")
+                self._dead_letter(
+                    record, ContractError("command without command_id"), DeadLetterReason.SCHEMA
+                )
             ]
         if envelope.reply_to and not _TOPIC_NAME.fullmatch(envelope.reply_to):
             error = ContractError(f"reply_to {envelope.reply_to!r} is not a valid topic name")
-            return [self._dead_letter(record, error, "schema")]
+            return [self._dead_letter(record, error, DeadLetterReason.SCHEMA)]
         try:
             command = self.service.parse(envelope)
         except UnknownMessageTypeError as exc:
-            return [self._dead_letter(record, exc, "unknown_type")]
+            return [self._dead_letter(record, exc, DeadLetterReason.UNKNOWN_TYPE)]
         except ValidationError as exc:
-            return [self._dead_letter(record, exc, "schema")]
+            return [self._dead_letter(record, exc, DeadLetterReason.SCHEMA)]
         return await self._execute_with_retries(record, envelope, command)
 
     async def _execute_with_retries(
@@ -431,7 +434,7 @@ class ServiceRunner:
                         exc_info=exc,
                         extra=extra,
                     )
-                    return [self._dead_letter(record, exc, "handler_error")]
+                    return [self._dead_letter(record, exc, DeadLetterReason.HANDLER_ERROR)]
                 logger.warning(
                     "%s failed (attempt %d of %d): %r",
                     envelope.message_type,
@@ -515,7 +518,9 @@ class ServiceRunner:
             headers=encode_headers(reply.headers()),
         )
 
-    def _dead_letter(self, record: Any, exc: BaseException, reason: str) -> _Publication:
+    def _dead_letter(
+        self, record: Any, exc: BaseException, reason: DeadLetterReason
+    ) -> _Publication:
         letter = DeadLetterRecord.from_consumer_record(
             record, group=self.group_id, exc=exc, reason=reason
         )

@@ -27,7 +27,7 @@ from typing import Any, TypeAlias, TypeVar
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service_sdk.envelope import Command, Envelope, MessageKind, Outcome, new_message_id
+from service_sdk.contract.envelope import Command, Envelope, MessageKind, Outcome, new_message_id
 from service_sdk.errors import CommandRejected, HandlerRegistrationError, UnknownMessageTypeError
 
 __all__ = [
@@ -170,7 +170,7 @@ class Service:
         """Register the decorated coroutine function as the handler of ``model``.
 
         Args:
-            model: A :class:`~service_sdk.envelope.Command` subclass with a ``message_type``.
+            model: A :class:`~service_sdk.contract.envelope.Command` subclass with a ``message_type``.
 
         Raises:
             HandlerRegistrationError: ``model`` is not a Command subclass, has no

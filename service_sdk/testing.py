@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service_sdk.envelope import Command, Envelope, MessageKind, decode_envelope, new_message_id
+from service_sdk.contract.envelope import (
+    Command,
+    Envelope,
+    MessageKind,
+    decode_envelope,
+    new_message_id,
+)
 from service_sdk.service import Deferred, Service
 
 __all__ = ["HandlerDeferredError", "command_envelope", "invoke"]

@@ -13,12 +13,12 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
-from coordinator.client import start_request
 from coordinator.demo.participants import PARTICIPANTS
 from coordinator.demo.runner import DemoCluster, DemoOptions, Infrastructure
 from coordinator.devstack.prometheus import PrometheusServer
-from coordinator.kafka import producer_kwargs
-from service_sdk import Envelope, MessageKind, Outcome, Topics, encode_headers
+from coordinator.ops.client import start_request
+from coordinator.runtime.kafka import producer_kwargs
+from service_sdk.contract import Envelope, MessageKind, Outcome, Topics, encode_headers
 
 __all__ = [
     "COORDINATOR_JOB",

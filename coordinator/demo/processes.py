@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from coordinator.config import Settings
-from coordinator.database import create_engine
+from coordinator.store.database import create_engine
 
 __all__ = ["ChildProcess", "run_participant"]
 
@@ -102,7 +102,7 @@ async def run_participant(
     from prometheus_client import CollectorRegistry
 
     from coordinator.demo.participants import PARTICIPANTS
-    from coordinator.metrics import serve_metrics
+    from coordinator.observability.metrics import serve_metrics
     from service_sdk import KafkaConfig, ServiceMetrics, ServiceRunner, Topics
 
     try:

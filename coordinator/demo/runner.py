@@ -22,17 +22,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.app import Coordinator
-from coordinator.client import start_request
 from coordinator.config import DatabaseSettings, KafkaSettings, MetricsSettings, Settings
-from coordinator.database import create_engine
 from coordinator.demo.ledger import check_ledger
 from coordinator.demo.participants import PARTICIPANTS, inventory, payment
 from coordinator.demo.processes import ChildProcess, child_env
-from coordinator.kafka import ensure_topics, start_producer
-from coordinator.migrate import upgrade_database
+from coordinator.ops.client import start_request
+from coordinator.runtime.kafka import ensure_topics, start_producer
+from coordinator.store.database import create_engine
+from coordinator.store.migrate import upgrade_database
 from saga_defs import OrderData, default_registry
 from saga_defs.order import OrderItem
-from service_sdk import Topics, encode_headers
+from service_sdk.contract import Topics, encode_headers
 
 __all__ = [
     "DemoCluster",

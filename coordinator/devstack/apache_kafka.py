@@ -108,8 +108,8 @@ def render_server_properties(
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.core.state.topic.replication.factor": "1",
+        "share.coordinator.core.state.topic.min.isr": "1",
         "num.partitions": str(num_partitions),
         "auto.create.topics.enable": "true",
     }

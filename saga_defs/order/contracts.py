@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service_sdk import Command
+from service_sdk.contract import Command
 
 __all__ = [
     "ChargePayment",

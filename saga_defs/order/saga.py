@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.definition import Compensation, RetryPolicy, SagaDefinition, Step
+from coordinator.core.definition import Compensation, RetryPolicy, SagaDefinition, Step
 from saga_defs.order.contracts import (
     ChargePayment,
     OrderItem,

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateSchema, CreateTable
 
-from service_sdk.envelope import Envelope
+from service_sdk.contract.envelope import Envelope
 
 __all__ = ["CommandStatus", "ProcessedCommand", "ProcessedCommands"]
 

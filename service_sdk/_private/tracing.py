@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from service_sdk.envelope import Envelope
-from service_sdk.headers import Header
+from service_sdk.contract.envelope import Envelope
+from service_sdk.contract.headers import Header
 
 try:
     from opentelemetry import trace as _trace

@@ -17,16 +17,16 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel
 
 from coordinator.app import Coordinator
-from coordinator.client import start_request
-from coordinator.clock import SystemClock
 from coordinator.config import DatabaseSettings, DeadlineSettings, KafkaSettings, Settings
-from coordinator.database import create_engine
-from coordinator.deadlines import DeadlineScanner
-from coordinator.definition import RetryPolicy, SagaDefinition, SagaRegistry, Step
-from coordinator.migrate import upgrade_database
-from coordinator.schema import saga_history, saga_instance
-from coordinator.state import HistoryKind, SagaStatus
-from coordinator.store import SagaStore
+from coordinator.core.clock import SystemClock
+from coordinator.core.definition import RetryPolicy, SagaDefinition, SagaRegistry, Step
+from coordinator.core.state import HistoryKind, SagaStatus
+from coordinator.ops.client import start_request
+from coordinator.runtime.deadlines import DeadlineScanner
+from coordinator.store.database import create_engine
+from coordinator.store.migrate import upgrade_database
+from coordinator.store.saga_store import SagaStore
+from coordinator.store.schema import saga_history, saga_instance
 from service_sdk import Command, Envelope, Topics, decode_envelope
 
 TIMEOUT = timedelta(seconds=3)
@@ -265,7 +265,9 @@ async def test_concurrent_scanners_fire_each_deadline_exactly_once(
     fired = [s.fired for s in contenders]
     assert sum(fired) == SAGAS
     assert sum(1 for f in fired if f > 0) >= 2, f"no contention happened: {fired}"
-    assert [r.getMessage() for r in caplog.records if r.name == "coordinator.deadlines"] == []
+    assert [
+        r.getMessage() for r in caplog.records if r.name == "coordinator.runtime.deadlines"
+    ] == []
 
 
 async def test_due_sagas_of_a_type_the_scanner_does_not_run_do_not_hold_back_the_others(

@@ -11,7 +11,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from coordinator.app import Coordinator
-from coordinator.clock import Clock
 from coordinator.config import (
     DatabaseSettings,
     HttpSettings,
@@ -19,8 +18,9 @@ from coordinator.config import (
     RelaySettings,
     Settings,
 )
-from coordinator.definition import SagaRegistry
-from coordinator.migrate import upgrade_database
+from coordinator.core.clock import Clock
+from coordinator.core.definition import SagaRegistry
+from coordinator.store.migrate import upgrade_database
 from saga_defs import default_registry
 from service_sdk import Envelope, decode_envelope, encode_headers
 

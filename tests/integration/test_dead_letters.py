@@ -16,20 +16,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from sqlalchemy import text
 
-from coordinator.client import start_request
 from coordinator.config import Settings
-from coordinator.database import create_engine
-from coordinator.dead_letter_admin import (
-    DeadLetter,
-    DeadLetterAdmin,
-    DeadLetterFilter,
-    replay_headers,
-)
+from coordinator.core.errors import DeadLetterNotFoundError
 from coordinator.demo.participants import payment
 from coordinator.demo.runner import DemoCluster, DemoOptions, Infrastructure
-from coordinator.errors import DeadLetterNotFoundError
-from coordinator.kafka import producer_kwargs
-from coordinator.migrate import upgrade_database
+from coordinator.ops.client import start_request
+from coordinator.ops.dead_letter_admin import (
+    DeadLetterAdmin,
+    DeadLetterFilter,
+    StoredDeadLetter,
+    replay_headers,
+)
+from coordinator.runtime.kafka import producer_kwargs
+from coordinator.store.database import create_engine
+from coordinator.store.migrate import upgrade_database
 from saga_defs import OrderData
 from saga_defs.order import ChargePayment, OrderItem
 from service_sdk import (
@@ -240,7 +240,7 @@ async def test_coordinator_dead_letters_every_kind_of_bad_input(
                 _check_letter(letter, by_origin.pop(origin), group)
         assert by_origin == {}
         # The consumer is still alive.
-        await coordinator.client.start("order", ORDER, saga_id="after-bad")
+        await coordinator.ops.client.start("order", ORDER, saga_id="after-bad")
         commands = await _read_all(bootstrap, topics.commands("inventory"), 1)
         assert decode_envelope(commands[0].value).saga_id == "after-bad"
 
@@ -248,7 +248,7 @@ async def test_coordinator_dead_letters_every_kind_of_bad_input(
         malformed = DeadLetterFilter(topic="saga.replies", reason="malformed")
         async with DeadLetterAdmin(
             bootstrap,
-            coordinator.store,
+            coordinator.store.saga_store,
             topics,
             producer_kwargs=producer_kwargs(coordinator_settings.kafka),
         ) as admin:
@@ -367,7 +367,7 @@ def _cli(*args: str, idempotent: bool = True) -> Any:
     broker as an operator would be (the embedded broker has no idempotent producer)."""
     from typer.testing import CliRunner
 
-    from coordinator.cli import app
+    from coordinator.cli.main import app
 
     # A wide terminal, so that no table column is cut short.
     env = {"COLUMNS": "200", "SAGA_KAFKA__IDEMPOTENT": "true" if idempotent else "false"}
@@ -376,7 +376,7 @@ def _cli(*args: str, idempotent: bool = True) -> Any:
 
 async def _wait_for(
     admin: DeadLetterAdmin, filters: DeadLetterFilter, count: int, timeout_s: float = 60.0
-) -> list[DeadLetter]:
+) -> list[StoredDeadLetter]:
     async with asyncio.timeout(timeout_s):
         while True:
             letters = await admin.list(filters)

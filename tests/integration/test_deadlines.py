@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.app import Coordinator
 from coordinator.config import DeadlineSettings, Settings
-from coordinator.definition import RetryPolicy, SagaDefinition, SagaRegistry, Step
-from coordinator.state import HistoryKind, SagaInstance, SagaStatus
-from coordinator.store import HistoryRecord
+from coordinator.core.definition import RetryPolicy, SagaDefinition, SagaRegistry, Step
+from coordinator.core.state import HistoryKind, SagaInstance, SagaStatus
+from coordinator.store.records import HistoryRecord
 from saga_defs import OrderData, OrderSaga
 from saga_defs.order import (
     ChargePayment,
@@ -158,15 +158,15 @@ class Feed:
 
 
 async def _saga(coordinator: Coordinator, saga_id: str) -> SagaInstance:
-    async with coordinator.store.engine.connect() as conn:
-        saga = await coordinator.store.select_saga(conn, saga_id)
+    async with coordinator.store.saga_store.engine.connect() as conn:
+        saga = await coordinator.store.saga_store.select_saga(conn, saga_id)
     assert saga is not None
     return saga
 
 
 async def _history(coordinator: Coordinator, saga_id: str) -> list[HistoryRecord]:
-    async with coordinator.store.engine.connect() as conn:
-        return await coordinator.store.select_history(conn, saga_id)
+    async with coordinator.store.saga_store.engine.connect() as conn:
+        return await coordinator.store.saga_store.select_history(conn, saga_id)
 
 
 async def _status(coordinator: Coordinator, saga_id: str, status: SagaStatus) -> SagaInstance:
@@ -197,7 +197,9 @@ async def test_a_participant_that_never_answers_gets_three_sends_then_the_saga_c
             Feed(payment_topic),
             Feed(shipping_topic),
         )
-        saga_id = await coordinator.client.start("quick_order", ORDER, saga_id="silent-shipping")
+        saga_id = await coordinator.ops.client.start(
+            "quick_order", ORDER, saga_id="silent-shipping"
+        )
         (reserve,) = await inventory.wait(ReserveStock)
         await send_envelope(
             topics.replies, _reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
@@ -253,7 +255,7 @@ async def test_a_success_after_the_deadline_is_undone_and_the_saga_stays_compens
         topic_reader(topics.commands("payment")) as payment_topic,
     ):
         inventory, payment = Feed(inventory_topic), Feed(payment_topic)
-        saga_id = await coordinator.client.start("quick_order", ORDER, saga_id="late-charge")
+        saga_id = await coordinator.ops.client.start("quick_order", ORDER, saga_id="late-charge")
         (reserve,) = await inventory.wait(ReserveStock)
         await send_envelope(
             topics.replies, _reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
@@ -354,7 +356,9 @@ async def test_retryable_rejections_are_retried_until_the_step_succeeds(
         for runner in runners:
             await runner.start()
         try:
-            saga_id = await coordinator.client.start("patient_order", ORDER, saga_id="busy-payment")
+            saga_id = await coordinator.ops.client.start(
+                "patient_order", ORDER, saga_id="busy-payment"
+            )
             saga = await _status(coordinator, saga_id, SagaStatus.COMPLETED)
             history = await _history(coordinator, saga_id)
         finally:
@@ -410,7 +414,7 @@ async def test_replies_that_do_not_match_the_awaited_command_change_nothing(
             Feed(payment_topic),
             Feed(shipping_topic),
         )
-        saga_id = await coordinator.client.start("patient_order", ORDER, saga_id="fenced")
+        saga_id = await coordinator.ops.client.start("patient_order", ORDER, saga_id="fenced")
         (reserve,) = await inventory.wait(ReserveStock)
         await send_envelope(
             topics.replies, _reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})

@@ -7,12 +7,13 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.clock import FakeClock
 from coordinator.config import HousekeepingSettings
-from coordinator.housekeeping import Housekeeper
-from coordinator.migrate import upgrade_database
-from coordinator.schema import inbox, outbox
-from coordinator.store import OutboxMessage, SagaStore
+from coordinator.core.clock import FakeClock
+from coordinator.runtime.housekeeping import Housekeeper
+from coordinator.store.migrate import upgrade_database
+from coordinator.store.records import OutboxMessage
+from coordinator.store.saga_store import SagaStore
+from coordinator.store.schema import inbox, outbox
 
 
 def _message(index: int) -> OutboxMessage:

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.metrics import CoordinatorMetrics
+from coordinator.observability.metrics import CoordinatorMetrics
 
 
 class _Failed(Exception):

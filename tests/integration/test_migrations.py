@@ -11,9 +11,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from coordinator.database import create_engine
-from coordinator.migrate import alembic_config, current_revision, head_revision, upgrade_database
-from coordinator.schema import SCHEMA, metadata
+from coordinator.store.database import create_engine
+from coordinator.store.migrate import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade_database,
+)
+from coordinator.store.schema import SCHEMA, metadata
 
 TABLES = {
     "saga_instance",
@@ -83,7 +88,7 @@ def _diff_against_models(connection: Connection) -> list[Any]:
 
 
 async def test_migrated_schema_matches_the_table_definitions(database_url: str) -> None:
-    # The queries are written against coordinator.schema, the database is built by the
+    # The queries are written against coordinator.store.schema, the database is built by the
     # hand-written migration: autogenerate must see nothing to do between the two.
     await upgrade_database(database_url)
     engine = create_engine(database_url, pool_size=1)

@@ -213,10 +213,10 @@ async def test_overdue_sagas_are_counted_per_type_after_the_grace_period(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from coordinator.database import create_engine
-    from coordinator.migrate import upgrade_database
-    from coordinator.state import SagaInstance, SagaStatus
-    from coordinator.store import SagaStore
+    from coordinator.core.state import SagaInstance, SagaStatus
+    from coordinator.store.database import create_engine
+    from coordinator.store.migrate import upgrade_database
+    from coordinator.store.saga_store import SagaStore
 
     await upgrade_database(database_url)
     now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

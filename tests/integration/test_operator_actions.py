@@ -17,14 +17,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 from typer.testing import CliRunner, Result
 
-from coordinator.cli import app
+from coordinator.cli.main import app
 from coordinator.config import Settings
-from coordinator.database import create_engine
-from coordinator.engine import apply, start_saga
-from coordinator.migrate import upgrade_database
-from coordinator.operator import OperatorActions, SagaTimeline
-from coordinator.processor import persist
-from coordinator.state import (
+from coordinator.core.machine import apply, start_saga
+from coordinator.core.state import (
     HistoryKind,
     ReplyReceived,
     SagaInput,
@@ -32,7 +28,11 @@ from coordinator.state import (
     StartSaga,
     command_id_for,
 )
-from coordinator.store import SagaStore
+from coordinator.ops.actions import OperatorActions, SagaTimeline
+from coordinator.store.database import create_engine
+from coordinator.store.migrate import upgrade_database
+from coordinator.store.persist import persist
+from coordinator.store.saga_store import SagaStore
 from saga_defs import OrderData, OrderSaga
 from saga_defs.order import (
     ChargePayment,
@@ -224,9 +224,9 @@ async def test_a_compensation_refused_for_good_completes_after_an_operator_retry
         running_coordinator(coordinator_settings) as coordinator,
         participants(kafka, database_url, topics, INVENTORY, PAYMENT),
     ):
-        ops: OperatorActions = coordinator.operator
+        ops: OperatorActions = coordinator.ops.actions
         for name in ("api", "cli"):
-            await coordinator.client.start("order", order(f"o-{name}"), saga_id=f"saga-{name}")
+            await coordinator.ops.client.start("order", order(f"o-{name}"), saga_id=f"saga-{name}")
         failed = {
             name: await reaches(ops, f"saga-{name}", SagaStatus.FAILED) for name in ("api", "cli")
         }
@@ -328,8 +328,10 @@ async def test_abort_of_a_running_saga_compensates_and_a_late_success_is_refunde
         topic_reader(topics.commands("inventory")) as inventory,
         topic_reader(topics.commands("payment")) as payment,
     ):
-        ops: OperatorActions = coordinator.operator
-        saga_id = await coordinator.client.start("order", order("o-abort"), saga_id="saga-abort")
+        ops: OperatorActions = coordinator.ops.actions
+        saga_id = await coordinator.ops.client.start(
+            "order", order("o-abort"), saga_id="saga-abort"
+        )
         (reserve,) = await inventory.envelopes(1, timeout_s=WAIT_S)
         await send_envelope(
             topics.replies, reply(reserve, Outcome.SUCCESS, {"reservation_id": "r"})
@@ -390,14 +392,14 @@ async def test_a_dry_run_writes_nothing_and_sends_nothing(
         topic_reader(topics.commands("inventory")) as inventory,
         topic_reader(topics.commands("payment")) as payment,
     ):
-        ops: OperatorActions = coordinator.operator
-        saga_id = await coordinator.client.start("order", order("o-dry"), saga_id="saga-dry")
+        ops: OperatorActions = coordinator.ops.actions
+        saga_id = await coordinator.ops.client.start("order", order("o-dry"), saga_id="saga-dry")
         (reserve,) = await inventory.envelopes(1, timeout_s=WAIT_S)
         await send_envelope(
             topics.replies, reply(reserve, Outcome.SUCCESS, {"reservation_id": "r"})
         )
         (charge,) = await payment.envelopes(1, timeout_s=WAIT_S)
-        before = await snapshot(coordinator.store, saga_id)
+        before = await snapshot(coordinator.store.saga_store, saga_id)
         history_before = (await ops.show(saga_id)).history
 
         abort = await ops.abort(saga_id, actor="dave", reason="just looking", dry_run=True)
@@ -436,7 +438,7 @@ async def test_a_dry_run_writes_nothing_and_sends_nothing(
         # Nothing reaches the command topics (the relay sweeps every 0.5 s).
         assert await inventory.quiet(3.0) == []
         assert await payment.quiet(0.5) == []
-        assert await snapshot(coordinator.store, saga_id) == before
+        assert await snapshot(coordinator.store.saga_store, saga_id) == before
         after = await ops.show(saga_id)
         assert after.history == history_before
         assert after.instance.status is SagaStatus.RUNNING

@@ -9,9 +9,9 @@ from rich.console import Console
 from sqlalchemy import text
 
 from coordinator.config import Settings
-from coordinator.database import create_engine
+from coordinator.core.state import SagaStatus
 from coordinator.demo.runner import DemoCluster, DemoOptions, Infrastructure
-from coordinator.state import SagaStatus
+from coordinator.store.database import create_engine
 from saga_defs import OrderData
 from saga_defs.order import OrderItem
 from service_sdk import DeadLetterHeader, Envelope, MessageKind, Outcome, Topics, decode_headers
@@ -84,7 +84,7 @@ async def test_a_reply_delivered_twice_changes_nothing(
 ) -> None:
     topics = Topics(coordinator_settings.kafka.topic_prefix)
     async with running_coordinator(coordinator_settings) as coordinator:
-        saga_id = await coordinator.client.start("order", ORDER, saga_id="saga-dup")
+        saga_id = await coordinator.ops.client.start("order", ORDER, saga_id="saga-dup")
         async with topic_reader(topics.commands("inventory")) as inventory:
             (reserve,) = await inventory.envelopes(1)
         assert (reserve.step, reserve.attempt) == ("reserve_inventory", 1)
@@ -98,8 +98,8 @@ async def test_a_reply_delivered_twice_changes_nothing(
             (charge,) = await payment.envelopes(1)
             assert await payment.quiet(2.0) == [], "the reply advanced the saga more than once"
         assert charge.step == "charge_payment"
-        async with coordinator.store.engine.connect() as conn:
-            saga = await coordinator.store.select_saga(conn, saga_id)
+        async with coordinator.store.saga_store.engine.connect() as conn:
+            saga = await coordinator.store.saga_store.select_saga(conn, saga_id)
         assert saga is not None
         assert (saga.status, saga.current_step) == (SagaStatus.RUNNING, "charge_payment")
         assert saga.data["reservation_id"] == "r-1"
@@ -111,7 +111,7 @@ async def test_a_reply_delivered_twice_changes_nothing(
 async def test_starting_the_same_saga_twice_over_kafka_starts_it_once(
     coordinator_settings: Settings, running_coordinator: Any, topic_reader: Any, send_envelope: Any
 ) -> None:
-    from coordinator.client import start_request
+    from coordinator.ops.client import start_request
 
     topics = Topics(coordinator_settings.kafka.topic_prefix)
     async with running_coordinator(coordinator_settings):
@@ -159,7 +159,7 @@ async def test_bad_replies_are_dead_lettered_and_the_consumer_moves_on(
             assert headers[DeadLetterHeader.EXCEPTION_MESSAGE]
         assert {r.value for r in letters} >= {b"{not json"}
         # The consumer is still alive: a real saga still starts and sends its command.
-        await coordinator.client.start("order", ORDER, saga_id="after-bad")
+        await coordinator.ops.client.start("order", ORDER, saga_id="after-bad")
         async with topic_reader(topics.commands("inventory")) as inventory:
             (command,) = await inventory.envelopes(1)
         assert command.saga_id == "after-bad"

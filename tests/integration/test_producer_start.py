@@ -7,7 +7,7 @@ from aiokafka.errors import UnknownError
 
 from coordinator.config import KafkaSettings
 from coordinator.devstack import EmbeddedKafka
-from coordinator.kafka import start_producer
+from coordinator.runtime.kafka import start_producer
 
 
 async def test_the_embedded_broker_refuses_idempotence_with_a_hint_and_works_without() -> None:

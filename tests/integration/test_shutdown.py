@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from coordinator.app import Coordinator
 from coordinator.config import Settings
-from coordinator.database import create_engine
+from coordinator.store.database import create_engine
 from saga_defs import OrderData, default_registry
 from saga_defs.order import OrderItem
 from service_sdk import Envelope, MessageKind, Outcome, Topics
@@ -29,7 +29,7 @@ async def test_a_batch_stuck_on_a_lock_does_not_stop_the_coordinator_from_exitin
     stop = asyncio.Event()
     async with Coordinator(settings, default_registry()) as coordinator:
         serving = asyncio.create_task(coordinator.serve(stop))
-        saga_id = await coordinator.client.start("order", ORDER, saga_id="stuck")
+        saga_id = await coordinator.ops.client.start("order", ORDER, saga_id="stuck")
         async with topic_reader(topics.commands("inventory")) as inventory:
             (command,) = await inventory.envelopes(1)
         blocker = create_engine(settings.database.url, pool_size=1)

@@ -16,12 +16,13 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator.database import create_engine
-from coordinator.errors import SagaConflictError
-from coordinator.migrate import upgrade_database
-from coordinator.schema import outbox, saga_instance
-from coordinator.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
-from coordinator.store import HistoryRecord, OutboxMessage, OutboxRecord, SagaStore
+from coordinator.core.errors import SagaConflictError
+from coordinator.core.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus
+from coordinator.store.database import create_engine
+from coordinator.store.migrate import upgrade_database
+from coordinator.store.records import HistoryRecord, OutboxMessage, OutboxRecord
+from coordinator.store.saga_store import SagaStore
+from coordinator.store.schema import outbox, saga_instance
 
 T = TypeVar("T")
 

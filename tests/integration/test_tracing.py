@@ -18,11 +18,11 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.app import Coordinator
-from coordinator.client import start_request
 from coordinator.config import Settings
+from coordinator.core.state import SagaStatus
 from coordinator.demo.participants import PARTICIPANTS, install_all, inventory, payment
-from coordinator.state import SagaStatus
-from coordinator.tracing import is_valid_traceparent, trace_id_of
+from coordinator.observability.tracing import is_valid_traceparent, trace_id_of
+from coordinator.ops.client import start_request
 from saga_defs import OrderData
 from saga_defs.order import OrderItem
 from service_sdk import (
@@ -86,8 +86,8 @@ async def _participants(
 async def _wait_completed(coordinator: Coordinator, saga_ids: list[str]) -> None:
     async with asyncio.timeout(60):
         while True:
-            async with coordinator.store.engine.connect() as conn:
-                sagas = [await coordinator.store.select_saga(conn, s) for s in saga_ids]
+            async with coordinator.store.saga_store.engine.connect() as conn:
+                sagas = [await coordinator.store.saga_store.select_saga(conn, s) for s in saga_ids]
             if all(s is not None and s.status is SagaStatus.COMPLETED for s in sagas):
                 return
             await asyncio.sleep(0.2)
@@ -151,8 +151,8 @@ async def test_every_command_and_reply_of_a_saga_carries_its_one_trace(
                 assert response.status_code == 202, response.text
             await _wait_completed(coordinator, ["kafka", "http", "none", "header"])
 
-        async with coordinator.store.engine.connect() as conn:
-            generated = await coordinator.store.select_saga(conn, "none")
+        async with coordinator.store.saga_store.engine.connect() as conn:
+            generated = await coordinator.store.saga_store.select_saga(conn, "none")
         assert generated is not None
         assert is_valid_traceparent(generated.traceparent)
         expected = {

@@ -8,10 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-from coordinator.cli_sagas import render_action, render_timeline, step_phases, summarize
-from coordinator.engine import apply, start_saga
-from coordinator.operator import ActionResult, SagaTimeline, SentCommand
-from coordinator.state import (
+from coordinator.cli.sagas import render_action, render_timeline, step_phases, summarize
+from coordinator.core.machine import apply, start_saga
+from coordinator.core.state import (
     OperatorRetry,
     ReplyReceived,
     SagaInput,
@@ -19,7 +18,8 @@ from coordinator.state import (
     SagaStatus,
     StartSaga,
 )
-from coordinator.store import HistoryRecord
+from coordinator.ops.actions import ActionResult, SagaTimeline, SentCommand
+from coordinator.store.records import HistoryRecord
 from saga_defs.order import OrderSaga
 from service_sdk import Outcome
 

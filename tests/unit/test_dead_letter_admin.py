@@ -13,9 +13,9 @@ from aiokafka.structs import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.dead_letter_admin import DeadLetter, DeadLetterFilter, replay_headers
+from coordinator.ops.dead_letter_admin import DeadLetterFilter, StoredDeadLetter, replay_headers
 from service_sdk import DeadLetterHeader, Header, MalformedMessageError, decode_envelope
-from service_sdk._private.dead_letters import MAX_RECORD_BYTES, DeadLetterRecord
+from service_sdk.dead_letters import MAX_RECORD_BYTES, DeadLetterRecord
 from tests.garbage import draw, garbage, oracle
 
 AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -60,12 +60,12 @@ def _boom() -> RuntimeError:
 
 def _dead_letter_of(
     record: ConsumerRecord[bytes, bytes], *, reason: str = "handler_error", offset: int = 9
-) -> DeadLetter:
+) -> StoredDeadLetter:
     """What a consumer dead-letters, as read back from the dead-letter topic."""
     dead = DeadLetterRecord.from_consumer_record(
         record, group="payment-service", exc=_boom(), reason=reason
     )
-    return DeadLetter.from_record(
+    return StoredDeadLetter.from_record(
         _record(
             dead.topic,
             offset=offset,
@@ -106,7 +106,7 @@ def test_dead_letter_reads_where_it_came_from_and_why() -> None:
 
 
 def test_garbled_dead_letter_headers_do_not_break_reading() -> None:
-    letter = DeadLetter.from_record(
+    letter = StoredDeadLetter.from_record(
         _record(
             "t.dlq",
             headers=[
@@ -140,7 +140,7 @@ def test_garbled_dead_letter_headers_do_not_break_reading() -> None:
 def test_unreplayable_dead_letters_say_why(
     headers: list[tuple[str, bytes | None]], key: bytes | None, value: bytes | None, why: str
 ) -> None:
-    letter = DeadLetter.from_record(_record("t.dlq", key=key, value=value, headers=headers))
+    letter = StoredDeadLetter.from_record(_record("t.dlq", key=key, value=value, headers=headers))
     reason = letter.unreplayable_because()
     assert reason is not None
     assert why in reason
@@ -232,7 +232,9 @@ def test_a_dead_letter_at_the_size_limit_keeps_where_its_body_is() -> None:
     dead = DeadLetterRecord.from_consumer_record(
         _record("t", value=body), group="g", exc=_boom(), reason="malformed"
     )
-    letter = DeadLetter.from_record(_record("t.dlq", value=dead.value, headers=list(dead.headers)))
+    letter = StoredDeadLetter.from_record(
+        _record("t.dlq", value=dead.value, headers=list(dead.headers))
+    )
     assert dead.value is None
     assert letter.header(DeadLetterHeader.VALUE_DROPPED) == str(len(body))
     assert (letter.original_topic, letter.original_offset) == ("t", 5)

@@ -11,8 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from coordinator.definition import Compensation, RetryPolicy, SagaDefinition, SagaRegistry, Step
-from coordinator.errors import SagaDefinitionError, SagaError, UnknownSagaTypeError
+from coordinator.core.definition import (
+    Compensation,
+    RetryPolicy,
+    SagaDefinition,
+    SagaRegistry,
+    Step,
+)
+from coordinator.core.errors import SagaDefinitionError, SagaError, UnknownSagaTypeError
 from saga_defs import ALL_SAGAS, OrderSaga, default_registry
 from service_sdk import Command
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from coordinator.config import Settings
 from coordinator.demo.observability import COORDINATOR_JOB, PARTICIPANT_JOB
-from coordinator.metrics import CoordinatorMetrics
+from coordinator.observability.metrics import CoordinatorMetrics
 from saga_defs import default_registry
 from service_sdk import ServiceMetrics
 

@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from coordinator.definition import Compensation, RetryPolicy, SagaDefinition, Step
-from coordinator.engine import apply, start_saga
-from coordinator.errors import (
+from coordinator.core.definition import Compensation, RetryPolicy, SagaDefinition, Step
+from coordinator.core.errors import (
     InvalidOperatorActionError,
     InvalidSagaDataError,
     SagaDefinitionError,
 )
-from coordinator.state import (
+from coordinator.core.machine import apply, start_saga
+from coordinator.core.state import (
     CommandPurpose,
     DeadlineFired,
     HistoryKind,

@@ -235,6 +235,7 @@ def test_sdk_public_api_is_pinned() -> None:
         "CommandRejected",
         "ContractError",
         "DeadLetterHeader",
+        "DeadLetterReason",
         "Deferred",
         "Envelope",
         "HandlerContext",

@@ -16,14 +16,14 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from coordinator.api.app import Readiness, create_api, openapi_document
 from coordinator.config import HttpSettings
-from coordinator.engine import apply, start_saga
-from coordinator.errors import SagaNotFoundError, UnknownSagaTypeError
-from coordinator.http_api import Readiness, create_api, openapi_document
-from coordinator.operator import ActionResult, SagaTimeline, SentCommand
-from coordinator.state import OperatorAbort, OperatorRetry, SagaInstance, SagaStatus, StartSaga
-from coordinator.store import HistoryRecord
-from coordinator.tracing import ensure_traceparent, trace_id_of
+from coordinator.core.errors import SagaNotFoundError, UnknownSagaTypeError
+from coordinator.core.machine import apply, start_saga
+from coordinator.core.state import OperatorAbort, OperatorRetry, SagaInstance, SagaStatus, StartSaga
+from coordinator.observability.tracing import ensure_traceparent, trace_id_of
+from coordinator.ops.actions import ActionResult, SagaTimeline, SentCommand
+from coordinator.store.records import HistoryRecord
 from saga_defs import default_registry
 
 TOKEN = "s3cret-token"
@@ -452,7 +452,7 @@ async def test_the_served_schema_is_the_committed_one(api: httpx.AsyncClient) ->
     served = (await api.get("/openapi.json")).json()
     committed = json.loads(OPENAPI_FILE.read_text())
     assert served == committed == openapi_document(), (
-        "docs/openapi.json is stale: python -m coordinator.http_api > docs/openapi.json"
+        "docs/openapi.json is stale: python -m coordinator.api.app > docs/openapi.json"
     )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.logs import LogFormat, configure_logging, envelope_extra
+from coordinator.observability.logs import LogFormat, configure_logging, envelope_extra
 from service_sdk import Envelope, MessageKind
 
 

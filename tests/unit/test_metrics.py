@@ -8,10 +8,9 @@ from typing import Any
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from coordinator.engine import apply, start_saga
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.processor import BatchOutcome
-from coordinator.state import (
+from coordinator.core.batch import BatchOutcome
+from coordinator.core.machine import apply, start_saga
+from coordinator.core.state import (
     DeadlineFired,
     ReplyReceived,
     SagaInstance,
@@ -19,6 +18,7 @@ from coordinator.state import (
     StartSaga,
     Transition,
 )
+from coordinator.observability.metrics import CoordinatorMetrics
 from saga_defs import default_registry
 from saga_defs.order import OrderSaga
 from service_sdk import Outcome, ServiceMetrics
@@ -275,11 +275,9 @@ def test_the_sdk_primes_every_reason_the_runner_dead_letters_with() -> None:
     from service_sdk import runner
     from service_sdk.metrics import DEAD_LETTER_REASONS
 
-    used = set(
-        re.findall(r'_dead_letter\([^()]*(?:\([^()]*\))?[^()]*"(\w+)"\)', inspect.getsource(runner))
-    )
+    used = set(re.findall(r"DeadLetterReason\.(\w+)", inspect.getsource(runner)))
     assert used
-    assert used <= set(DEAD_LETTER_REASONS)
+    assert used <= {reason.name for reason in DEAD_LETTER_REASONS}
 
     registry = CollectorRegistry()
     ServiceMetrics(registry, "inventory", topic="inventory.commands")

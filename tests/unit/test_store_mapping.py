@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from coordinator.schema import saga_instance
-from coordinator.state import SagaInstance, SagaStatus
-from coordinator.store import saga_from_row, saga_to_row, saga_update_row
+from coordinator.core.state import SagaInstance, SagaStatus
+from coordinator.store.saga_store import saga_from_row, saga_to_row, saga_update_row
+from coordinator.store.schema import saga_instance
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 500, tzinfo=UTC)
 

@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 from opentelemetry.trace import SpanKind
 
-from coordinator.engine import start_saga
-from coordinator.state import StartSaga
-from coordinator.store import OutboxRecord
-from coordinator.tracing import (
+from coordinator.core.machine import start_saga
+from coordinator.core.state import StartSaga
+from coordinator.observability.tracing import (
     ensure_traceparent,
     is_valid_traceparent,
     new_traceparent,
@@ -22,6 +21,7 @@ from coordinator.tracing import (
     trace_id_of,
     with_header_traceparent,
 )
+from coordinator.store.records import OutboxRecord
 from saga_defs import OrderData, OrderSaga
 from saga_defs.order import OrderItem
 from service_sdk import Envelope, MessageKind

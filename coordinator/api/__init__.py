@@ -1,0 +1,1 @@
+"""The HTTP API: FastAPI routers, request/response models and the in-process server."""

@@ -1,0 +1,166 @@
+"""The HTTP API's request and response bodies (pydantic models; they shape ``docs/openapi.json``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from coordinator.core.state import SagaStatus
+
+__all__ = [
+    "DEFAULT_ACTOR",
+    "ActionRequest",
+    "ActionResponse",
+    "CommandView",
+    "ErrorItem",
+    "ErrorResponse",
+    "HealthResponse",
+    "HistoryView",
+    "ReadyResponse",
+    "SagaPage",
+    "SagaTimelineView",
+    "SagaView",
+    "StartResponse",
+]
+
+DEFAULT_ACTOR = "http-api"
+"""The actor recorded for an operator action whose request names none."""
+
+
+class ErrorItem(BaseModel):
+    """One validation problem, as pydantic reports it."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: str = Field(description="A stable code, e.g. `saga_not_found`, `invalid_request`.")
+    message: str = Field(description="What went wrong, for people.")
+    errors: list[ErrorItem] | None = Field(
+        default=None, description="Validation problems, when the request did not validate."
+    )
+
+
+class StartResponse(BaseModel):
+    """A saga was accepted (or already existed under this id: starting is idempotent)."""
+
+    saga_id: str
+    saga_type: str
+    location: str = Field(description="Where to follow it: `GET /sagas/{saga_id}`.")
+
+
+class SagaView(BaseModel):
+    """A saga instance."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    saga_id: str
+    saga_type: str
+    definition_version: int
+    status: SagaStatus
+    current_step: str | None
+    command_id: str | None
+    attempt: int
+    epoch: int
+    deadline_at: datetime | None
+    completed_steps: list[str]
+    compensated_steps: list[str]
+    failure_reason: str | None
+    data: dict[str, Any]
+    traceparent: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class HistoryView(BaseModel):
+    """One line of a saga's history."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    kind: str
+    step: str | None
+    message_id: str | None
+    detail: dict[str, Any]
+
+
+class SagaTimelineView(BaseModel):
+    """A saga and its history, oldest first."""
+
+    saga: SagaView
+    history: list[HistoryView]
+
+
+class SagaPage(BaseModel):
+    """One page of sagas, newest first."""
+
+    items: list[SagaView]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="The offset of the next page; null on the last.")
+
+
+class ActionRequest(BaseModel):
+    """Why an operator retries or aborts a saga; recorded in the saga's history."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=1, max_length=1_000)
+    actor: str | None = Field(
+        default=None, min_length=1, max_length=200, description=f"Default: `{DEFAULT_ACTOR}`."
+    )
+
+
+class CommandView(BaseModel):
+    """A command an action sent (or, in a dry run, would send)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    topic: str
+    key: str
+    message_type: str
+    step: str
+    command_id: str
+    attempt: int
+
+
+class ActionResponse(BaseModel):
+    """What an operator action did, or with `dry_run` would have done."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    saga_id: str
+    action: str
+    actor: str
+    reason: str
+    dry_run: bool
+    changed: bool
+    status_before: SagaStatus
+    status_after: SagaStatus
+    epoch: int
+    commands: list[CommandView]
+    events: list[str]
+    outbox_ids: list[int]
+
+
+class HealthResponse(BaseModel):
+    """The process is up."""
+
+    status: str = "ok"
+
+
+class ReadyResponse(BaseModel):
+    """Whether this instance can serve."""
+
+    ready: bool
+    checks: dict[str, bool]
+    partitions: int | None = None
+    details: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,33 @@
+"""What applying one batch of start requests and replies decided (pure data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coordinator.core.state import SagaInstance, Transition
+from service_sdk.contract import DeadLetterReason
+
+__all__ = ["BatchOutcome", "Rejection"]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message of the batch that could not be applied."""
+
+    index: int
+    reason: DeadLetterReason
+    error: Exception
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did."""
+
+    applied: int = 0
+    duplicates: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    outbox_ids: list[int] = field(default_factory=list)
+    transitions: list[tuple[SagaInstance | None, Transition]] = field(default_factory=list)
+    """(state before, transition) pairs; before is None for a start."""
+    records: int = 0
+    """Kafka records in the batch, undecodable ones included (set by the consumer)."""

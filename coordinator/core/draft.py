@@ -1,0 +1,193 @@
+"""A transition being assembled by the engine: the state so far plus what to send and record.
+
+Private to the engine (:mod:`coordinator.core.machine`, :mod:`coordinator.core.compensation`); pure like
+them. It is mutable because it lives for one decision only; what leaves it is the frozen
+:class:`~coordinator.core.state.Transition`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from coordinator.core.definition import RetryPolicy, SagaDefinition, Step
+from coordinator.core.errors import InvalidSagaDataError, SagaDefinitionError
+from coordinator.core.state import (
+    CommandPurpose,
+    HistoryEntry,
+    HistoryKind,
+    LifecycleEvent,
+    LifecycleKind,
+    OutgoingCommand,
+    SagaInstance,
+    Transition,
+    command_id_for,
+)
+
+__all__ = ["TransitionDraft", "describe", "retry_policy"]
+
+_MAX_ERROR_CHARS = 500
+
+
+@dataclass
+class TransitionDraft:
+    """The decision in progress for one saga and one input.
+
+    Attributes:
+        message_id: The id of the message being applied; stamped on every history entry.
+    """
+
+    definition: type[SagaDefinition[Any]]
+    instance: SagaInstance
+    now: datetime
+    message_id: str | None = None
+    commands: list[OutgoingCommand] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+    events: list[LifecycleEvent] = field(default_factory=list)
+
+    def update(self, **changes: Any) -> None:
+        """Replace fields of the instance (which stays frozen)."""
+        self.instance = replace(self.instance, **changes)
+
+    def record(self, kind: HistoryKind, step: str | None, **detail: Any) -> None:
+        """Append a history entry."""
+        self.history.append(HistoryEntry(kind, step, self.message_id, detail))
+
+    def emit(self, kind: LifecycleKind, step: str | None = None, **detail: Any) -> None:
+        """Append a lifecycle event."""
+        self.events.append(LifecycleEvent(kind, step, detail))
+
+    def finish(self, original: SagaInstance | None) -> Transition:
+        """The transition; ``original`` is the instance before (None for a new saga)."""
+        changed = self.instance != original
+        instance = self.instance
+        if changed:
+            instance = replace(instance, updated_at=self.now)
+        elif original is not None:
+            instance = original  # the very object, as Transition promises
+        return Transition(
+            instance, tuple(self.commands), tuple(self.history), tuple(self.events), changed
+        )
+
+    def data(self) -> BaseModel:
+        """The saga data as its model.
+
+        Raises:
+            InvalidSagaDataError: The stored data no longer fits the data model.
+        """
+        try:
+            return self.definition.data_model.model_validate(self.instance.data)
+        except ValidationError as exc:
+            raise InvalidSagaDataError(
+                f"stored data does not fit {self.definition.name!r}: {describe(exc)}",
+                saga_id=self.instance.saga_id,
+            ) from exc
+
+    def fold(self, step: Step[Any], payload: dict[str, Any]) -> dict[str, Any] | str:
+        """The saga data with a success reply folded in, or (a str) why the reply is unusable."""
+        if step.on_success is None:
+            return self.instance.data
+        current = self.data()
+        try:
+            folded = self.definition.data_model.model_validate(step.on_success(current, payload))
+        except Exception as exc:
+            return f"invalid reply: {describe(exc)}"
+        return folded.model_dump(mode="json")
+
+    def send(
+        self,
+        step: Step[Any],
+        *,
+        compensation: bool,
+        attempt: int,
+        purpose: CommandPurpose,
+        delay: timedelta = timedelta(0),
+        track: bool = True,
+        command_id: str | None = None,
+    ) -> None:
+        """Emit a step's command (or its compensation), built from the current data.
+
+        Args:
+            delay: Added to the timeout: the backoff spaces out deadlines.
+            track: Make it the awaited command (``current_step``, ``command_id``, ``attempt``,
+                ``deadline_at``); False sends it fire-and-forget.
+            command_id: Re-send under this id; by default the id of the saga's current epoch.
+
+        Raises:
+            SagaDefinitionError: ``build`` failed or returned the wrong command type.
+        """
+        saga_id = self.instance.saga_id
+        if compensation:
+            if step.compensation is None:
+                raise SagaDefinitionError(
+                    f"{step.name} has no compensation", saga_id=saga_id, step=step.name
+                )
+            comp = step.compensation
+            model, build, timeout = comp.command, comp.build, comp.timeout
+        else:
+            model, build, timeout = step.command, step.build, step.timeout
+        data = self.data()
+        try:
+            command = build(data)
+        except Exception as exc:
+            raise SagaDefinitionError(
+                f"{step.name}: building {model.__name__} failed: {describe(exc)}",
+                saga_id=saga_id,
+                step=step.name,
+            ) from exc
+        if not isinstance(command, model):
+            raise SagaDefinitionError(
+                f"{step.name}: build returned {type(command).__name__}, expected {model.__name__}",
+                saga_id=saga_id,
+                step=step.name,
+            )
+        if command_id is None:
+            command_id = command_id_for(
+                saga_id, step.name, compensation=compensation, epoch=self.instance.epoch
+            )
+        self.commands.append(
+            OutgoingCommand(
+                service=step.service,
+                step=step.name,
+                message_type=model.message_type,
+                command_id=command_id,
+                attempt=attempt,
+                payload=command.model_dump(mode="json"),
+                purpose=purpose,
+            )
+        )
+        deadline = self.now + delay + timeout if track else None
+        if track:
+            self.update(
+                current_step=step.name, command_id=command_id, attempt=attempt, deadline_at=deadline
+            )
+        self.record(
+            HistoryKind.COMPENSATION_SENT if compensation else HistoryKind.COMMAND_SENT,
+            step.name,
+            command_id=command_id,
+            attempt=attempt,
+            purpose=purpose.value,
+            message_type=model.message_type,
+            deadline_at=deadline.isoformat() if deadline else None,
+        )
+
+
+def retry_policy(step: Step[Any], *, compensation: bool) -> RetryPolicy:
+    """The retry policy of a step's command or of its compensation."""
+    if compensation and step.compensation is not None:
+        return step.compensation.retry
+    return step.retry
+
+
+def describe(exc: Exception) -> str:
+    """A one-line, bounded description of an error, for failure reasons and history."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "value"
+        text = f"{exc.error_count()} validation error(s); {where}: {first['msg']}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return text[:_MAX_ERROR_CHARS]

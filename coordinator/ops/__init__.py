@@ -1,0 +1,1 @@
+"""Operator tools: actions on sagas, dead-letter administration, starting sagas."""

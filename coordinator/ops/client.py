@@ -1,0 +1,75 @@
+"""Starting sagas: from Python (in the coordinator's process) or as a Kafka start request."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from coordinator.core.errors import InvalidSagaDataError, SagaError, UnknownSagaTypeError
+from coordinator.runtime.outbox import OutboxRelay
+from coordinator.runtime.processor import BatchProcessor
+from service_sdk.contract import DeadLetterReason, Envelope, MessageKind
+
+__all__ = ["SagaClient", "start_request"]
+
+
+def start_request(
+    saga_type: str,
+    data: BaseModel | Mapping[str, Any],
+    *,
+    saga_id: str | None = None,
+    source: str = "python-api",
+    traceparent: str | None = None,
+) -> Envelope:
+    """The envelope that asks the coordinator to start a saga.
+
+    Publish it to ``saga.requests`` keyed by saga id (``envelope.key()``), or pass it to
+    :meth:`SagaClient.start`. Starting the same saga id twice starts it once.
+    """
+    payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data)
+    return Envelope(
+        kind=MessageKind.START,
+        message_type=f"{saga_type}.start",
+        source=source,
+        saga_id=saga_id or str(uuid.uuid4()),
+        saga_type=saga_type,
+        payload=payload,
+        traceparent=traceparent,
+    )
+
+
+class SagaClient:
+    """Starts sagas directly through the coordinator's processor (same transaction rules)."""
+
+    def __init__(self, processor: BatchProcessor, relay: OutboxRelay | None = None) -> None:
+        self._processor = processor
+        self._relay = relay
+
+    async def start(
+        self,
+        saga_type: str,
+        data: BaseModel | Mapping[str, Any],
+        *,
+        saga_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> str:
+        """Start a saga and return its id; a saga id that already exists is not started again.
+
+        Raises:
+            UnknownSagaTypeError: No definition is registered under ``saga_type``.
+            InvalidSagaDataError: ``data`` does not fit the definition's data model.
+        """
+        envelope = start_request(saga_type, data, saga_id=saga_id, traceparent=traceparent)
+        outcome = await self._processor.process([envelope])
+        for rejection in outcome.rejections:
+            if rejection.reason == DeadLetterReason.UNKNOWN_SAGA_TYPE:
+                raise UnknownSagaTypeError(str(rejection.error), saga_id=envelope.saga_id)
+            if isinstance(rejection.error, InvalidSagaDataError):
+                raise rejection.error
+            raise SagaError(str(rejection.error), saga_id=envelope.saga_id)
+        if outcome.outbox_ids and self._relay is not None:
+            self._relay.wake()
+        return envelope.saga_id

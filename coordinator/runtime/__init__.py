@@ -1,0 +1,1 @@
+"""The coordinator process: reply consumer, batch processor, outbox relay, deadlines, housekeeping."""

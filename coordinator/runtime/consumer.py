@@ -1,0 +1,267 @@
+"""The reply consumer: reads replies and start requests in batches and applies them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeAlias, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from coordinator.config import KafkaSettings
+from coordinator.core.batch import BatchOutcome, Rejection
+from coordinator.core.errors import SagaConflictError
+from coordinator.observability.logs import envelope_extra
+from coordinator.observability.tracing import with_header_traceparent
+from coordinator.runtime.cancellation import cancelling
+from coordinator.runtime.dead_letters import DeadLetterPublisher, RejectedRecord
+from coordinator.runtime.processor import BatchProcessor
+from service_sdk.contract import (
+    DeadLetterReason,
+    Envelope,
+    MalformedMessageError,
+    Topics,
+    decode_envelope,
+)
+
+__all__ = ["ReplyConsumer", "is_transient"]
+
+logger = logging.getLogger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying as they are: lost connections, lock conflicts."""
+    if isinstance(exc, SagaConflictError | OperationalError | InterfaceError | OSError):
+        return True
+    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, TimeoutError)
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Lets an in-flight batch finish and commit before partitions move to another instance."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        async with self._lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        return None
+
+
+class ReplyConsumer:
+    """Consumes ``saga.replies`` and ``saga.requests`` as one consumer-group member.
+
+    Each ``getmany`` batch is applied in one database transaction; dead letters are then
+    published and acknowledged, the outbox relay woken, and only then are offsets committed.
+    A batch that fails for a transient reason is retried as a whole; one that fails otherwise
+    is applied message by message so a single poison message is dead-lettered alone.
+    """
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        dead_letters: DeadLetterPublisher,
+        settings: KafkaSettings,
+        topics: Topics,
+        *,
+        on_commit: Callable[[BatchOutcome], None] | None = None,
+    ) -> None:
+        self._processor = processor
+        self._dead_letters = dead_letters
+        self._settings = settings
+        self._topics = topics
+        self._on_commit = on_commit
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.batches = 0
+
+    async def start(self) -> None:
+        """Join the consumer group."""
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=self._settings.client_id,
+            group_id=self._settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self._settings.session_timeout_ms,
+            heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
+            max_poll_records=self._settings.max_batch,
+        )
+        consumer.subscribe(
+            [self._topics.replies, self._topics.requests],
+            listener=_DrainOnRevoke(self._lock),
+        )
+        await consumer.start()
+        self._consumer = consumer
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop` (readiness)."""
+        return self._consumer is not None and not self._stopping.is_set()
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns now (empty before the first assignment)."""
+        consumer = self._consumer
+        return frozenset() if consumer is None else frozenset(consumer.assignment())
+
+    async def partition_lag(self) -> dict[TopicPartition, int]:
+        """Records behind the log end per owned partition (highwater - position).
+
+        Partitions not fetched from yet (no highwater known) are absent.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lag: dict[TopicPartition, int] = {}
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                async with asyncio.timeout(1.0):
+                    position = await consumer.position(tp)
+            except (KafkaError, TimeoutError):
+                continue  # revoked meanwhile, or no position yet: the next sample has it
+            lag[tp] = max(highwater - position, 0)
+        return lag
+
+    async def stop(self) -> None:
+        """Finish the in-flight batch, commit, and leave the group. Idempotent.
+
+        If the wait is cancelled (the grace period ran out), the group is still left.
+        """
+        self._stopping.set()
+        if self._consumer is None:
+            return
+        try:
+            async with self._lock:
+                pass
+        finally:
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                await consumer.stop()
+
+    def _interrupted(self) -> bool:
+        """True once shutdown began: a failure now says nothing about the messages."""
+        return self._stopping.is_set() or cancelling()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` is called."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("ReplyConsumer.start() was not called")
+        while not self._stopping.is_set():
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=self._settings.poll_timeout_ms,
+                    max_records=self._settings.max_batch,
+                )
+            except ConsumerStoppedError:
+                return
+            if not batch or self._stopping.is_set():
+                continue
+            async with self._lock:
+                try:
+                    await self._handle(consumer, batch)
+                except Exception as exc:
+                    if not self._interrupted():
+                        raise
+                    # Not committed: the batch is redelivered to whoever owns it next.
+                    logger.warning("abandoning a batch at shutdown: %s", exc)
+                    if cancelling():
+                        raise asyncio.CancelledError from exc
+                    return
+
+    async def _handle(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Record]]
+    ) -> None:
+        records = [record for partition in batch.values() for record in partition]
+        letters: list[RejectedRecord] = []
+        envelopes: list[Envelope] = []
+        origins: list[Record] = []
+        for record in records:
+            try:
+                envelopes.append(with_header_traceparent(decode_envelope(record.value), record))
+                origins.append(record)
+            except MalformedMessageError as exc:
+                letters.append(RejectedRecord(record, exc.reason_code, exc))
+        outcome = await self._apply(envelopes)
+        letters.extend(
+            RejectedRecord(origins[r.index], r.reason, r.error) for r in outcome.rejections
+        )
+        if letters:
+            await self._retry_transient(lambda: self._dead_letters.publish(letters))
+        outcome.records = len(records)
+        if self._on_commit is not None:
+            self._on_commit(outcome)
+        offsets = {tp: partition[-1].offset + 1 for tp, partition in batch.items() if partition}
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced under us; the new owner re-reads these records and the
+            # inbox recognises every one already applied.
+            logger.warning("offset commit failed after a rebalance: %s", exc)
+        self.batches += 1
+
+    async def _apply(self, envelopes: Sequence[Envelope]) -> BatchOutcome:
+        if not envelopes:
+            return BatchOutcome()
+        try:
+            return await self._with_retries(envelopes)
+        except Exception as exc:
+            # A cancelled transaction surfaces as a database error: never dead-letter for it.
+            if is_transient(exc) or self._interrupted():
+                raise
+            logger.exception("batch of %d failed; applying one by one", len(envelopes))
+        merged = BatchOutcome()
+        for index, envelope in enumerate(envelopes):
+            try:
+                single = await self._with_retries([envelope])
+            except Exception as exc:
+                if is_transient(exc) or self._interrupted():
+                    raise
+                logger.exception(
+                    "message %s cannot be applied",
+                    envelope.message_id,
+                    extra=envelope_extra(envelope),
+                )
+
+                merged.rejections.append(Rejection(index, DeadLetterReason.PROCESSING_ERROR, exc))
+                continue
+            merged.applied += single.applied
+            merged.duplicates += single.duplicates
+            merged.outbox_ids.extend(single.outbox_ids)
+            merged.transitions.extend(single.transitions)
+            merged.rejections.extend(type(r)(index, r.reason, r.error) for r in single.rejections)
+        return merged
+
+    async def _with_retries(self, envelopes: Sequence[Envelope]) -> BatchOutcome:
+        return await self._retry_transient(lambda: self._processor.process(envelopes))
+
+    async def _retry_transient(self, action: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.05
+        while True:
+            try:
+                return await action()
+            except Exception as exc:
+                if not is_transient(exc) or self._stopping.is_set():
+                    raise
+                logger.warning("transient failure (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

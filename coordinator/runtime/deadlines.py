@@ -1,0 +1,131 @@
+"""The deadline scanner: turns overdue replies into events for the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from coordinator.config import DeadlineSettings
+from coordinator.core.clock import Clock
+from coordinator.core.definition import SagaRegistry
+from coordinator.core.machine import apply
+from coordinator.core.state import DeadlineFired, SagaInstance, Transition
+from coordinator.observability.logs import log_transitions
+from coordinator.observability.tracing import record_transitions
+from coordinator.runtime.cancellation import cancelling
+from coordinator.store.persist import persist
+from coordinator.store.saga_store import SagaStore
+from service_sdk.contract import Topics
+
+__all__ = ["DeadlineScanner"]
+
+logger = logging.getLogger(__name__)
+
+
+class DeadlineScanner:
+    """Claims sagas whose awaited reply is overdue and applies :class:`DeadlineFired`.
+
+    Deadlines live in PostgreSQL (``saga_instance.deadline_at``), so they survive restarts;
+    rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several coordinator instances never
+    fire the same deadline twice. The engine decides: re-send (same command id, next attempt)
+    or give up on the step and compensate.
+    """
+
+    def __init__(
+        self,
+        store: SagaStore,
+        registry: SagaRegistry,
+        topics: Topics,
+        clock: Clock,
+        settings: DeadlineSettings,
+        *,
+        on_commit: Callable[[list[Transition]], None] | None = None,
+        random_unit: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._topics = topics
+        self._clock = clock
+        self._settings = settings
+        self._on_commit = on_commit
+        self._random_unit = random_unit
+        self._stopping = asyncio.Event()
+        self.fired = 0
+
+    async def scan_once(self) -> int:
+        """Fire up to one batch of due deadlines; returns how many fired."""
+        now = self._clock.now()
+        started_ns = time.time_ns()
+        transitions: list[Transition] = []
+        befores: list[SagaInstance] = []
+        async with self._store.engine.begin() as conn:
+            due = await self._store.claim_due_deadlines(
+                conn, now, self._settings.batch_size, saga_types=self._registry.names()
+            )
+            for instance in due:
+                if instance.current_step is None or instance.command_id is None:
+                    continue
+                if instance.saga_type not in self._registry:
+                    logger.error(
+                        "saga %s has unknown type %s; its deadline cannot fire",
+                        instance.saga_id,
+                        instance.saga_type,
+                        extra={"saga_id": instance.saga_id},
+                    )
+                    continue
+                event = DeadlineFired(
+                    instance.current_step,
+                    instance.command_id,
+                    instance.attempt,
+                    self._random_unit(),
+                )
+                transitions.append(
+                    apply(self._registry.get(instance.saga_type), instance, event, now)
+                )
+                befores.append(instance)
+            if transitions:
+                await persist(
+                    self._store,
+                    conn,
+                    self._topics,
+                    [t.instance for t in transitions if t.changed],
+                    transitions,
+                    now,
+                )
+        self.fired += len(transitions)
+        fired = list(zip(befores, transitions, strict=True))
+        log_transitions(logger, fired, level=logging.INFO, cause="missed its deadline")
+        record_transitions(
+            fired,
+            start_ns=started_ns,
+            end_ns=time.time_ns(),
+            batch_size=len(due),
+            name="saga.deadline",
+        )
+        if transitions and self._on_commit is not None:
+            self._on_commit(transitions)
+        return len(due)
+
+    async def run(self) -> None:
+        """Scan every ``scan_interval_s`` (at once again after a full batch) until stopped."""
+        while not self._stopping.is_set():
+            try:
+                claimed = await self.scan_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if cancelling():
+                    raise
+                logger.exception("deadline scan failed; retrying")
+                claimed = 0
+            if claimed < self._settings.batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._settings.scan_interval_s)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current scan."""
+        self._stopping.set()

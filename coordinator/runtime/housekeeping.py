@@ -1,0 +1,85 @@
+"""Housekeeping: deletes sent outbox rows and aged inbox entries, in bounded chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from coordinator.config import HousekeepingSettings
+from coordinator.core.clock import Clock
+from coordinator.runtime.cancellation import cancelling
+from coordinator.store.saga_store import SagaStore
+
+__all__ = ["Housekeeper", "SweepResult"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Rows one sweep deleted."""
+
+    outbox: int
+    inbox: int
+
+
+class Housekeeper:
+    """Keeps the outbox and inbox from growing without bound.
+
+    Sent outbox rows are kept for ``outbox_retention_s`` (for inspection), inbox entries for
+    ``inbox_retention_s`` (the de-duplication window). Each delete is bounded and claims rows
+    with ``SKIP LOCKED``, so several coordinators may sweep at once and never wait on the hot
+    path's locks.
+    """
+
+    def __init__(self, store: SagaStore, clock: Clock, settings: HousekeepingSettings) -> None:
+        self._store = store
+        self._clock = clock
+        self._settings = settings
+        self._stopping = asyncio.Event()
+
+    async def sweep_once(self) -> SweepResult:
+        """Delete what has outlived its retention (until a chunk comes back short)."""
+        now = self._clock.now()
+        settings = self._settings
+        outbox_cutoff = now - timedelta(seconds=settings.outbox_retention_s)
+        inbox_cutoff = now - timedelta(seconds=settings.inbox_retention_s)
+        outbox = inbox = 0
+        while not self._stopping.is_set():
+            async with self._store.engine.begin() as conn:
+                count = await self._store.delete_sent_outbox(
+                    conn, outbox_cutoff, settings.batch_size
+                )
+            outbox += count
+            if count < settings.batch_size:
+                break
+        while not self._stopping.is_set():
+            async with self._store.engine.begin() as conn:
+                count = await self._store.delete_inbox(conn, inbox_cutoff, settings.batch_size)
+            inbox += count
+            if count < settings.batch_size:
+                break
+        if outbox or inbox:
+            logger.info("housekeeping deleted %d outbox rows and %d inbox entries", outbox, inbox)
+        return SweepResult(outbox, inbox)
+
+    async def run(self) -> None:
+        """Sweep every ``interval_s`` until :meth:`stop`."""
+        while not self._stopping.is_set():
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if cancelling():
+                    raise
+                logger.exception("housekeeping failed; trying again next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._settings.interval_s)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self._stopping.set()

@@ -1,0 +1,202 @@
+"""Applies a batch of inbound messages to saga state in ONE database transaction.
+
+For a batch of start requests and replies the processor, inside a single transaction:
+locks the sagas the replies belong to, records every new message id in the inbox (a
+redelivered message is recognised there and changes nothing), runs the pure engine, and
+writes the new saga states, their history and the outgoing messages (outbox). Kafka offsets
+are committed by the caller only after this returns. Messages that cannot be applied are
+returned as rejections for the caller to dead-letter; they are not written to the inbox, so a
+repaired message can be replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from coordinator.core.batch import BatchOutcome, Rejection
+from coordinator.core.clock import Clock
+from coordinator.core.definition import SagaDefinition, SagaRegistry
+from coordinator.core.errors import InvalidSagaDataError, SagaError
+from coordinator.core.machine import apply, start_saga
+from coordinator.core.state import (
+    ReplyReceived,
+    SagaInstance,
+    StartSaga,
+    Transition,
+)
+from coordinator.observability.logs import log_transitions
+from coordinator.observability.tracing import ensure_traceparent, record_transitions
+from coordinator.store.persist import persist
+from coordinator.store.saga_store import SagaStore
+from service_sdk.contract import DeadLetterReason, Envelope, MessageKind, Topics
+
+__all__ = ["BatchProcessor"]
+
+logger = logging.getLogger(__name__)
+
+
+def _reply_input(envelope: Envelope) -> ReplyReceived:
+    assert envelope.outcome is not None  # checked by _screen
+    return ReplyReceived(
+        message_id=envelope.message_id,
+        step=envelope.step,
+        command_id=envelope.command_id,
+        attempt=envelope.attempt,
+        outcome=envelope.outcome,
+        payload=dict(envelope.payload),
+        error=envelope.error,
+    )
+
+
+class BatchProcessor:
+    """Applies batches of start requests and replies; the runtime's one writer of saga state."""
+
+    def __init__(
+        self, store: SagaStore, registry: SagaRegistry, topics: Topics, clock: Clock
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._topics = topics
+        self._clock = clock
+
+    def _screen(self, index: int, envelope: Envelope) -> Rejection | None:
+        if envelope.kind not in (MessageKind.START, MessageKind.REPLY):
+            return Rejection(
+                index,
+                DeadLetterReason.UNEXPECTED_KIND,
+                SagaError(f"a {envelope.kind.value} message cannot be applied to a saga"),
+            )
+        if envelope.saga_type not in self._registry:
+            return Rejection(
+                index,
+                DeadLetterReason.UNKNOWN_SAGA_TYPE,
+                SagaError(f"unknown saga type {envelope.saga_type!r}", saga_id=envelope.saga_id),
+            )
+        if envelope.kind is MessageKind.REPLY and envelope.outcome is None:
+            return Rejection(
+                index,
+                DeadLetterReason.SCHEMA,
+                SagaError("a reply must carry an outcome", saga_id=envelope.saga_id),
+            )
+        return None
+
+    async def process(self, envelopes: Sequence[Envelope]) -> BatchOutcome:
+        """Apply ``envelopes`` (in order) in one transaction and return what happened.
+
+        Raises whatever the database raises; the caller retries or isolates the batch.
+        """
+        outcome = BatchOutcome()
+        now = self._clock.now()
+        started_ns = time.time_ns()
+        candidates: list[tuple[int, Envelope]] = []
+        for index, envelope in enumerate(envelopes):
+            rejection = self._screen(index, envelope)
+            if rejection is None:
+                candidates.append((index, envelope))
+            else:
+                outcome.rejections.append(rejection)
+        if not candidates:
+            return outcome
+
+        # Starts are decided before the transaction: the engine is pure and a bad start
+        # (invalid data) must not take a lock or an inbox row.
+        started: dict[int, Transition] = {}
+        for index, envelope in candidates:
+            if envelope.kind is MessageKind.START:
+                definition = self._registry.get(envelope.saga_type)
+                try:
+                    started[index] = start_saga(
+                        definition,
+                        envelope.saga_id,
+                        StartSaga(
+                            envelope.message_id,
+                            dict(envelope.payload),
+                            # Every saga gets one trace, started here if the request had none.
+                            ensure_traceparent(envelope.traceparent),
+                        ),
+                        now,
+                    )
+                except InvalidSagaDataError as exc:
+                    outcome.rejections.append(Rejection(index, DeadLetterReason.INVALID_DATA, exc))
+        async with self._store.engine.begin() as conn:
+            reply_saga_ids = {e.saga_id for _, e in candidates if e.kind is MessageKind.REPLY}
+            current: dict[str, SagaInstance] = (
+                await self._store.select_sagas_for_update(conn, reply_saga_ids)
+                if reply_saga_ids
+                else {}
+            )
+            accepted: list[tuple[int, Envelope]] = []
+            for index, envelope in candidates:
+                if envelope.kind is MessageKind.START:
+                    if index in started:
+                        accepted.append((index, envelope))
+                elif envelope.saga_id in current:
+                    accepted.append((index, envelope))
+                else:
+                    outcome.rejections.append(
+                        Rejection(
+                            index,
+                            DeadLetterReason.UNKNOWN_SAGA,
+                            SagaError("reply for an unknown saga", saga_id=envelope.saga_id),
+                        )
+                    )
+            if not accepted:
+                return outcome
+            fresh = await self._store.insert_inbox(
+                conn, [(e.message_id, e.saga_id) for _, e in accepted], now
+            )
+            new_instances: list[SagaInstance] = []
+            start_transitions: list[Transition] = []
+            seen: set[str] = set()
+            changed_ids: set[str] = set()
+            starting: set[str] = set()
+            for index, envelope in accepted:
+                if envelope.message_id not in fresh or envelope.message_id in seen:
+                    outcome.duplicates += 1
+                    continue
+                seen.add(envelope.message_id)
+                if envelope.kind is MessageKind.START:
+                    if envelope.saga_id in starting:
+                        # Starting the same saga id twice starts it once.
+                        outcome.duplicates += 1
+                        continue
+                    starting.add(envelope.saga_id)
+                    start_transitions.append(started[index])
+                    new_instances.append(started[index].instance)
+                    continue
+                saga_def: type[SagaDefinition[Any]] = self._registry.get(envelope.saga_type)
+                before = current[envelope.saga_id]
+                transition = apply(saga_def, before, _reply_input(envelope), now)
+                current[envelope.saga_id] = transition.instance
+                if transition.changed:
+                    changed_ids.add(envelope.saga_id)
+                outcome.transitions.append((before, transition))
+                outcome.applied += 1
+            if new_instances:
+                inserted = await self._store.insert_sagas(conn, new_instances)
+                for transition in start_transitions:
+                    if transition.instance.saga_id in inserted:
+                        outcome.transitions.append((None, transition))
+                        outcome.applied += 1
+                    else:
+                        # Starting the same saga id twice starts it once.
+                        outcome.duplicates += 1
+            outcome.outbox_ids = await persist(
+                self._store,
+                conn,
+                self._topics,
+                [current[i] for i in sorted(changed_ids)],
+                [t for _, t in outcome.transitions],
+                now,
+            )
+        log_transitions(logger, outcome.transitions)
+        record_transitions(
+            outcome.transitions,
+            start_ns=started_ns,
+            end_ns=time.time_ns(),
+            batch_size=len(envelopes),
+        )
+        return outcome

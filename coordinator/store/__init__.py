@@ -1,0 +1,1 @@
+"""PostgreSQL: the schema, migrations, the saga store, outbox rows and the one write path."""

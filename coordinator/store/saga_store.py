@@ -1,0 +1,530 @@
+"""The saga store: every SQL statement the coordinator runs against PostgreSQL.
+
+Each method takes an :class:`~sqlalchemy.ext.asyncio.AsyncConnection` the caller opened with
+``engine.begin()``: the caller owns the one transaction that applies a batch of replies (inbox,
+saga rows, history, outbox together, or none of them). Each method is one round-trip whatever
+the batch size, never a loop of single-row statements. (Inserts are sent by SQLAlchemy's
+"insertmanyvalues" as multi-row statements of up to 1,000 rows each, so a batch of more rows
+takes one statement per thousand.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator.core.errors import SagaConflictError
+from coordinator.core.state import TERMINAL_STATUSES, HistoryEntry, SagaInstance, SagaStatus
+from coordinator.store.records import HistoryRecord, OutboxMessage, OutboxRecord
+from coordinator.store.schema import (
+    ACTIVE_DEADLINE_PREDICATE,
+    inbox,
+    outbox,
+    saga_history,
+    saga_instance,
+)
+
+__all__ = [
+    "SagaStore",
+    "saga_from_row",
+    "saga_to_row",
+    "saga_update_row",
+]
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    # A naive datetime would be read by PostgreSQL in the session's time zone, silently moving
+    # deadlines by hours on a server not set to UTC.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got {value!r}")
+    return value
+
+
+def _aware_or_none(value: datetime | None, name: str) -> datetime | None:
+    return None if value is None else _aware(value, name)
+
+
+def saga_to_row(instance: SagaInstance) -> dict[str, Any]:
+    """The ``saga_instance`` column values of ``instance`` (all but ``version``)."""
+    return {
+        "saga_id": instance.saga_id,
+        "saga_type": instance.saga_type,
+        "definition_version": instance.definition_version,
+        "status": instance.status.value,
+        "current_step": instance.current_step,
+        "command_id": instance.command_id,
+        "attempt": instance.attempt,
+        "deadline_at": _aware_or_none(instance.deadline_at, "deadline_at"),
+        "completed_steps": list(instance.completed_steps),
+        "compensated_steps": list(instance.compensated_steps),
+        "data": instance.data,
+        "failure_reason": instance.failure_reason,
+        "traceparent": instance.traceparent,
+        "epoch": instance.epoch,
+        "created_at": _aware(instance.created_at, "created_at"),
+        "updated_at": _aware(instance.updated_at, "updated_at"),
+        "completed_at": instance.updated_at if instance.is_terminal else None,
+    }
+
+
+def saga_from_row(row: Mapping[Any, Any]) -> SagaInstance:
+    """The :class:`SagaInstance` stored in a ``saga_instance`` row."""
+    return SagaInstance(
+        saga_id=row["saga_id"],
+        saga_type=row["saga_type"],
+        definition_version=row["definition_version"],
+        status=SagaStatus(row["status"]),
+        data=row["data"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        current_step=row["current_step"],
+        command_id=row["command_id"],
+        attempt=row["attempt"],
+        deadline_at=row["deadline_at"],
+        completed_steps=tuple(row["completed_steps"]),
+        compensated_steps=tuple(row["compensated_steps"]),
+        failure_reason=row["failure_reason"],
+        traceparent=row["traceparent"],
+        epoch=row["epoch"],
+        version=row["version"],
+    )
+
+
+_UPDATED_COLUMNS = (
+    "status",
+    "current_step",
+    "command_id",
+    "attempt",
+    "deadline_at",
+    "completed_steps",
+    "compensated_steps",
+    "data",
+    "failure_reason",
+    "traceparent",
+    "epoch",
+    "updated_at",
+)
+"""What a transition may change; id, type, definition version and creation time never do."""
+
+
+def saga_update_row(instance: SagaInstance) -> dict[str, Any]:
+    """One JSON object of the batch :meth:`SagaStore.update_sagas` sends as a single parameter."""
+    row = saga_to_row(instance)
+    values = {name: row[name] for name in _UPDATED_COLUMNS}
+    for name in ("deadline_at", "updated_at"):
+        if values[name] is not None:
+            values[name] = values[name].isoformat()
+    return {"saga_id": instance.saga_id, "read_version": instance.version, **values}
+
+
+def _history_from_row(row: Mapping[Any, Any]) -> HistoryRecord:
+    return HistoryRecord(
+        id=row["id"],
+        saga_id=row["saga_id"],
+        at=row["at"],
+        kind=row["kind"],
+        step=row["step"],
+        message_id=row["message_id"],
+        detail=row["detail"],
+    )
+
+
+def _outbox_from_row(row: Mapping[Any, Any]) -> OutboxRecord:
+    return OutboxRecord(
+        id=row["id"],
+        saga_id=row["saga_id"],
+        topic=row["topic"],
+        key=row["key"],
+        value=row["value"],
+        headers=row["headers"],
+        message_id=row["message_id"],
+        created_at=row["created_at"],
+    )
+
+
+def _text_array(name: str, values: Collection[str]) -> sa.BindParameter[Any]:
+    # One array parameter (= ANY(:ids)) keeps the SQL text the same for every batch size, so
+    # asyncpg prepares it once per connection instead of once per distinct IN-list length.
+    value: Any = list(values)
+    return sa.bindparam(name, value, type_=ARRAY(sa.Text))
+
+
+def _id_array(name: str, values: Collection[int]) -> sa.BindParameter[Any]:
+    value: Any = list(values)
+    return sa.bindparam(name, value, type_=ARRAY(sa.BigInteger))
+
+
+# The batch of updates travels as one JSON array expanded server-side into rows: one statement
+# of constant text for any batch size, with no bind-parameter limit (asyncpg allows 32,767).
+_updates = (
+    sa.func.jsonb_to_recordset(sa.bindparam("updates", type_=JSONB))
+    .table_valued(
+        sa.column("saga_id", sa.Text),
+        sa.column("read_version", sa.Integer),
+        *(sa.column(name, saga_instance.c[name].type) for name in _UPDATED_COLUMNS),
+    )
+    .render_derived(name="v", with_types=True)
+)
+
+_UPDATE_SAGAS = (
+    sa.update(saga_instance)
+    .where(
+        saga_instance.c.saga_id == _updates.c.saga_id,
+        # Optimistic check: a row changed since it was read (e.g. by the previous owner of the
+        # partition during a rebalance overlap) is left alone and reported as a conflict.
+        saga_instance.c.version == _updates.c.read_version,
+    )
+    .values(
+        {
+            **{name: _updates.c[name] for name in _UPDATED_COLUMNS},
+            "version": saga_instance.c.version + 1,
+            "completed_at": sa.case(
+                (
+                    _updates.c.status.in_(sorted(s.value for s in TERMINAL_STATUSES)),
+                    sa.func.coalesce(saga_instance.c.completed_at, _updates.c.updated_at),
+                ),
+                else_=None,
+            ),
+        }
+    )
+    .returning(saga_instance.c.saga_id)
+)
+
+
+class SagaStore:
+    """Reads and writes saga instances, their history, the inbox and the outbox."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine callers open their transactions on."""
+        return self._engine
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    async def insert_inbox(
+        self, conn: AsyncConnection, entries: Sequence[tuple[str, str | None]], now: datetime
+    ) -> set[str]:
+        """Record ``(message_id, saga_id)`` pairs as processed; return the ids new to the inbox.
+
+        An id already there (or twice in ``entries``) is a redelivery and is not returned.
+        """
+        if not entries:
+            return set()
+        _aware(now, "now")
+        # ON CONFLICT DO NOTHING: a message id seen before is a redelivery, not an error.
+        stmt = (
+            pg_insert(inbox)
+            .on_conflict_do_nothing(index_elements=[inbox.c.message_id])
+            .returning(inbox.c.message_id)
+        )
+        rows = [{"message_id": m, "saga_id": s, "processed_at": now} for m, s in entries]
+        result = await conn.execute(stmt, rows)
+        return set(result.scalars().all())
+
+    # -- saga instances ------------------------------------------------------------------
+
+    async def insert_sagas(
+        self, conn: AsyncConnection, instances: Sequence[SagaInstance]
+    ) -> set[str]:
+        """Insert new sagas at version 1; return the ids actually inserted.
+
+        A saga id that already exists is left untouched, so starting the same saga twice
+        starts it once.
+        """
+        if not instances:
+            return set()
+        # ON CONFLICT DO NOTHING: saga ids are chosen by the requester and a start request can
+        # be redelivered; the first one wins.
+        stmt = (
+            pg_insert(saga_instance)
+            .on_conflict_do_nothing(index_elements=[saga_instance.c.saga_id])
+            .returning(saga_instance.c.saga_id)
+        )
+        rows = [{**saga_to_row(instance), "version": 1} for instance in instances]
+        result = await conn.execute(stmt, rows)
+        return set(result.scalars().all())
+
+    async def select_sagas_for_update(
+        self, conn: AsyncConnection, saga_ids: Collection[str]
+    ) -> dict[str, SagaInstance]:
+        """Lock and return the sagas with these ids (missing ids are absent from the result)."""
+        if not saga_ids:
+            return {}
+        stmt = (
+            sa.select(saga_instance)
+            .where(saga_instance.c.saga_id == sa.any_(_text_array("saga_ids", saga_ids)))
+            # Locks are taken in one global order, so two coordinators overlapping during a
+            # rebalance wait for each other instead of deadlocking.
+            .order_by(saga_instance.c.saga_id)
+            .with_for_update()
+        )
+        result = await conn.execute(stmt)
+        return {row.saga_id: saga_from_row(row._mapping) for row in result}
+
+    async def update_sagas(self, conn: AsyncConnection, updates: Sequence[SagaInstance]) -> None:
+        """Save new states; each instance carries the ``version`` it was read with.
+
+        Every saved row gets ``version + 1``, and ``completed_at`` when its status is terminal.
+
+        Raises:
+            SagaConflictError: Some row's version is no longer the one read (or the row is
+                gone). Rows of the batch may already have been updated: the caller's
+                transaction must roll back, which leaving ``engine.begin()`` with the exception
+                does.
+            ValueError: The same saga id appears twice in ``updates``.
+        """
+        if not updates:
+            return
+        wanted = {instance.saga_id for instance in updates}
+        if len(wanted) != len(updates):
+            raise ValueError("update_sagas got the same saga id more than once")
+        payload = [saga_update_row(instance) for instance in updates]
+        result = await conn.execute(_UPDATE_SAGAS, {"updates": payload})
+        missed = wanted - set(result.scalars().all())
+        if missed:
+            first = min(missed)
+            raise SagaConflictError(
+                f"{len(missed)} saga(s) changed concurrently (first: {first})", saga_id=first
+            )
+
+    async def select_saga(self, conn: AsyncConnection, saga_id: str) -> SagaInstance | None:
+        """The saga with this id, or None."""
+        stmt = sa.select(saga_instance).where(saga_instance.c.saga_id == saga_id)
+        row = (await conn.execute(stmt)).mappings().first()
+        return None if row is None else saga_from_row(row)
+
+    async def select_sagas(
+        self,
+        conn: AsyncConnection,
+        *,
+        status: SagaStatus | None = None,
+        saga_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[SagaInstance]:
+        """Sagas newest first, optionally of one status and/or type."""
+        stmt = (
+            sa.select(saga_instance)
+            .order_by(saga_instance.c.created_at.desc(), saga_instance.c.saga_id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        if status is not None:
+            stmt = stmt.where(saga_instance.c.status == status.value)
+        if saga_type is not None:
+            stmt = stmt.where(saga_instance.c.saga_type == saga_type)
+        result = await conn.execute(stmt)
+        return [saga_from_row(row) for row in result.mappings()]
+
+    async def count_sagas_by_status(
+        self, conn: AsyncConnection
+    ) -> dict[tuple[str, SagaStatus], int]:
+        """How many sagas there are per ``(saga_type, status)``; absent pairs have none."""
+        stmt = sa.select(
+            saga_instance.c.saga_type, saga_instance.c.status, sa.func.count().label("n")
+        ).group_by(saga_instance.c.saga_type, saga_instance.c.status)
+        result = await conn.execute(stmt)
+        return {(row.saga_type, SagaStatus(row.status)): row.n for row in result}
+
+    async def count_overdue(
+        self, conn: AsyncConnection, now: datetime, grace: timedelta
+    ) -> dict[str, int]:
+        """How many awaiting sagas per type have a deadline before ``now - grace``.
+
+        With the deadline scanner healthy this stays at zero; absent types have none.
+        """
+        stmt = (
+            sa.select(saga_instance.c.saga_type, sa.func.count().label("n"))
+            # The partial index's predicate verbatim, so the planner can use that index.
+            .where(sa.text(ACTIVE_DEADLINE_PREDICATE))
+            .where(saga_instance.c.deadline_at < _aware(now, "now") - grace)
+            .group_by(saga_instance.c.saga_type)
+        )
+        result = await conn.execute(stmt)
+        return {row.saga_type: row.n for row in result}
+
+    async def claim_due_deadlines(
+        self,
+        conn: AsyncConnection,
+        now: datetime,
+        limit: int,
+        *,
+        saga_types: Collection[str] | None = None,
+    ) -> list[SagaInstance]:
+        """Lock and return up to ``limit`` awaiting sagas whose deadline is at or before ``now``.
+
+        Earliest deadline first. The locks last until the caller's transaction ends.
+        ``saga_types`` limits the claim to those types (None: every type).
+        """
+        stmt = (
+            sa.select(saga_instance)
+            # The partial index's predicate verbatim, so the planner can use that index.
+            .where(sa.text(ACTIVE_DEADLINE_PREDICATE))
+            .where(saga_instance.c.deadline_at <= _aware(now, "now"))
+            .order_by(saga_instance.c.deadline_at, saga_instance.c.saga_id)
+            .limit(limit)
+            # SKIP LOCKED: several coordinators scan at once; each deadline fires in exactly
+            # one of them, and none waits for another's batch.
+            .with_for_update(skip_locked=True)
+        )
+        if saga_types is not None:
+            # A scanner claims only the types it can run: rows it would skip must not fill
+            # its batch ahead of due sagas it could fire.
+            stmt = stmt.where(
+                saga_instance.c.saga_type == sa.any_(_text_array("types", saga_types))
+            )
+        result = await conn.execute(stmt)
+        return [saga_from_row(row) for row in result.mappings()]
+
+    # -- history -------------------------------------------------------------------------
+
+    async def insert_history(
+        self, conn: AsyncConnection, rows: Sequence[tuple[str, HistoryEntry]], now: datetime
+    ) -> None:
+        """Append ``(saga_id, entry)`` pairs to the sagas' histories, in the given order."""
+        if not rows:
+            return
+        _aware(now, "now")
+        values = [
+            {
+                "saga_id": saga_id,
+                "at": now,
+                "kind": entry.kind.value,
+                "step": entry.step,
+                "message_id": entry.message_id,
+                "detail": entry.detail,
+            }
+            for saga_id, entry in rows
+        ]
+        await conn.execute(sa.insert(saga_history), values)
+
+    async def select_history(self, conn: AsyncConnection, saga_id: str) -> list[HistoryRecord]:
+        """The saga's history, oldest first."""
+        stmt = (
+            sa.select(saga_history)
+            .where(saga_history.c.saga_id == saga_id)
+            .order_by(saga_history.c.id)
+        )
+        result = await conn.execute(stmt)
+        return [_history_from_row(row) for row in result.mappings()]
+
+    # -- outbox --------------------------------------------------------------------------
+
+    async def insert_outbox(
+        self, conn: AsyncConnection, messages: Sequence[OutboxMessage], now: datetime
+    ) -> list[int]:
+        """Queue messages for the relay; return their row ids, in the order given.
+
+        Ids grow in the order given, and the relay publishes in id order.
+        """
+        if not messages:
+            return []
+        _aware(now, "now")
+        rows = [
+            {
+                "saga_id": m.saga_id,
+                "topic": m.topic,
+                "key": m.key,
+                "value": m.value,
+                "headers": m.headers,
+                "message_id": m.message_id,
+                "created_at": now,
+            }
+            for m in messages
+        ]
+        # sort_by_parameter_order: ids must come back (and be assigned) in the order given,
+        # which a plain multi-row INSERT ... RETURNING does not promise.
+        stmt = sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True)
+        result = await conn.execute(stmt, rows)
+        return list(result.scalars().all())
+
+    async def claim_outbox(
+        self, conn: AsyncConnection, *, limit: int, ids: Sequence[int] | None = None
+    ) -> list[OutboxRecord]:
+        """Lock and return up to ``limit`` unsent rows in id order, optionally among ``ids``.
+
+        Rows locked by another transaction are skipped, not waited for.
+        """
+        if ids is not None and not ids:
+            return []
+        stmt = (
+            sa.select(outbox)
+            .where(outbox.c.sent_at.is_(None))
+            .order_by(outbox.c.id)
+            .limit(limit)
+            # SKIP LOCKED: a sweep picks up what a crashed instance left, while two relays
+            # never hold (and so never publish) the same row at once.
+            .with_for_update(skip_locked=True)
+        )
+        if ids is not None:
+            stmt = stmt.where(outbox.c.id == sa.any_(_id_array("ids", ids)))
+        result = await conn.execute(stmt)
+        return [_outbox_from_row(row) for row in result.mappings()]
+
+    async def mark_outbox_sent(
+        self, conn: AsyncConnection, ids: Sequence[int], now: datetime
+    ) -> None:
+        """Mark rows as published."""
+        if not ids:
+            return
+        stmt = (
+            sa.update(outbox)
+            .where(outbox.c.id == sa.any_(_id_array("ids", ids)))
+            .values(sent_at=_aware(now, "now"))
+        )
+        await conn.execute(stmt)
+
+    async def select_outbox_stats(self, conn: AsyncConnection, now: datetime) -> tuple[int, float]:
+        """``(unsent rows, age in seconds of the oldest unsent row)``; the age is 0.0 if none."""
+        stmt = sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(
+            outbox.c.sent_at.is_(None)
+        )
+        pending, oldest = (await conn.execute(stmt)).one()
+        if oldest is None:
+            return int(pending), 0.0
+        return int(pending), max(0.0, (_aware(now, "now") - oldest).total_seconds())
+
+    async def delete_inbox(
+        self, conn: AsyncConnection, older_than: datetime, limit: int = 10_000
+    ) -> int:
+        """Forget up to ``limit`` inbox entries processed before ``older_than``.
+
+        A message redelivered after its entry is gone would be applied again, so the
+        retention must outlast any redelivery (offsets are committed seconds after a batch).
+        """
+        doomed = (
+            sa.select(inbox.c.message_id)
+            .where(inbox.c.processed_at < _aware(older_than, "older_than"))
+            .limit(limit)
+            # SKIP LOCKED: a batch inserting or checking these ids is never waited for.
+            .with_for_update(skip_locked=True)
+        )
+        result = await conn.execute(sa.delete(inbox).where(inbox.c.message_id.in_(doomed)))
+        return result.rowcount
+
+    async def delete_sent_outbox(
+        self, conn: AsyncConnection, older_than: datetime, limit: int = 10_000
+    ) -> int:
+        """Delete up to ``limit`` rows sent before ``older_than``; return how many went.
+
+        Bounded so housekeeping holds its locks briefly; call again while it returns ``limit``.
+        """
+        doomed = (
+            sa.select(outbox.c.id)
+            .where(outbox.c.sent_at < _aware(older_than, "older_than"))
+            .order_by(outbox.c.id)
+            .limit(limit)
+            # SKIP LOCKED: two housekeepers (or a slow relay) never wait for each other.
+            .with_for_update(skip_locked=True)
+        )
+        result = await conn.execute(sa.delete(outbox).where(outbox.c.id.in_(doomed)))
+        return result.rowcount

@@ -1,0 +1,44 @@
+"""The wire contract: envelope, headers, topic names, outcomes, reasons and contract errors.
+
+A leaf package (standard library and pydantic only): the coordinator's pure core, the SDK and
+services without the SDK's runtime all build on it.
+"""
+
+from service_sdk.contract.envelope import (
+    SPEC_VERSION,
+    Command,
+    Envelope,
+    MessageKind,
+    Outcome,
+    decode_envelope,
+    new_message_id,
+)
+from service_sdk.contract.errors import (
+    ContractError,
+    MalformedMessageError,
+    ParticipantError,
+    UnknownMessageTypeError,
+)
+from service_sdk.contract.headers import DeadLetterHeader, Header, decode_headers, encode_headers
+from service_sdk.contract.reasons import DeadLetterReason
+from service_sdk.contract.topics import Topics
+
+__all__ = [
+    "SPEC_VERSION",
+    "Command",
+    "ContractError",
+    "DeadLetterHeader",
+    "DeadLetterReason",
+    "Envelope",
+    "Header",
+    "MalformedMessageError",
+    "MessageKind",
+    "Outcome",
+    "ParticipantError",
+    "Topics",
+    "UnknownMessageTypeError",
+    "decode_envelope",
+    "decode_headers",
+    "encode_headers",
+    "new_message_id",
+]

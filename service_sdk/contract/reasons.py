@@ -1,0 +1,36 @@
+"""Why a message was dead-lettered: the value of the ``saga_dlt-reason`` header.
+
+One vocabulary for the coordinator and the SDK, so dashboards and replay filters can rely on
+it whichever process wrote the dead letter.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["DeadLetterReason"]
+
+
+class DeadLetterReason(StrEnum):
+    """Machine-readable reasons a record was sent to ``<topic>.dlq``."""
+
+    CONTRACT = "contract"
+    """The record breaks the wire contract in a way no narrower reason names."""
+    MALFORMED = "malformed"
+    """The bytes are not a JSON envelope (or the key/headers are unusable)."""
+    UNKNOWN_TYPE = "unknown_type"
+    """A participant has no handler for the command's message type."""
+    SCHEMA = "schema"
+    """The envelope or its payload fails validation."""
+    HANDLER_ERROR = "handler_error"
+    """A participant's handler kept raising after its retries."""
+    UNEXPECTED_KIND = "unexpected_kind"
+    """A message kind the receiving topic does not take (e.g. a command on saga.replies)."""
+    UNKNOWN_SAGA_TYPE = "unknown_saga_type"
+    """No definition of that saga type is registered in the coordinator."""
+    UNKNOWN_SAGA = "unknown_saga"
+    """A reply for a saga id the coordinator never started."""
+    INVALID_DATA = "invalid_data"
+    """A start request whose data fails the saga's data model."""
+    PROCESSING_ERROR = "processing_error"
+    """Applying the message failed for a reason tied to that message alone."""
