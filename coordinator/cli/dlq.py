@@ -30,6 +30,7 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from coordinator.cli.common import database_error_message, fail, first_line, settings_from
+from coordinator.cli.options import BootstrapOpt, DatabaseOpt, JsonOpt, TopicPrefixOpt
 from coordinator.config import Settings
 from coordinator.core.errors import SagaError
 from coordinator.ops.dead_letter_admin import (
@@ -51,25 +52,6 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
 )
 
-BootstrapOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--bootstrap-servers", help="Kafka bootstrap servers (env SAGA_KAFKA__BOOTSTRAP_SERVERS)"
-    ),
-]
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url", help="PostgreSQL URL, postgresql+asyncpg://... (env SAGA_DATABASE__URL)"
-    ),
-]
-TopicPrefixOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--topic-prefix", help="Topic prefix the coordinators use (env SAGA_KAFKA__TOPIC_PREFIX)"
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout")]
 TopicOpt = Annotated[
     str | None,
     typer.Option("--topic", help="Original or dead-letter topic (the prefix is added)"),

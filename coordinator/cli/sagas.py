@@ -23,7 +23,15 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
-from coordinator.cli.common import database_error_message, fail, settings_from
+from coordinator.cli.common import database_error_message, fail, registry_from, settings_from
+from coordinator.cli.options import (
+    ActorOpt,
+    DatabaseOpt,
+    DryRunOpt,
+    JsonOpt,
+    SagaIdArg,
+    TopicPrefixOpt,
+)
 from coordinator.config import Settings
 from coordinator.core.clock import SystemClock
 from coordinator.core.errors import SagaError
@@ -38,33 +46,9 @@ __all__ = ["register", "render_action", "render_list", "render_timeline"]
 
 T = TypeVar("T")
 
-DatabaseOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url", help="PostgreSQL URL, postgresql+asyncpg://... [env SAGA_DATABASE__URL]"
-    ),
-]
-TopicPrefixOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--topic-prefix",
-        help="Topic prefix the coordinators use [env SAGA_KAFKA__TOPIC_PREFIX]",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout")]
-SagaIdArg = Annotated[str, typer.Argument(help="The saga id", show_default=False)]
 ReasonOpt = Annotated[
     str, typer.Option("--reason", help="Why (recorded in the saga's history)", show_default=False)
 ]
-ActorOpt = Annotated[
-    str | None,
-    typer.Option("--actor", help="Who acts (recorded in the history) [default: $USER]"),
-]
-DryRunOpt = Annotated[
-    bool,
-    typer.Option("--dry-run", help="Show the commands the action would send; change nothing"),
-]
-
 _STATUS_STYLE = {
     SagaStatus.RUNNING: "bold blue",
     SagaStatus.COMPENSATING: "bold yellow",
@@ -102,14 +86,13 @@ def register(app: typer.Typer) -> None:
 
 def _run(settings: Settings, work: Callable[[OperatorActions], Awaitable[T]]) -> T:
     """Run ``work`` against the database; errors become one line on stderr and exit 1."""
-    from saga_defs import default_registry
 
     async def main() -> T:
         engine = create_engine(settings.database.url, pool_size=1)
         try:
             actions = OperatorActions(
                 SagaStore(engine),
-                default_registry(),
+                registry_from(settings),
                 Topics(settings.kafka.topic_prefix),
                 SystemClock(),
             )
