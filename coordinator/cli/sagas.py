@@ -69,6 +69,8 @@ _KIND_STYLE = {
     HistoryKind.OPERATOR_ACTION.value: "bold cyan",
     HistoryKind.DUPLICATE_REPLY.value: "dim",
     HistoryKind.STALE_REPLY.value: "dim",
+    HistoryKind.DUPLICATE_START.value: "dim",
+    HistoryKind.STALE_DEADLINE.value: "dim",
 }
 _SENT_KINDS = {HistoryKind.COMMAND_SENT.value, HistoryKind.COMPENSATION_SENT.value}
 

@@ -120,7 +120,7 @@ def apply(
     else:
         # The saga exists already: a redelivered or repeated start request changes nothing.
         draft.message_id = event.message_id
-        draft.record(HistoryKind.DUPLICATE_REPLY, None, input="start_saga")
+        draft.record(HistoryKind.DUPLICATE_START, None)
     return draft.finish(instance)
 
 
@@ -252,7 +252,7 @@ def _on_deadline(d: TransitionDraft, event: DeadlineFired) -> None:
     active = inst.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
     awaited = (inst.current_step, inst.command_id, inst.attempt)
     if not active or (event.step, event.command_id, event.attempt) != awaited:
-        d.record(HistoryKind.STALE_REPLY, event.step, **detail)
+        d.record(HistoryKind.STALE_DEADLINE, event.step, **detail)
         return
     d.record(HistoryKind.DEADLINE_MISSED, event.step, **detail)
     _retry_or_give_up(

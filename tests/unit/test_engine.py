@@ -445,7 +445,7 @@ def test_start_request_for_an_existing_saga_changes_nothing() -> None:
     assert not t.changed
     assert t.instance is inst
     assert t.commands == ()
-    assert kinds(t) == [HistoryKind.DUPLICATE_REPLY]
+    assert kinds(t) == [HistoryKind.DUPLICATE_START]
 
 
 # --- retryable replies -------------------------------------------------------------------
@@ -543,7 +543,7 @@ def test_deadline_that_does_not_match_is_stale(changes: dict[str, Any]) -> None:
     t = step_apply(inst, replace(deadline(inst), **changes))
     assert not t.changed
     assert t.instance is inst
-    assert kinds(t) == [HistoryKind.STALE_REPLY]
+    assert kinds(t) == [HistoryKind.STALE_DEADLINE]
 
 
 def test_deadline_on_a_failed_saga_is_stale() -> None:
@@ -552,7 +552,7 @@ def test_deadline_on_a_failed_saga_is_stale() -> None:
     assert inst.command_id is not None
     t = step_apply(inst, DeadlineFired(inst.current_step, inst.command_id, inst.attempt))
     assert not t.changed
-    assert kinds(t) == [HistoryKind.STALE_REPLY]
+    assert kinds(t) == [HistoryKind.STALE_DEADLINE]
 
 
 def test_compensation_deadline_resends_then_fails_the_saga() -> None:
