@@ -1,0 +1,7 @@
+"""Helpers shared by the test suites (no fixtures: those live in the ``conftest.py`` files).
+
+- :mod:`tests.support.waiting`: :func:`~tests.support.waiting.eventually`, the one way a test
+  waits for something to become true.
+- :mod:`tests.support.replies`: :func:`~tests.support.replies.participant_reply`, a
+  participant's reply to a command, built by the SDK itself.
+"""
