@@ -5,21 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.api.app import CoordinatorBackend, create_api
+from coordinator.api.app import create_api
+from coordinator.api.backend import Readiness
 from coordinator.api.server import HttpServer
 from coordinator.config import Settings
 from coordinator.core.batch import BatchOutcome
 from coordinator.core.clock import Clock, SystemClock
 from coordinator.core.definition import SagaRegistry
-from coordinator.core.state import Transition
+from coordinator.core.state import SagaInstance, SagaStatus, Transition
 from coordinator.observability.metrics import CoordinatorMetrics, MetricsSampler
-from coordinator.ops.actions import OperatorActions
+from coordinator.observability.tracing import ensure_traceparent
+from coordinator.ops.actions import ActionResult, OperatorActions, SagaTimeline
 from coordinator.ops.client import SagaClient
 from coordinator.runtime.consumer import ReplyConsumer
 from coordinator.runtime.dead_letters import DeadLetterPublisher
@@ -32,7 +37,7 @@ from coordinator.store.database import create_engine
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Topics
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "CoordinatorBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,3 +240,66 @@ class Coordinator:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class CoordinatorBackend:
+    """A :class:`~coordinator.api.backend.SagaBackend` over a started :class:`Coordinator`."""
+
+    def __init__(self, coordinator: Coordinator, *, db_timeout_s: float = 2.0) -> None:
+        self._coordinator = coordinator
+        self._db_timeout_s = db_timeout_s
+
+    def saga_types(self) -> Collection[str]:
+        return self._coordinator.registry.names()
+
+    async def start_saga(
+        self,
+        saga_type: str,
+        data: Mapping[str, Any],
+        *,
+        saga_id: str | None,
+        traceparent: str | None,
+    ) -> str:
+        return await self._coordinator.client.start(
+            saga_type, data, saga_id=saga_id, traceparent=ensure_traceparent(traceparent)
+        )
+
+    async def show(self, saga_id: str) -> SagaTimeline:
+        return await self._coordinator.operator.show(saga_id)
+
+    async def list_sagas(
+        self, *, status: SagaStatus | None, saga_type: str | None, limit: int, offset: int
+    ) -> Sequence[SagaInstance]:
+        return await self._coordinator.operator.list(status, saga_type, limit, offset)
+
+    async def retry(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
+        return await self._coordinator.operator.retry(
+            saga_id, actor=actor, reason=reason, dry_run=dry_run
+        )
+
+    async def abort(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
+        return await self._coordinator.operator.abort(
+            saga_id, actor=actor, reason=reason, dry_run=dry_run
+        )
+
+    async def readiness(self) -> Readiness:
+        details: dict[str, str] = {}
+        database = False
+        try:
+            async with (
+                asyncio.timeout(self._db_timeout_s),
+                self._coordinator.store.engine.connect() as conn,
+            ):
+                await conn.execute(text("SELECT 1"))
+            database = True
+        except Exception as exc:
+            details["database"] = f"{type(exc).__name__}: {exc}"[:300]
+        consumer = self._coordinator.consumer
+        running = consumer.running
+        if not running:
+            details["consumer"] = "not started or stopping"
+        return Readiness(
+            checks={"database": database, "consumer": running},
+            partitions=len(consumer.assignment()) if running else None,
+            details=details,
+        )

@@ -1,10 +1,11 @@
 """The coordinator's HTTP API: start sagas, inspect them, retry or abort them; health checks.
 
-``create_api(backend, settings)`` builds the FastAPI app over a :class:`SagaBackend`, the small
-protocol the API needs (a running coordinator is adapted by :class:`CoordinatorBackend`; unit
-tests pass an in-memory fake). The OpenAPI schema is served at ``/openapi.json`` and committed
-as ``docs/openapi.json`` (regenerate with ``python -m coordinator.api.app > docs/openapi.json``;
-a unit test keeps the two equal).
+``create_api(backend, settings)`` builds the FastAPI app over a
+:class:`~coordinator.api.backend.SagaBackend`, the small protocol the API needs (a running
+coordinator is adapted by ``coordinator.app.CoordinatorBackend``; unit tests pass an in-memory
+fake). The OpenAPI schema is served at ``/openapi.json`` and committed as ``docs/openapi.json``
+(regenerate with ``python -m coordinator.api.app > docs/openapi.json``; a unit test keeps the
+two equal).
 
 Authentication: mutating endpoints (``POST``) need ``Authorization: Bearer <token>`` equal to
 ``SAGA_HTTP__TOKEN`` (compared in constant time); without it or with a wrong one they answer 401.
@@ -17,13 +18,11 @@ Every error is a JSON :class:`ErrorResponse` ``{"error": <code>, "message": <tex
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import urllib.parse
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
@@ -31,9 +30,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import ValidationError
-from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from coordinator.api.backend import SagaBackend
 from coordinator.api.models import (
     DEFAULT_ACTOR,
     ActionRequest,
@@ -57,22 +56,10 @@ from coordinator.core.errors import (
     SagaNotFoundError,
     UnknownSagaTypeError,
 )
-from coordinator.core.state import SagaInstance, SagaStatus
-from coordinator.observability.tracing import ensure_traceparent
-from coordinator.ops.actions import ActionResult, SagaTimeline
+from coordinator.core.state import SagaStatus
 from coordinator.runtime.consumer import is_transient
 
-if TYPE_CHECKING:
-    from coordinator.app import Coordinator
-
-__all__ = [
-    "API_VERSION",
-    "CoordinatorBackend",
-    "Readiness",
-    "SagaBackend",
-    "create_api",
-    "openapi_document",
-]
+__all__ = ["API_VERSION", "create_api", "openapi_document"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,154 +68,6 @@ API_VERSION = "1.0.0"
 
 _MAX_ID = 200  # the envelope's limit on saga ids and types
 _MAX_LIST = 1_000
-
-
-# -- the protocol the API depends on -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Readiness:
-    """The result of a readiness probe.
-
-    Attributes:
-        checks: Each check's name and whether it passed; ready when all did.
-        partitions: Reply/request partitions this instance owns now (information only: an
-            instance without partitions still serves the API).
-        details: Why a check failed, by check name.
-    """
-
-    checks: Mapping[str, bool]
-    partitions: int | None = None
-    details: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def ready(self) -> bool:
-        """True when every check passed."""
-        return all(self.checks.values())
-
-
-class SagaBackend(Protocol):
-    """What the HTTP API needs from a coordinator."""
-
-    def saga_types(self) -> Collection[str]:
-        """The names of the registered saga definitions."""
-        ...
-
-    async def start_saga(
-        self,
-        saga_type: str,
-        data: Mapping[str, Any],
-        *,
-        saga_id: str | None,
-        traceparent: str | None,
-    ) -> str:
-        """Start a saga (once per saga id) and return its id.
-
-        Raises:
-            UnknownSagaTypeError: No definition has this name.
-            InvalidSagaDataError: ``data`` does not fit the definition's data model (the
-                pydantic ``ValidationError`` is its ``__cause__``).
-        """
-        ...
-
-    async def show(self, saga_id: str) -> SagaTimeline:
-        """The saga and its history.
-
-        Raises:
-            SagaNotFoundError: No saga has this id.
-        """
-        ...
-
-    async def list_sagas(
-        self, *, status: SagaStatus | None, saga_type: str | None, limit: int, offset: int
-    ) -> Sequence[SagaInstance]:
-        """Sagas newest first, optionally of one status and/or type."""
-        ...
-
-    async def retry(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
-        """Retry what the saga awaits (see :meth:`coordinator.ops.actions.OperatorActions.retry`).
-
-        Raises:
-            SagaNotFoundError: No saga has this id.
-            InvalidOperatorActionError: The action does not apply to the saga's status.
-        """
-        ...
-
-    async def abort(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
-        """Abort the saga (see :meth:`coordinator.ops.actions.OperatorActions.abort`).
-
-        Raises:
-            SagaNotFoundError: No saga has this id.
-            InvalidOperatorActionError: The action does not apply to the saga's status.
-        """
-        ...
-
-    async def readiness(self) -> Readiness:
-        """Whether this instance can serve: database reachable, consumer running."""
-        ...
-
-
-class CoordinatorBackend:
-    """A :class:`SagaBackend` over a started :class:`~coordinator.app.Coordinator`."""
-
-    def __init__(self, coordinator: Coordinator, *, db_timeout_s: float = 2.0) -> None:
-        self._coordinator = coordinator
-        self._db_timeout_s = db_timeout_s
-
-    def saga_types(self) -> Collection[str]:
-        return self._coordinator.registry.names()
-
-    async def start_saga(
-        self,
-        saga_type: str,
-        data: Mapping[str, Any],
-        *,
-        saga_id: str | None,
-        traceparent: str | None,
-    ) -> str:
-        return await self._coordinator.client.start(
-            saga_type, data, saga_id=saga_id, traceparent=ensure_traceparent(traceparent)
-        )
-
-    async def show(self, saga_id: str) -> SagaTimeline:
-        return await self._coordinator.operator.show(saga_id)
-
-    async def list_sagas(
-        self, *, status: SagaStatus | None, saga_type: str | None, limit: int, offset: int
-    ) -> Sequence[SagaInstance]:
-        return await self._coordinator.operator.list(status, saga_type, limit, offset)
-
-    async def retry(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
-        return await self._coordinator.operator.retry(
-            saga_id, actor=actor, reason=reason, dry_run=dry_run
-        )
-
-    async def abort(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
-        return await self._coordinator.operator.abort(
-            saga_id, actor=actor, reason=reason, dry_run=dry_run
-        )
-
-    async def readiness(self) -> Readiness:
-        details: dict[str, str] = {}
-        database = False
-        try:
-            async with (
-                asyncio.timeout(self._db_timeout_s),
-                self._coordinator.store.engine.connect() as conn,
-            ):
-                await conn.execute(text("SELECT 1"))
-            database = True
-        except Exception as exc:
-            details["database"] = f"{type(exc).__name__}: {exc}"[:300]
-        consumer = self._coordinator.consumer
-        running = consumer.running
-        if not running:
-            details["consumer"] = "not started or stopping"
-        return Readiness(
-            checks={"database": database, "consumer": running},
-            partitions=len(consumer.assignment()) if running else None,
-            details=details,
-        )
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from coordinator.api.app import Readiness, create_api, openapi_document
+from coordinator.api.app import create_api, openapi_document
+from coordinator.api.backend import Readiness
 from coordinator.config import HttpSettings
 from coordinator.core.errors import SagaNotFoundError, UnknownSagaTypeError
 from coordinator.core.machine import apply, start_saga
