@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.core.batch import BatchOutcome, Rejection
 from coordinator.core.clock import Clock
@@ -49,6 +53,14 @@ def _reply_input(envelope: Envelope) -> ReplyReceived:
         payload=dict(envelope.payload),
         error=envelope.error,
     )
+
+
+@dataclass
+class _Applied:
+    """What the engine decided for a batch, before the new sagas are inserted."""
+
+    starts: list[Transition] = field(default_factory=list)
+    changed_ids: set[str] = field(default_factory=set)
 
 
 class BatchProcessor:
@@ -91,104 +103,27 @@ class BatchProcessor:
         outcome = BatchOutcome()
         now = self._clock.now()
         started_ns = time.time_ns()
-        candidates: list[tuple[int, Envelope]] = []
-        for index, envelope in enumerate(envelopes):
-            rejection = self._screen(index, envelope)
-            if rejection is None:
-                candidates.append((index, envelope))
-            else:
-                outcome.rejections.append(rejection)
+        candidates = self._screen_all(envelopes, outcome)
         if not candidates:
             return outcome
-
         # Starts are decided before the transaction: the engine is pure and a bad start
         # (invalid data) must not take a lock or an inbox row.
-        started: dict[int, Transition] = {}
-        for index, envelope in candidates:
-            if envelope.kind is MessageKind.START:
-                definition = self._registry.get(envelope.saga_type)
-                try:
-                    started[index] = start_saga(
-                        definition,
-                        envelope.saga_id,
-                        StartSaga(
-                            envelope.message_id,
-                            dict(envelope.payload),
-                            # Every saga gets one trace, started here if the request had none.
-                            ensure_traceparent(envelope.traceparent),
-                        ),
-                        now,
-                    )
-                except InvalidSagaDataError as exc:
-                    outcome.rejections.append(Rejection(index, DeadLetterReason.INVALID_DATA, exc))
+        starts = self._decide_starts(candidates, now, outcome)
         async with self._store.engine.begin() as conn:
-            reply_saga_ids = {e.saga_id for _, e in candidates if e.kind is MessageKind.REPLY}
-            current: dict[str, SagaInstance] = (
-                await self._store.select_sagas_for_update(conn, reply_saga_ids)
-                if reply_saga_ids
-                else {}
-            )
-            accepted: list[tuple[int, Envelope]] = []
-            for index, envelope in candidates:
-                if envelope.kind is MessageKind.START:
-                    if index in started:
-                        accepted.append((index, envelope))
-                elif envelope.saga_id in current:
-                    accepted.append((index, envelope))
-                else:
-                    outcome.rejections.append(
-                        Rejection(
-                            index,
-                            DeadLetterReason.UNKNOWN_SAGA,
-                            SagaError("reply for an unknown saga", saga_id=envelope.saga_id),
-                        )
-                    )
+            current = await self._lock_sagas(conn, candidates)
+            accepted = self._admit(candidates, starts, current, outcome)
             if not accepted:
                 return outcome
             fresh = await self._store.insert_inbox(
                 conn, [(e.message_id, e.saga_id) for _, e in accepted], now
             )
-            new_instances: list[SagaInstance] = []
-            start_transitions: list[Transition] = []
-            seen: set[str] = set()
-            changed_ids: set[str] = set()
-            starting: set[str] = set()
-            for index, envelope in accepted:
-                if envelope.message_id not in fresh or envelope.message_id in seen:
-                    outcome.duplicates += 1
-                    continue
-                seen.add(envelope.message_id)
-                if envelope.kind is MessageKind.START:
-                    if envelope.saga_id in starting:
-                        # Starting the same saga id twice starts it once.
-                        outcome.duplicates += 1
-                        continue
-                    starting.add(envelope.saga_id)
-                    start_transitions.append(started[index])
-                    new_instances.append(started[index].instance)
-                    continue
-                saga_def: type[SagaDefinition[Any]] = self._registry.get(envelope.saga_type)
-                before = current[envelope.saga_id]
-                transition = apply(saga_def, before, _reply_input(envelope), now)
-                current[envelope.saga_id] = transition.instance
-                if transition.changed:
-                    changed_ids.add(envelope.saga_id)
-                outcome.transitions.append((before, transition))
-                outcome.applied += 1
-            if new_instances:
-                inserted = await self._store.insert_sagas(conn, new_instances)
-                for transition in start_transitions:
-                    if transition.instance.saga_id in inserted:
-                        outcome.transitions.append((None, transition))
-                        outcome.applied += 1
-                    else:
-                        # Starting the same saga id twice starts it once.
-                        outcome.duplicates += 1
+            batch = self._apply_replies(accepted, fresh, starts, current, now, outcome)
+            await self._insert_starts(conn, batch.starts, outcome)
             outcome.outbox_ids = await persist(
                 self._store,
                 conn,
                 self._topics,
-                [current[i] for i in sorted(changed_ids)],
+                [current[i] for i in sorted(batch.changed_ids)],
                 [t for _, t in outcome.transitions],
                 now,
             )
@@ -200,3 +135,129 @@ class BatchProcessor:
             batch_size=len(envelopes),
         )
         return outcome
+
+    def _screen_all(
+        self, envelopes: Sequence[Envelope], outcome: BatchOutcome
+    ) -> list[tuple[int, Envelope]]:
+        """The messages this processor can apply, with their batch index; rejects the rest."""
+        candidates: list[tuple[int, Envelope]] = []
+        for index, envelope in enumerate(envelopes):
+            rejection = self._screen(index, envelope)
+            if rejection is None:
+                candidates.append((index, envelope))
+            else:
+                outcome.rejections.append(rejection)
+        return candidates
+
+    def _decide_starts(
+        self, candidates: Sequence[tuple[int, Envelope]], now: datetime, outcome: BatchOutcome
+    ) -> dict[int, Transition]:
+        """The start transition of every start request whose data is valid, by batch index."""
+        starts: dict[int, Transition] = {}
+        for index, envelope in candidates:
+            if envelope.kind is not MessageKind.START:
+                continue
+            definition = self._registry.get(envelope.saga_type)
+            try:
+                starts[index] = start_saga(
+                    definition,
+                    envelope.saga_id,
+                    StartSaga(
+                        envelope.message_id,
+                        dict(envelope.payload),
+                        # Every saga gets one trace, started here if the request had none.
+                        ensure_traceparent(envelope.traceparent),
+                    ),
+                    now,
+                )
+            except InvalidSagaDataError as exc:
+                outcome.rejections.append(Rejection(index, DeadLetterReason.INVALID_DATA, exc))
+        return starts
+
+    async def _lock_sagas(
+        self, conn: AsyncConnection, candidates: Sequence[tuple[int, Envelope]]
+    ) -> dict[str, SagaInstance]:
+        """Lock (``FOR UPDATE``) and read the sagas the replies of the batch belong to."""
+        saga_ids = {e.saga_id for _, e in candidates if e.kind is MessageKind.REPLY}
+        if not saga_ids:
+            return {}
+        return await self._store.select_sagas_for_update(conn, saga_ids)
+
+    @staticmethod
+    def _admit(
+        candidates: Sequence[tuple[int, Envelope]],
+        starts: Mapping[int, Transition],
+        current: Mapping[str, SagaInstance],
+        outcome: BatchOutcome,
+    ) -> list[tuple[int, Envelope]]:
+        """Valid starts and replies to existing sagas; a reply to an unknown saga is rejected."""
+        accepted: list[tuple[int, Envelope]] = []
+        for index, envelope in candidates:
+            if envelope.kind is MessageKind.START:
+                if index in starts:
+                    accepted.append((index, envelope))
+            elif envelope.saga_id in current:
+                accepted.append((index, envelope))
+            else:
+                outcome.rejections.append(
+                    Rejection(
+                        index,
+                        DeadLetterReason.UNKNOWN_SAGA,
+                        SagaError("reply for an unknown saga", saga_id=envelope.saga_id),
+                    )
+                )
+        return accepted
+
+    def _apply_replies(
+        self,
+        accepted: Sequence[tuple[int, Envelope]],
+        fresh: Collection[str],
+        starts: Mapping[int, Transition],
+        current: dict[str, SagaInstance],
+        now: datetime,
+        outcome: BatchOutcome,
+    ) -> _Applied:
+        """Run the engine on every message new to the inbox, in batch order.
+
+        Replies advance ``current`` in place; starts are collected for one insert.
+        """
+        applied = _Applied()
+        seen: set[str] = set()
+        starting: set[str] = set()
+        for index, envelope in accepted:
+            if envelope.message_id not in fresh or envelope.message_id in seen:
+                outcome.duplicates += 1
+                continue
+            seen.add(envelope.message_id)
+            if envelope.kind is MessageKind.START:
+                if envelope.saga_id in starting:
+                    # Starting the same saga id twice starts it once.
+                    outcome.duplicates += 1
+                    continue
+                starting.add(envelope.saga_id)
+                applied.starts.append(starts[index])
+                continue
+            saga_def: type[SagaDefinition[Any]] = self._registry.get(envelope.saga_type)
+            before = current[envelope.saga_id]
+            transition = apply(saga_def, before, _reply_input(envelope), now)
+            current[envelope.saga_id] = transition.instance
+            if transition.changed:
+                applied.changed_ids.add(envelope.saga_id)
+            outcome.transitions.append((before, transition))
+            outcome.applied += 1
+        return applied
+
+    async def _insert_starts(
+        self, conn: AsyncConnection, starts: Sequence[Transition], outcome: BatchOutcome
+    ) -> None:
+        """Insert the new sagas; an id that exists already is a duplicate start."""
+        if not starts:
+            return
+        inserted = await self._store.insert_sagas(conn, [t.instance for t in starts])
+        for transition in starts:
+            if transition.instance.saga_id in inserted:
+                outcome.transitions.append((None, transition))
+                outcome.applied += 1
+            else:
+                # Starting the same saga id twice starts it once.
+                outcome.duplicates += 1
