@@ -23,6 +23,7 @@ from coordinator.core.definition import SagaRegistry
 from coordinator.store.migrate import upgrade_database
 from saga_defs import default_registry
 from service_sdk import Envelope, decode_envelope, encode_headers
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService
@@ -99,18 +100,45 @@ class TopicReader:
         await self._consumer.stop()
 
     async def records(self, count: int, timeout_s: float = 30.0) -> list[Any]:
-        """Exactly ``count`` records, or fewer if ``timeout_s`` passes first."""
+        """The next ``count`` records (more if the last fetch brought more); fails if fewer
+        arrive within ``timeout_s``."""
         found: list[Any] = []
-        async with asyncio.timeout(timeout_s):
-            while len(found) < count:
-                batch = await self._consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    found.extend(records)
+
+        async def enough() -> bool:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                found.extend(records)
+            assert len(found) >= count, f"{len(found)} of {count} record(s)"
+            return True
+
+        await eventually(enough, timeout=timeout_s, interval=0, what=f"records on {self.topic}")
         return found
 
     async def envelopes(self, count: int, timeout_s: float = 30.0) -> list[Envelope]:
         """Exactly ``count`` decoded envelopes."""
         return [decode_envelope(r.value) for r in await self.records(count, timeout_s)]
+
+    async def published(self, timeout_s: float = 30.0) -> list[Any]:
+        """The records not read yet up to the topic's end as of now: everything published so
+        far. Once the producers in question have stopped (or are known to be idle), this is
+        all they will ever have sent, with no quiet period to guess."""
+        partitions = await eventually(self._consumer.assignment, what=f"{self.topic} assigned")
+        ends = await self._consumer.end_offsets(list(partitions))
+        found: list[Any] = []
+
+        async def at_end() -> bool:
+            behind = {
+                tp: end for tp, end in ends.items() if await self._consumer.position(tp) < end
+            }
+            if behind:
+                batch = await self._consumer.getmany(*behind, timeout_ms=200)
+                for records in batch.values():
+                    found.extend(records)
+            assert not behind, f"still behind the end offsets {behind}"
+            return True
+
+        await eventually(at_end, timeout=timeout_s, interval=0, what=f"the end of {self.topic}")
+        return found
 
     async def quiet(self, seconds: float) -> list[Any]:
         """Whatever arrives within ``seconds``."""

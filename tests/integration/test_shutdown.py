@@ -8,13 +8,16 @@ import time
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.app import Coordinator
 from coordinator.config import Settings
 from coordinator.store.database import create_engine
 from saga_defs import OrderData, default_registry
 from saga_defs.order import OrderItem
-from service_sdk import Envelope, MessageKind, Outcome, Topics
+from service_sdk import Outcome, Topics
+from tests.support.replies import participant_reply
+from tests.support.waiting import eventually
 
 ORDER = OrderData(
     order_id="o-stuck", customer_id="c", items=(OrderItem(sku="s", quantity=1),), amount_cents=1
@@ -29,7 +32,7 @@ async def test_a_batch_stuck_on_a_lock_does_not_stop_the_coordinator_from_exitin
     stop = asyncio.Event()
     async with Coordinator(settings, default_registry()) as coordinator:
         serving = asyncio.create_task(coordinator.serve(stop))
-        saga_id = await coordinator.ops.client.start("order", ORDER, saga_id="stuck")
+        saga_id = await coordinator.client.start("order", ORDER, saga_id="stuck")
         async with topic_reader(topics.commands("inventory")) as inventory:
             (command,) = await inventory.envelopes(1)
         blocker = create_engine(settings.database.url, pool_size=1)
@@ -40,20 +43,15 @@ async def test_a_batch_stuck_on_a_lock_does_not_stop_the_coordinator_from_exitin
                     text("SELECT 1 FROM saga.saga_instance WHERE saga_id = :s FOR UPDATE"),
                     {"s": saga_id},
                 )
+                holder = await conn.scalar(text("SELECT pg_backend_pid()"))
                 await send_envelope(
                     topics.replies,
-                    Envelope(
-                        kind=MessageKind.REPLY,
-                        message_type=command.message_type,
-                        saga_id=saga_id,
-                        saga_type="order",
-                        step=command.step,
-                        command_id=command.command_id,
-                        outcome=Outcome.SUCCESS,
-                        payload={"reservation_id": "r"},
-                    ),
+                    participant_reply(command, Outcome.SUCCESS, {"reservation_id": "r"}),
                 )
-                await asyncio.sleep(2.0)  # the batch is now blocked inside its transaction
+                await eventually(
+                    lambda: _waiting_on(blocker, holder),
+                    what="the reply's batch to wait on the held row lock",
+                )
                 began = time.monotonic()
                 stop.set()
                 await asyncio.wait_for(serving, timeout=15)
@@ -71,4 +69,19 @@ async def test_a_batch_stuck_on_a_lock_does_not_stop_the_coordinator_from_exitin
         assert saga is not None
         assert saga.current_step == "charge_payment"
     async with topic_reader(Topics.dead_letters(topics.replies)) as dlq:
-        assert await dlq.quiet(1.0) == [], "a reply was dead-lettered because of the shutdown"
+        # Both coordinators have stopped: whatever they dead-lettered is on the topic by now.
+        assert await dlq.published() == [], "a reply was dead-lettered because of the shutdown"
+
+
+async def _waiting_on(engine: AsyncEngine, holder: int) -> list[str]:
+    """The queries of sessions waiting on a lock that session ``holder`` holds."""
+    # A connection per look: pg_stat_activity is a snapshot kept until the transaction ends.
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT query FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND :holder = ANY(pg_blocking_pids(pid))"
+            ),
+            {"holder": holder},
+        )
+        return list(rows.scalars())
