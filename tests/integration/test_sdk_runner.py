@@ -4,9 +4,8 @@ command id, rollback on rejection, dead letters, deferred replies, committed off
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -35,15 +34,18 @@ from service_sdk import (
     encode_headers,
 )
 from service_sdk.testing import command_envelope
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService, TopicFactory
 
-Mode = Literal["ok", "reject", "retry", "boom", "defer", "slow"]
+Mode = Literal["ok", "reject", "retry", "boom", "defer", "held"]
 
 SERVICE = Service("sdkprobe", schema="sdkprobe")
 CALLS: Counter[str] = Counter()
 """Handler runs per command id (ids are unique per test)."""
+GATES: dict[str, asyncio.Event] = {}
+"""Per key, what a ``held`` handler waits for before it returns (and its transaction commits)."""
 
 
 class Touch(Command):
@@ -72,8 +74,8 @@ async def touch(cmd: Touch, ctx: HandlerContext) -> Touched | Deferred:
         raise RuntimeError(f"boom on {cmd.key}")
     if cmd.mode == "defer":
         return ctx.defer()
-    if cmd.mode == "slow":
-        await asyncio.sleep(1.5)
+    if cmd.mode == "held":
+        await GATES[cmd.key].wait()
     return Touched(key=cmd.key, run=CALLS[ctx.command_id])
 
 
@@ -138,25 +140,72 @@ class Harness:
 
     async def read(self, topic: str, count: int, wait_s: float = 30.0) -> list[Any]:
         """Every record of ``topic`` once at least ``count`` are there (from the start)."""
+        return await self.read_until(
+            topic, lambda records: len(records) >= count, f"{count} record(s)", wait_s
+        )
+
+    async def read_until(
+        self,
+        topic: str,
+        done: Callable[[list[Any]], bool],
+        what: str,
+        wait_s: float = 30.0,
+    ) -> list[Any]:
+        """Records of ``topic`` from the start, in each partition's order, until ``done``."""
         consumer = AIOKafkaConsumer(
             **self.consumer_settings, enable_auto_commit=False, auto_offset_reset="earliest"
         )
         await consumer.start()
         records: list[Any] = []
+
+        async def read_enough() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            for partition_records in batch.values():
+                records.extend(partition_records)
+            assert done(records), f"{topic}: {len(records)} record(s), expected {what}"
+            return True
+
         try:
             consumer.subscribe([topic])
-            deadline = time.monotonic() + wait_s
-            while len(records) < count and time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=200)
-                for partition_records in batch.values():
-                    records.extend(partition_records)
+            await eventually(read_enough, timeout=wait_s, interval=0, what=f"{what} on {topic}")
         finally:
             await consumer.stop()
-        assert len(records) >= count, f"{topic}: {len(records)} record(s), expected {count}"
         return records
 
     async def replies(self, count: int) -> list[Envelope]:
         return [decode_envelope(r.value) for r in await self.read(self.topics.replies, count)]
+
+    async def replies_through(self, key: str) -> list[Envelope]:
+        """The replies on the topic up to and including the first one answering ``key``."""
+
+        def answered(records: list[Any]) -> bool:
+            return any(decode_envelope(r.value).payload.get("key") == key for r in records)
+
+        records = await self.read_until(self.topics.replies, answered, f"a reply to {key!r}")
+        replies = [decode_envelope(r.value) for r in records]
+        keys = [reply.payload.get("key") for reply in replies]
+        return replies[: keys.index(key) + 1]
+
+    async def assigned(self, runner: ServiceRunner) -> None:
+        """Wait until ``runner``'s consumer has joined its group and holds partitions."""
+        await eventually(
+            lambda: runner._consumer.assignment(),
+            what=f"group {runner.group_id} to assign partitions",
+        )
+
+    async def lock_waits(self, table: str) -> list[str]:
+        """Statements on ``table`` now waiting on another transaction's lock."""
+        # A connection per look: pg_stat_activity is a snapshot kept until the transaction ends.
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT query FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                    "AND position(:table in query) > 0"
+                ),
+                {"table": table},
+            )
+            return list(result.scalars())
 
     async def replies_to(self, saga_id: str, count: int) -> list[Envelope]:
         """Replies of one saga; ``count`` counts every reply on the topic."""
@@ -307,16 +356,25 @@ async def test_overlapping_instances_run_the_handler_once(harness: Harness) -> N
     # Two groups on one topic: both instances get the command, as two owners of a partition
     # do for a moment during a rebalance. The second waits on the first's claim, then
     # answers from the record.
-    await harness.start_runner(group_id="sdkprobe-a")
-    await harness.start_runner(group_id="sdkprobe-b")
-    await asyncio.sleep(1.0)
-    await harness.send(touch_command("slow", key="slow", command_id="cmd-slow"))
+    for group in ("sdkprobe-a", "sdkprobe-b"):
+        await harness.assigned(await harness.start_runner(group_id=group))
+    GATES["held"] = gate = asyncio.Event()
+    try:
+        await harness.send(touch_command("held", key="held", command_id="cmd-held"))
+        # The first claimant's handler holds its transaction open until the other instance
+        # is seen waiting on the claim.
+        await eventually(
+            lambda: harness.lock_waits("saga_processed_commands"),
+            what="the second instance to wait on the first one's claim",
+        )
+    finally:
+        gate.set()
 
     first, second = await harness.replies(2)
     assert first.message_id == second.message_id
-    assert first.payload == {"key": "slow", "run": 1}
-    assert CALLS["cmd-slow"] == 1
-    assert await harness.effects("slow") == 1
+    assert first.payload == {"key": "held", "run": 1}
+    assert CALLS["cmd-held"] == 1
+    assert await harness.effects("held") == 1
     assert sorted(result for _, result in harness.observer.results) == ["duplicate", "success"]
 
 
@@ -481,9 +539,9 @@ async def test_restart_resumes_after_the_committed_offsets(harness: Harness) -> 
     second = await harness.start_runner()
     assert second.group_id == first.group_id == "sdkprobe-service"
     await harness.send(touch_command(key="two"))
-    await harness.replies(2)
-    await asyncio.sleep(0.5)  # give a wrongly re-read "one" time to show up
-    replies = await harness.replies(2)
+    # One saga, one partition, answered in order: a wrongly re-read "one" would be answered
+    # before "two", so the replies up to the answer to "two" show it if it happened.
+    replies = await harness.replies_through("two")
     assert [r.payload["key"] for r in replies] == ["one", "two"]
 
 
