@@ -1,5 +1,10 @@
 """Deadlines live in PostgreSQL: they survive a coordinator restart, and several scanners over
-one database fire each of them exactly once."""
+one database fire each of them exactly once.
+
+Time is a :class:`~coordinator.core.clock.FakeClock` shared by the coordinators and scanners
+of a test: a deadline passes when the test advances the clock, never by sleeping, and none
+passes that the test did not move the clock past.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from pydantic import BaseModel
 
 from coordinator.app import Coordinator
 from coordinator.config import DatabaseSettings, DeadlineSettings, KafkaSettings, Settings
-from coordinator.core.clock import SystemClock
+from coordinator.core.clock import FakeClock
 from coordinator.core.definition import RetryPolicy, SagaDefinition, SagaRegistry, Step
 from coordinator.core.state import HistoryKind, SagaStatus
 from coordinator.ops.client import start_request
@@ -26,8 +31,9 @@ from coordinator.runtime.deadlines import DeadlineScanner
 from coordinator.store.database import create_engine
 from coordinator.store.migrate import upgrade_database
 from coordinator.store.saga_store import SagaStore
-from coordinator.store.schema import saga_history, saga_instance
+from coordinator.store.schema import outbox, saga_history, saga_instance
 from service_sdk import Command, Envelope, Topics, decode_envelope
+from tests.support.waiting import eventually
 
 TIMEOUT = timedelta(seconds=3)
 SAGAS = 200
@@ -96,12 +102,21 @@ async def _settings(kafka: Any, topic_prefix: str, database_url: str, scan_s: fl
     )
 
 
+def _clock() -> FakeClock:
+    return FakeClock(datetime.now(UTC))
+
+
+def _past(clock: FakeClock, deadline: datetime) -> None:
+    """Move ``clock`` just past ``deadline``."""
+    clock.advance(max(deadline - clock.now(), timedelta(0)) + timedelta(milliseconds=1))
+
+
 @contextlib.asynccontextmanager
 async def _serving(
-    settings: Settings, registry: SagaRegistry = REGISTRY
+    settings: Settings, clock: FakeClock, registry: SagaRegistry = REGISTRY
 ) -> AsyncIterator[Coordinator]:
     stop = asyncio.Event()
-    async with Coordinator(settings, registry) as coordinator:
+    async with Coordinator(settings, registry, clock) as coordinator:
         task = asyncio.create_task(coordinator.serve(stop))
         try:
             yield coordinator
@@ -123,25 +138,42 @@ async def _reading(kafka: Any, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
 
 
 async def _read(consumer: AIOKafkaConsumer, seen: list[Envelope], until: int) -> list[Envelope]:
-    """Read into ``seen`` until it holds ``until`` envelopes (or 30 s pass)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(30):
-            while len(seen) < until:
-                batch = await consumer.getmany(timeout_ms=200)
-                seen.extend(decode_envelope(r.value) for rs in batch.values() for r in rs)
+    """Read into ``seen`` until it holds ``until`` envelopes."""
+
+    async def enough() -> bool:
+        batch = await consumer.getmany(timeout_ms=200)
+        seen.extend(decode_envelope(r.value) for rs in batch.values() for r in rs)
+        assert len(seen) >= until, f"{len(seen)} of {until} command(s)"
+        return True
+
+    await eventually(enough, interval=0, what="the commands")
     return seen
 
 
-async def _drain(consumer: AIOKafkaConsumer, seen: list[Envelope], seconds: float) -> None:
-    """Read into ``seen`` whatever arrives within ``seconds``."""
-    end = asyncio.get_running_loop().time() + seconds
-    while asyncio.get_running_loop().time() < end:
-        batch = await consumer.getmany(timeout_ms=200)
-        seen.extend(decode_envelope(r.value) for rs in batch.values() for r in rs)
+async def _read_rest(store: SagaStore, consumer: AIOKafkaConsumer, seen: list[Envelope]) -> None:
+    """Read into ``seen`` everything the coordinator has sent: once no outbox row is unsent,
+    all of it is on the topic, up to the end offsets of now."""
 
+    async def all_sent() -> bool:
+        async with store.engine.connect() as conn:
+            unsent = await conn.scalar(
+                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
+            )
+        assert unsent == 0, f"{unsent} outbox row(s) not sent yet"
+        return True
 
-async def _sleep_past(deadline: datetime) -> None:
-    await asyncio.sleep(max((deadline - datetime.now(UTC)).total_seconds(), 0) + 0.5)
+    await eventually(all_sent, what="the outbox relay to send every row")
+    ends = await consumer.end_offsets(list(consumer.assignment()))
+
+    async def at_end() -> bool:
+        behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+        if behind:
+            batch = await consumer.getmany(*behind, timeout_ms=200)
+            seen.extend(decode_envelope(r.value) for rs in batch.values() for r in rs)
+        assert not behind, f"still behind the end offsets on {behind}"
+        return True
+
+    await eventually(at_end, interval=0, what="the end of the command topic")
 
 
 async def test_a_deadline_missed_while_no_coordinator_runs_fires_after_a_restart(
@@ -149,8 +181,9 @@ async def test_a_deadline_missed_while_no_coordinator_runs_fires_after_a_restart
 ) -> None:
     settings = await _settings(kafka, topic_prefix, database_url, scan_s=0.2)
     topic = Topics(topic_prefix).commands("probe")
+    clock = _clock()
     seen: list[Envelope] = []
-    async with _serving(settings) as first, _reading(kafka, topic) as pings:
+    async with _serving(settings, clock) as first, _reading(kafka, topic) as pings:
         saga_id = await first.client.start("probe", ProbeData(label="restart"), saga_id="r-1")
         await _read(pings, seen, 1)
     # The coordinator has stopped (gracefully) while the saga awaits its reply.
@@ -164,15 +197,16 @@ async def test_a_deadline_missed_while_no_coordinator_runs_fires_after_a_restart
         assert (waiting.status, waiting.attempt) == (SagaStatus.RUNNING, 1), (
             "the deadline fired before the coordinator stopped; the test proves nothing"
         )
-        await _sleep_past(waiting.deadline_at)
+        # The deadline passes while no coordinator runs.
+        _past(clock, waiting.deadline_at)
         async with engine.connect() as conn:
             assert await store.select_saga(conn, saga_id) == waiting
     finally:
         await engine.dispose()
 
-    async with _serving(settings) as second, _reading(kafka, topic) as pings:
+    async with _serving(settings, clock) as second, _reading(kafka, topic) as pings:
         seen = await _read(pings, [], 2)
-        await _drain(pings, seen, 0.5)
+        await _read_rest(second.store, pings, seen)
         async with second.store.engine.connect() as conn:
             history = await second.store.select_history(conn, saga_id)
     assert [(e.attempt, e.command_id) for e in seen] == [
@@ -191,18 +225,22 @@ async def test_concurrent_scanners_fire_each_deadline_exactly_once(
     # first scan at start, before any deadline is due, and then sleeps through the test.
     settings = await _settings(kafka, topic_prefix, database_url, scan_s=3_600)
     topics = Topics(topic_prefix)
+    clock = _clock()
     # Each contender has its own connection pool, as separate coordinator processes would.
     engines = [create_engine(database_url, pool_size=2) for _ in range(3)]
     caplog.set_level(logging.WARNING, logger="coordinator")
     seen: list[Envelope] = []
     try:
-        async with _serving(settings) as hub, _reading(kafka, topics.commands("probe")) as pings:
+        async with (
+            _serving(settings, clock) as hub,
+            _reading(kafka, topics.commands("probe")) as pings,
+        ):
             contenders = [
                 DeadlineScanner(
                     SagaStore(engine),
                     REGISTRY,
                     topics,
-                    SystemClock(),
+                    clock,
                     DeadlineSettings(scan_interval_s=0.05, batch_size=10),
                     on_commit=lambda _: hub.relay.wake(),
                 )
@@ -219,7 +257,7 @@ async def test_concurrent_scanners_fire_each_deadline_exactly_once(
             async with hub.store.engine.connect() as conn:
                 latest = await conn.scalar(sa.select(sa.func.max(saga_instance.c.deadline_at)))
             assert latest is not None
-            await _sleep_past(latest)
+            _past(clock, latest)
             # Every deadline is due now: the scanners start together and contend for them.
             tasks = [asyncio.create_task(s.run()) for s in contenders]
             try:
@@ -228,7 +266,7 @@ async def test_concurrent_scanners_fire_each_deadline_exactly_once(
                 for scanner in contenders:
                     scanner.stop()
                 await asyncio.gather(*tasks)
-            await _drain(pings, seen, 1.5)
+            await _read_rest(hub.store, pings, seen)
             async with hub.store.engine.connect() as conn:
                 history = (
                     await conn.execute(
@@ -275,7 +313,8 @@ async def test_due_sagas_of_a_type_the_scanner_does_not_run_do_not_hold_back_the
 ) -> None:
     # The hub knows both types (it starts the sagas); its own scanner sleeps through the test.
     settings = await _settings(kafka, topic_prefix, database_url, scan_s=3_600)
-    async with _serving(settings, SagaRegistry([ProbeSaga, RetiredSaga])) as hub:
+    clock = _clock()
+    async with _serving(settings, clock, SagaRegistry([ProbeSaga, RetiredSaga])) as hub:
         # More due sagas of the unknown type than a scan takes, all due before the known one.
         retired = [
             start_request("retired", ProbeData(label=f"old{i}"), saga_id=f"old-{i}")
@@ -287,12 +326,12 @@ async def test_due_sagas_of_a_type_the_scanner_does_not_run_do_not_hold_back_the
             known = await hub.store.select_saga(conn, "new")
         assert known is not None
         assert known.deadline_at is not None
-        await _sleep_past(known.deadline_at)
+        _past(clock, known.deadline_at)
         scanner = DeadlineScanner(
             hub.store,
             REGISTRY,
             Topics(topic_prefix),
-            SystemClock(),
+            clock,
             DeadlineSettings(scan_interval_s=0.05, batch_size=5),
             on_commit=lambda _: fired.set(),
         )
