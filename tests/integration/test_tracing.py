@@ -6,7 +6,6 @@ Kafka and PostgreSQL; OpenTelemetry's in-memory exporter collects the spans of b
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from service_sdk import (
     decode_headers,
     encode_headers,
 )
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService
@@ -84,13 +84,16 @@ async def _participants(
 
 
 async def _wait_completed(coordinator: Coordinator, saga_ids: list[str]) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            async with coordinator.store.saga_store.engine.connect() as conn:
-                sagas = [await coordinator.store.saga_store.select_saga(conn, s) for s in saga_ids]
-            if all(s is not None and s.status is SagaStatus.COMPLETED for s in sagas):
-                return
-            await asyncio.sleep(0.2)
+    async def completed() -> bool:
+        async with coordinator.store.engine.connect() as conn:
+            sagas = [await coordinator.store.select_saga(conn, s) for s in saga_ids]
+        statuses = {
+            s: saga.status if saga else None for s, saga in zip(saga_ids, sagas, strict=True)
+        }
+        assert all(status is SagaStatus.COMPLETED for status in statuses.values()), statuses
+        return True
+
+    await eventually(completed, timeout=60, interval=0.2, what="the sagas to complete")
 
 
 def _trace_ids(envelopes: list[tuple[Envelope, dict[str, str]]]) -> dict[str, set[str | None]]:
@@ -151,8 +154,8 @@ async def test_every_command_and_reply_of_a_saga_carries_its_one_trace(
                 assert response.status_code == 202, response.text
             await _wait_completed(coordinator, ["kafka", "http", "none", "header"])
 
-        async with coordinator.store.saga_store.engine.connect() as conn:
-            generated = await coordinator.store.saga_store.select_saga(conn, "none")
+        async with coordinator.store.engine.connect() as conn:
+            generated = await coordinator.store.select_saga(conn, "none")
         assert generated is not None
         assert is_valid_traceparent(generated.traceparent)
         expected = {
