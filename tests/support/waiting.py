@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar, cast, overload
 
 __all__ = ["eventually"]
 
@@ -25,6 +25,26 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 30.0
 """Generous: the machine is shared with other test runs, and a passing test never waits it out."""
+
+
+@overload
+async def eventually(
+    condition: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109 (bounds the polling)
+    interval: float = ...,
+    what: str | None = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    condition: Callable[[], T],
+    *,
+    timeout: float = ...,  # noqa: ASYNC109 (bounds the polling)
+    interval: float = ...,
+    what: str | None = ...,
+) -> T: ...
 
 
 async def eventually(

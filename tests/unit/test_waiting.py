@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,7 +13,7 @@ from tests.support.waiting import eventually
 
 
 async def test_returns_the_first_truthy_value_of_a_sync_condition() -> None:
-    values = iter([0, None, [], "ready"])
+    values: Iterator[object] = iter([0, None, [], "ready"])
     assert await eventually(lambda: next(values), interval=0) == "ready"
 
 
