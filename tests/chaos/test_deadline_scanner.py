@@ -31,8 +31,9 @@ from coordinator.runtime.deadlines import DeadlineScanner
 from coordinator.store.database import create_engine
 from coordinator.store.migrate import upgrade_database
 from coordinator.store.saga_store import SagaStore
-from coordinator.store.schema import outbox, saga_history, saga_instance
+from coordinator.store.schema import saga_history, saga_instance
 from service_sdk import Command, Envelope, Topics, decode_envelope
+from tests.support.outbox import outbox_sent
 from tests.support.waiting import eventually
 
 TIMEOUT = timedelta(seconds=3)
@@ -153,16 +154,7 @@ async def _read(consumer: AIOKafkaConsumer, seen: list[Envelope], until: int) ->
 async def _read_rest(store: SagaStore, consumer: AIOKafkaConsumer, seen: list[Envelope]) -> None:
     """Read into ``seen`` everything the coordinator has sent: once no outbox row is unsent,
     all of it is on the topic, up to the end offsets of now."""
-
-    async def all_sent() -> bool:
-        async with store.engine.connect() as conn:
-            unsent = await conn.scalar(
-                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
-            )
-        assert unsent == 0, f"{unsent} outbox row(s) not sent yet"
-        return True
-
-    await eventually(all_sent, what="the outbox relay to send every row")
+    await outbox_sent(store)
     ends = await consumer.end_offsets(list(consumer.assignment()))
 
     async def at_end() -> bool:
