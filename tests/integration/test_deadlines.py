@@ -8,13 +8,11 @@ participants by reading their command topics and publishing replies, except wher
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -41,15 +39,15 @@ from service_sdk import (
     Envelope,
     HandlerContext,
     KafkaConfig,
-    MessageKind,
     Outcome,
     Service,
     ServiceRunner,
     Topics,
     decode_envelope,
 )
-
-T = TypeVar("T")
+from tests.support.outbox import outbox_sent
+from tests.support.replies import participant_reply
+from tests.support.waiting import eventually
 
 QUICK = timedelta(seconds=1.5)
 PATIENT = timedelta(seconds=60)
@@ -98,37 +96,6 @@ def _settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"deadlines": DeadlineSettings(scan_interval_s=0.2)})
 
 
-def _reply(
-    command: Envelope, outcome: Outcome, payload: dict[str, Any], **changes: Any
-) -> Envelope:
-    reply = Envelope(
-        kind=MessageKind.REPLY,
-        message_type=command.message_type,
-        source="test",
-        saga_id=command.saga_id,
-        saga_type=command.saga_type,
-        step=command.step,
-        attempt=command.attempt,
-        command_id=command.command_id,
-        outcome=outcome,
-        payload=payload,
-    )
-    return reply.model_copy(update=changes)
-
-
-async def _eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """Poll ``check`` until it returns something other than None."""
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                found = await check()
-                if found is not None:
-                    return found
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}") from None
-
-
 class Feed:
     """Every envelope published to one topic, kept in arrival order as it is read."""
 
@@ -138,6 +105,16 @@ class Feed:
 
     async def poll(self, seconds: float = 0.2) -> None:
         self.seen.extend(decode_envelope(r.value) for r in await self.reader.quiet(seconds))
+
+    async def read_published(self) -> None:
+        """Read everything published to the topic so far."""
+        self.seen.extend(decode_envelope(r.value) for r in await self.reader.published())
+
+    async def settle(self, coordinator: Coordinator) -> None:
+        """Read everything ``coordinator`` has sent to the topic so far, so that what is not
+        in :attr:`seen` has not been sent (rather than not yet, or not within a while)."""
+        await outbox_sent(coordinator.store)
+        await self.read_published()
 
     async def wait(self, of_type: type[Any], count: int = 1) -> list[Envelope]:
         """The first ``count`` envelopes of a command type, waiting for them if needed."""
@@ -150,7 +127,7 @@ class Feed:
             await self.poll()
             return None
 
-        return await _eventually(matching, f"{count} x {message_type}")
+        return await eventually(matching, timeout=WAIT_S, what=f"{count} x {message_type}")
 
     def count(self, of_type: type[Any]) -> int:
         message_type: str = of_type.message_type
@@ -158,15 +135,15 @@ class Feed:
 
 
 async def _saga(coordinator: Coordinator, saga_id: str) -> SagaInstance:
-    async with coordinator.store.saga_store.engine.connect() as conn:
-        saga = await coordinator.store.saga_store.select_saga(conn, saga_id)
+    async with coordinator.store.engine.connect() as conn:
+        saga = await coordinator.store.select_saga(conn, saga_id)
     assert saga is not None
     return saga
 
 
 async def _history(coordinator: Coordinator, saga_id: str) -> list[HistoryRecord]:
-    async with coordinator.store.saga_store.engine.connect() as conn:
-        return await coordinator.store.saga_store.select_history(conn, saga_id)
+    async with coordinator.store.engine.connect() as conn:
+        return await coordinator.store.select_history(conn, saga_id)
 
 
 async def _status(coordinator: Coordinator, saga_id: str, status: SagaStatus) -> SagaInstance:
@@ -174,7 +151,7 @@ async def _status(coordinator: Coordinator, saga_id: str, status: SagaStatus) ->
         saga = await _saga(coordinator, saga_id)
         return saga if saga.status is status else None
 
-    return await _eventually(reached, f"saga {saga_id} to be {status.value}")
+    return await eventually(reached, timeout=WAIT_S, what=f"saga {saga_id} to be {status.value}")
 
 
 def _entries(history: list[HistoryRecord], kind: HistoryKind, step: str) -> list[HistoryRecord]:
@@ -197,15 +174,15 @@ async def test_a_participant_that_never_answers_gets_three_sends_then_the_saga_c
             Feed(payment_topic),
             Feed(shipping_topic),
         )
-        saga_id = await coordinator.ops.client.start(
-            "quick_order", ORDER, saga_id="silent-shipping"
-        )
+        saga_id = await coordinator.client.start("quick_order", ORDER, saga_id="silent-shipping")
         (reserve,) = await inventory.wait(ReserveStock)
         await send_envelope(
-            topics.replies, _reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
+            topics.replies, participant_reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
         )
         (charge,) = await payment.wait(ChargePayment)
-        await send_envelope(topics.replies, _reply(charge, Outcome.SUCCESS, {"charge_id": "ch-1"}))
+        await send_envelope(
+            topics.replies, participant_reply(charge, Outcome.SUCCESS, {"charge_id": "ch-1"})
+        )
 
         # Shipping never answers: the same command, three times, a deadline apart.
         sends = await shipping.wait(ScheduleShipment, 3)
@@ -217,11 +194,11 @@ async def test_a_participant_that_never_answers_gets_three_sends_then_the_saga_c
 
         # Then the done steps are undone in reverse: payment first, inventory only after it.
         (refund,) = await payment.wait(RefundPayment)
-        await inventory.poll(1.0)
+        await inventory.settle(coordinator)
         assert inventory.count(ReleaseStock) == 0, "inventory was released before the refund"
-        await send_envelope(topics.replies, _reply(refund, Outcome.SUCCESS, {}))
+        await send_envelope(topics.replies, participant_reply(refund, Outcome.SUCCESS, {}))
         (release,) = await inventory.wait(ReleaseStock)
-        await send_envelope(topics.replies, _reply(release, Outcome.SUCCESS, {}))
+        await send_envelope(topics.replies, participant_reply(release, Outcome.SUCCESS, {}))
 
         saga = await _status(coordinator, saga_id, SagaStatus.COMPENSATED)
         assert saga.failure_reason == "schedule_shipping: no reply after 3 attempts"
@@ -230,7 +207,7 @@ async def test_a_participant_that_never_answers_gets_three_sends_then_the_saga_c
             ("charge_payment", "reserve_inventory"),
         )
         assert (saga.current_step, saga.deadline_at) == (None, None)
-        await shipping.poll(1.0)
+        await shipping.settle(coordinator)
         assert shipping.count(ScheduleShipment) == 3, "a fourth attempt was sent"
         history = await _history(coordinator, saga_id)
 
@@ -255,21 +232,21 @@ async def test_a_success_after_the_deadline_is_undone_and_the_saga_stays_compens
         topic_reader(topics.commands("payment")) as payment_topic,
     ):
         inventory, payment = Feed(inventory_topic), Feed(payment_topic)
-        saga_id = await coordinator.ops.client.start("quick_order", ORDER, saga_id="late-charge")
+        saga_id = await coordinator.client.start("quick_order", ORDER, saga_id="late-charge")
         (reserve,) = await inventory.wait(ReserveStock)
         await send_envelope(
-            topics.replies, _reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
+            topics.replies, participant_reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
         )
         charges = await payment.wait(ChargePayment, 3)
         (release,) = await inventory.wait(ReleaseStock)
-        await send_envelope(topics.replies, _reply(release, Outcome.SUCCESS, {}))
+        await send_envelope(topics.replies, participant_reply(release, Outcome.SUCCESS, {}))
         gave_up = await _status(coordinator, saga_id, SagaStatus.COMPENSATED)
         assert gave_up.failure_reason == "charge_payment: no reply after 3 attempts"
-        await payment.poll(0.5)
+        await payment.settle(coordinator)
         assert payment.count(RefundPayment) == 0, "nothing was charged, nothing to refund yet"
 
         # The payment service did charge after all, and says so in reply to the first send.
-        late = _reply(charges[0], Outcome.SUCCESS, {"charge_id": "ch-late"})
+        late = participant_reply(charges[0], Outcome.SUCCESS, {"charge_id": "ch-late"})
         await send_envelope(topics.replies, late)
         (refund,) = await payment.wait(RefundPayment)
         assert refund.step == "charge_payment"
@@ -282,16 +259,18 @@ async def test_a_success_after_the_deadline_is_undone_and_the_saga_stays_compens
         assert (saga.current_step, saga.deadline_at) == (None, None), "the refund is not awaited"
 
         # The refund's own reply is recorded; the saga does not move again.
-        await send_envelope(topics.replies, _reply(refund, Outcome.SUCCESS, {}))
+        await send_envelope(topics.replies, participant_reply(refund, Outcome.SUCCESS, {}))
 
         async def both_late_replies() -> list[HistoryRecord] | None:
             history = await _history(coordinator, saga_id)
             late = _entries(history, HistoryKind.LATE_REPLY, "charge_payment")
             return history if len(late) == 2 else None
 
-        history = await _eventually(both_late_replies, "the refund's reply to be recorded")
+        history = await eventually(
+            both_late_replies, timeout=WAIT_S, what="the refund's reply to be recorded"
+        )
         assert (await _saga(coordinator, saga_id)).status is SagaStatus.COMPENSATED
-        await payment.poll(1.0)
+        await payment.settle(coordinator)
         assert payment.count(RefundPayment) == 1
 
     first, second = _entries(history, HistoryKind.LATE_REPLY, "charge_payment")
@@ -356,9 +335,7 @@ async def test_retryable_rejections_are_retried_until_the_step_succeeds(
         for runner in runners:
             await runner.start()
         try:
-            saga_id = await coordinator.ops.client.start(
-                "patient_order", ORDER, saga_id="busy-payment"
-            )
+            saga_id = await coordinator.client.start("patient_order", ORDER, saga_id="busy-payment")
             saga = await _status(coordinator, saga_id, SagaStatus.COMPLETED)
             history = await _history(coordinator, saga_id)
         finally:
@@ -366,7 +343,7 @@ async def test_retryable_rejections_are_retried_until_the_step_succeeds(
                 await runner.stop()
         async with topic_reader(topics.replies) as replies_topic:
             replies = Feed(replies_topic)
-            await replies.poll(1.0)
+            await replies.read_published()  # the participants have stopped
 
     assert charge_attempts == [1, 2, 3]
     assert saga.data["charge_id"] == "ch-o-1"
@@ -414,10 +391,10 @@ async def test_replies_that_do_not_match_the_awaited_command_change_nothing(
             Feed(payment_topic),
             Feed(shipping_topic),
         )
-        saga_id = await coordinator.ops.client.start("patient_order", ORDER, saga_id="fenced")
+        saga_id = await coordinator.client.start("patient_order", ORDER, saga_id="fenced")
         (reserve,) = await inventory.wait(ReserveStock)
         await send_envelope(
-            topics.replies, _reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
+            topics.replies, participant_reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
         )
         (charge,) = await payment.wait(ChargePayment)
         before = await _saga(coordinator, saga_id)
@@ -425,13 +402,19 @@ async def test_replies_that_do_not_match_the_awaited_command_change_nothing(
 
         stale = [
             # The awaited step, but another command's id.
-            _reply(charge, Outcome.SUCCESS, {"charge_id": "x"}, command_id=str(uuid.uuid4())),
+            participant_reply(charge, Outcome.SUCCESS, {"charge_id": "x"}).model_copy(
+                update={"command_id": str(uuid.uuid4())}
+            ),
             # The awaited command id, but a step that is not current ...
-            _reply(charge, Outcome.SUCCESS, {"shipment_id": "x"}, step="schedule_shipping"),
+            participant_reply(charge, Outcome.SUCCESS, {"shipment_id": "x"}).model_copy(
+                update={"step": "schedule_shipping"}
+            ),
             # ... or one the saga does not have.
-            _reply(charge, Outcome.FAILURE, {}, step="no_such_step"),
+            participant_reply(charge, Outcome.FAILURE).model_copy(update={"step": "no_such_step"}),
             # The awaited step and id, but an attempt that was never sent.
-            _reply(charge, Outcome.SUCCESS, {"charge_id": "x"}, attempt=2),
+            participant_reply(charge, Outcome.SUCCESS, {"charge_id": "x"}).model_copy(
+                update={"attempt": 2}
+            ),
         ]
         for reply in stale:
             await send_envelope(topics.replies, reply)
@@ -441,10 +424,12 @@ async def test_replies_that_do_not_match_the_awaited_command_change_nothing(
             fenced = [h for h in history if h.kind == HistoryKind.STALE_REPLY.value]
             return fenced if len(fenced) >= len(stale) else None
 
-        fenced = await _eventually(all_fenced, "the stale replies to be recorded")
+        fenced = await eventually(
+            all_fenced, timeout=WAIT_S, what="the stale replies to be recorded"
+        )
         assert await _saga(coordinator, saga_id) == before, "a stale reply changed the saga"
-        await shipping.poll(1.0)
-        await payment.poll(0.2)
+        await shipping.settle(coordinator)
+        await payment.settle(coordinator)
         assert (shipping.seen, payment.count(ChargePayment), payment.count(RefundPayment)) == (
             [],
             1,
@@ -453,7 +438,9 @@ async def test_replies_that_do_not_match_the_awaited_command_change_nothing(
         assert [(h.step, h.message_id) for h in fenced] == [(r.step, r.message_id) for r in stale]
 
         # The awaited reply still counts afterwards.
-        await send_envelope(topics.replies, _reply(charge, Outcome.SUCCESS, {"charge_id": "ch-1"}))
+        await send_envelope(
+            topics.replies, participant_reply(charge, Outcome.SUCCESS, {"charge_id": "ch-1"})
+        )
         (shipment,) = await shipping.wait(ScheduleShipment)
         assert shipment.saga_id == saga_id
         after = await _saga(coordinator, saga_id)
