@@ -111,10 +111,8 @@ async def test_bad_requests_get_clear_4xx_answers(
     no_reason = await api.post("/sagas/x/abort", json={}, headers=AUTH)
     assert no_reason.status_code == 422
 
-    async with coordinator.store.saga_store.engine.connect() as conn:
-        assert await coordinator.store.saga_store.select_sagas(conn) == [], (
-            "a bad request started a saga"
-        )
+    async with coordinator.store.engine.connect() as conn:
+        assert await coordinator.store.select_sagas(conn) == [], "a bad request started a saga"
 
 
 async def test_mutations_need_the_token(served: tuple[Coordinator, httpx.AsyncClient]) -> None:
@@ -129,8 +127,8 @@ async def test_mutations_need_the_token(served: tuple[Coordinator, httpx.AsyncCl
         assert wrong.status_code == 401, path
         assert wrong.json()["error"] == "invalid_token"
     assert (await api.get("/sagas")).status_code == 200, "reads need no token"
-    async with coordinator.store.saga_store.engine.connect() as conn:
-        assert await coordinator.store.saga_store.select_sagas(conn) == []
+    async with coordinator.store.engine.connect() as conn:
+        assert await coordinator.store.select_sagas(conn) == []
 
 
 async def test_retry_and_abort_with_dry_runs(
@@ -164,8 +162,8 @@ async def test_retry_and_abort_with_dry_runs(
         "/sagas/h-3/abort", params={"dry_run": "1"}, json={"reason": "stop"}, headers=AUTH
     )
     assert aborted_dry.status_code == 200
-    async with coordinator.store.saga_store.engine.connect() as conn:
-        saga = await coordinator.store.saga_store.select_saga(conn, "h-3")
+    async with coordinator.store.engine.connect() as conn:
+        saga = await coordinator.store.select_saga(conn, "h-3")
     assert saga is not None
     assert saga.status is SagaStatus.RUNNING, "a dry run changed the saga"
 
@@ -195,7 +193,7 @@ async def test_health_ready_and_schema(served: tuple[Coordinator, httpx.AsyncCli
     schema = (await api.get("/openapi.json")).json()
     assert "/sagas/{saga_id}/retry" in schema["paths"]
 
-    await coordinator.runtime.consumer.stop()
+    await coordinator.consumer.stop()
     not_ready = await api.get("/ready")
     assert not_ready.status_code == 503
     assert not_ready.json()["checks"] == {"database": True, "consumer": False}
