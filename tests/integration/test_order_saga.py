@@ -15,6 +15,9 @@ from coordinator.store.database import create_engine
 from saga_defs import OrderData
 from saga_defs.order import OrderItem
 from service_sdk import DeadLetterHeader, Envelope, MessageKind, Outcome, Topics, decode_headers
+from tests.support.offsets import committed_to_end
+from tests.support.outbox import outbox_sent
+from tests.support.replies import participant_reply
 
 ORDER = OrderData(
     order_id="o-1",
@@ -22,21 +25,6 @@ ORDER = OrderData(
     items=(OrderItem(sku="sku-1", quantity=2),),
     amount_cents=1_250,
 )
-
-
-def _reply(command: Envelope, outcome: Outcome, payload: dict[str, Any]) -> Envelope:
-    return Envelope(
-        kind=MessageKind.REPLY,
-        message_type=command.message_type,
-        source="test",
-        saga_id=command.saga_id,
-        saga_type=command.saga_type,
-        step=command.step,
-        attempt=command.attempt,
-        command_id=command.command_id,
-        outcome=outcome,
-        payload=payload,
-    )
 
 
 async def _history(settings: Settings, saga_id: str) -> list[tuple[str, str | None]]:
@@ -80,15 +68,19 @@ async def test_demo_scenario_completes_and_compensates_with_a_correct_ledger(
 
 
 async def test_a_reply_delivered_twice_changes_nothing(
-    coordinator_settings: Settings, running_coordinator: Any, topic_reader: Any, send_envelope: Any
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    send_envelope: Any,
+    kafka_bootstrap: str,
 ) -> None:
     topics = Topics(coordinator_settings.kafka.topic_prefix)
     async with running_coordinator(coordinator_settings) as coordinator:
-        saga_id = await coordinator.ops.client.start("order", ORDER, saga_id="saga-dup")
+        saga_id = await coordinator.client.start("order", ORDER, saga_id="saga-dup")
         async with topic_reader(topics.commands("inventory")) as inventory:
             (reserve,) = await inventory.envelopes(1)
         assert (reserve.step, reserve.attempt) == ("reserve_inventory", 1)
-        reply = _reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
+        reply = participant_reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
         # The same record twice (a redelivery: same message id) ...
         await send_envelope(topics.replies, reply)
         await send_envelope(topics.replies, reply)
@@ -96,10 +88,15 @@ async def test_a_reply_delivered_twice_changes_nothing(
         await send_envelope(topics.replies, reply.model_copy(update={"message_id": "again"}))
         async with topic_reader(topics.commands("payment")) as payment:
             (charge,) = await payment.envelopes(1)
-            assert await payment.quiet(2.0) == [], "the reply advanced the saga more than once"
+            # All three replies have been applied and all that followed from them sent.
+            await committed_to_end(
+                kafka_bootstrap, coordinator_settings.kafka.group_id, topics.replies
+            )
+            await outbox_sent(coordinator.store)
+            assert await payment.published() == [], "the reply advanced the saga more than once"
         assert charge.step == "charge_payment"
-        async with coordinator.store.saga_store.engine.connect() as conn:
-            saga = await coordinator.store.saga_store.select_saga(conn, saga_id)
+        async with coordinator.store.engine.connect() as conn:
+            saga = await coordinator.store.select_saga(conn, saga_id)
         assert saga is not None
         assert (saga.status, saga.current_step) == (SagaStatus.RUNNING, "charge_payment")
         assert saga.data["reservation_id"] == "r-1"
@@ -109,17 +106,26 @@ async def test_a_reply_delivered_twice_changes_nothing(
 
 
 async def test_starting_the_same_saga_twice_over_kafka_starts_it_once(
-    coordinator_settings: Settings, running_coordinator: Any, topic_reader: Any, send_envelope: Any
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    send_envelope: Any,
+    kafka_bootstrap: str,
 ) -> None:
     from coordinator.ops.client import start_request
 
     topics = Topics(coordinator_settings.kafka.topic_prefix)
-    async with running_coordinator(coordinator_settings):
+    async with running_coordinator(coordinator_settings) as coordinator:
         for _ in range(2):
             await send_envelope(topics.requests, start_request("order", ORDER, saga_id="once"))
         async with topic_reader(topics.commands("inventory")) as inventory:
             assert len(await inventory.envelopes(1)) == 1
-            assert await inventory.quiet(2.0) == []
+            # Both requests have been processed and all that followed from them sent.
+            await committed_to_end(
+                kafka_bootstrap, coordinator_settings.kafka.group_id, topics.requests
+            )
+            await outbox_sent(coordinator.store)
+            assert await inventory.published() == []
 
 
 async def test_bad_replies_are_dead_lettered_and_the_consumer_moves_on(
@@ -132,7 +138,7 @@ async def test_bad_replies_are_dead_lettered_and_the_consumer_moves_on(
     topics = Topics(coordinator_settings.kafka.topic_prefix)
     async with running_coordinator(coordinator_settings) as coordinator:
         await producer.send_and_wait(topics.replies, b"{not json", key=b"x")
-        ghost = _reply(
+        ghost = participant_reply(
             Envelope(
                 kind=MessageKind.COMMAND,
                 message_type="inventory.reserve_stock",
@@ -159,7 +165,7 @@ async def test_bad_replies_are_dead_lettered_and_the_consumer_moves_on(
             assert headers[DeadLetterHeader.EXCEPTION_MESSAGE]
         assert {r.value for r in letters} >= {b"{not json"}
         # The consumer is still alive: a real saga still starts and sends its command.
-        await coordinator.ops.client.start("order", ORDER, saga_id="after-bad")
+        await coordinator.client.start("order", ORDER, saga_id="after-bad")
         async with topic_reader(topics.commands("inventory")) as inventory:
             (command,) = await inventory.envelopes(1)
         assert command.saga_id == "after-bad"
