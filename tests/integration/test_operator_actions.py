@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +46,14 @@ from service_sdk import (
     Envelope,
     HandlerContext,
     KafkaConfig,
-    MessageKind,
     Outcome,
     Service,
     ServiceRunner,
     Topics,
 )
+from tests.support.outbox import outbox_sent
+from tests.support.replies import participant_reply
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService
@@ -126,46 +128,15 @@ async def participants(
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def reply(command: Envelope, outcome: Outcome, payload: dict[str, Any]) -> Envelope:
-    return Envelope(
-        kind=MessageKind.REPLY,
-        message_type=command.message_type,
-        source="test",
-        saga_id=command.saga_id,
-        saga_type=command.saga_type,
-        step=command.step,
-        attempt=command.attempt,
-        command_id=command.command_id,
-        outcome=outcome,
-        payload=payload,
-    )
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[Any]],
-    done: Callable[[Any], bool],
-    what: str,
-    timeout_s: float = WAIT_S,
-) -> Any:
-    """Poll ``probe`` until ``done(value)``; fail with the last value after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
-        await asyncio.sleep(0.2)
-
-
 async def reaches(ops: OperatorActions, saga_id: str, status: SagaStatus) -> SagaTimeline:
-    timeline: SagaTimeline = await eventually(
-        lambda: ops.show(saga_id),
-        lambda t: t.instance.status is status,
-        f"saga {saga_id} to become {status.value}",
+    async def reached() -> SagaTimeline:
+        timeline = await ops.show(saga_id)
+        assert timeline.instance.status is status, f"{saga_id} is {timeline.instance.status}"
+        return timeline
+
+    return await eventually(
+        reached, timeout=WAIT_S, interval=0.2, what=f"saga {saga_id} to become {status.value}"
     )
-    return timeline
 
 
 async def read_until(reader: Any, done: Callable[[list[Envelope]], bool]) -> list[Envelope]:
@@ -174,11 +145,13 @@ async def read_until(reader: Any, done: Callable[[list[Envelope]], bool]) -> lis
 
     found: list[Envelope] = []
 
-    async def more() -> list[Envelope]:
+    async def more() -> list[Envelope] | None:
         found.extend(decode_envelope(r.value) for r in await reader.quiet(0.5))
-        return found
+        return found if done(found) else None
 
-    result: list[Envelope] = await eventually(more, done, f"messages on {reader.topic}")
+    result: list[Envelope] = await eventually(
+        more, timeout=WAIT_S, interval=0, what=f"messages on {reader.topic}"
+    )
     return result
 
 
@@ -224,9 +197,9 @@ async def test_a_compensation_refused_for_good_completes_after_an_operator_retry
         running_coordinator(coordinator_settings) as coordinator,
         participants(kafka, database_url, topics, INVENTORY, PAYMENT),
     ):
-        ops: OperatorActions = coordinator.ops.actions
+        ops: OperatorActions = coordinator.operator
         for name in ("api", "cli"):
-            await coordinator.ops.client.start("order", order(f"o-{name}"), saga_id=f"saga-{name}")
+            await coordinator.client.start("order", order(f"o-{name}"), saga_id=f"saga-{name}")
         failed = {
             name: await reaches(ops, f"saga-{name}", SagaStatus.FAILED) for name in ("api", "cli")
         }
@@ -328,13 +301,11 @@ async def test_abort_of_a_running_saga_compensates_and_a_late_success_is_refunde
         topic_reader(topics.commands("inventory")) as inventory,
         topic_reader(topics.commands("payment")) as payment,
     ):
-        ops: OperatorActions = coordinator.ops.actions
-        saga_id = await coordinator.ops.client.start(
-            "order", order("o-abort"), saga_id="saga-abort"
-        )
+        ops: OperatorActions = coordinator.operator
+        saga_id = await coordinator.client.start("order", order("o-abort"), saga_id="saga-abort")
         (reserve,) = await inventory.envelopes(1, timeout_s=WAIT_S)
         await send_envelope(
-            topics.replies, reply(reserve, Outcome.SUCCESS, {"reservation_id": "r"})
+            topics.replies, participant_reply(reserve, Outcome.SUCCESS, {"reservation_id": "r"})
         )
         (charge,) = await payment.envelopes(1, timeout_s=WAIT_S)
         assert charge.step == "charge_payment"
@@ -350,12 +321,14 @@ async def test_abort_of_a_running_saga_compensates_and_a_late_success_is_refunde
         ]
         (release,) = await inventory.envelopes(1, timeout_s=WAIT_S)
         assert release.command_id == result.commands[0].command_id
-        await send_envelope(topics.replies, reply(release, Outcome.SUCCESS, {}))
+        await send_envelope(topics.replies, participant_reply(release, Outcome.SUCCESS, {}))
         compensated = await reaches(ops, saga_id, SagaStatus.COMPENSATED)
         assert compensated.instance.failure_reason == "aborted by carol: customer cancelled"
 
         # The abandoned charge succeeds after all: the engine refunds it.
-        await send_envelope(topics.replies, reply(charge, Outcome.SUCCESS, {"charge_id": "ch-9"}))
+        await send_envelope(
+            topics.replies, participant_reply(charge, Outcome.SUCCESS, {"charge_id": "ch-9"})
+        )
         (refund,) = await payment.envelopes(1, timeout_s=WAIT_S)
         assert refund.message_type == "payment.refund_payment"
         assert refund.command_id == command_id_for(saga_id, "charge_payment", compensation=True)
@@ -392,14 +365,14 @@ async def test_a_dry_run_writes_nothing_and_sends_nothing(
         topic_reader(topics.commands("inventory")) as inventory,
         topic_reader(topics.commands("payment")) as payment,
     ):
-        ops: OperatorActions = coordinator.ops.actions
-        saga_id = await coordinator.ops.client.start("order", order("o-dry"), saga_id="saga-dry")
+        ops: OperatorActions = coordinator.operator
+        saga_id = await coordinator.client.start("order", order("o-dry"), saga_id="saga-dry")
         (reserve,) = await inventory.envelopes(1, timeout_s=WAIT_S)
         await send_envelope(
-            topics.replies, reply(reserve, Outcome.SUCCESS, {"reservation_id": "r"})
+            topics.replies, participant_reply(reserve, Outcome.SUCCESS, {"reservation_id": "r"})
         )
         (charge,) = await payment.envelopes(1, timeout_s=WAIT_S)
-        before = await snapshot(coordinator.store.saga_store, saga_id)
+        before = await snapshot(coordinator.store, saga_id)
         history_before = (await ops.show(saga_id)).history
 
         abort = await ops.abort(saga_id, actor="dave", reason="just looking", dry_run=True)
@@ -435,10 +408,11 @@ async def test_a_dry_run_writes_nothing_and_sends_nothing(
         assert topics.commands("inventory") in cli.stdout
         assert "inventory.release_stock" in cli.stdout
 
-        # Nothing reaches the command topics (the relay sweeps every 0.5 s).
-        assert await inventory.quiet(3.0) == []
-        assert await payment.quiet(0.5) == []
-        assert await snapshot(coordinator.store.saga_store, saga_id) == before
+        # Nothing was written (no outbox row either), so nothing reaches the command topics.
+        assert await snapshot(coordinator.store, saga_id) == before
+        await outbox_sent(coordinator.store)
+        assert await inventory.published() == []
+        assert await payment.published() == []
         after = await ops.show(saga_id)
         assert after.history == history_before
         assert after.instance.status is SagaStatus.RUNNING
