@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from service_sdk.contract import (
+    FENCE_MESSAGE_TYPE,
     SPEC_VERSION,
     Command,
     ContractError,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from service_sdk.service import Deferred, HandlerContext, HandlerResult, Service
 
 __all__ = [
+    "FENCE_MESSAGE_TYPE",
     "SPEC_VERSION",
     "Command",
     "CommandRejected",

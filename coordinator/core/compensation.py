@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from coordinator.core.definition import Step
-from coordinator.core.draft import TransitionDraft, retry_policy
+from coordinator.core.draft import TransitionDraft
 from coordinator.core.state import (
     CommandPurpose,
     HistoryKind,
@@ -27,8 +27,8 @@ __all__ = [
     "begin_compensation",
     "compensate_next",
     "fail_compensation",
-    "late_compensation_reply",
-    "late_success",
+    "in_doubt_reply",
+    "mark_in_doubt",
 ]
 
 
@@ -38,18 +38,35 @@ def begin_compensation(d: TransitionDraft, reason: str) -> None:
     compensate_next(d)
 
 
-def compensate_next(d: TransitionDraft) -> None:
-    """Send the next compensation due, or finish as COMPENSATED when none is left."""
+def mark_in_doubt(d: TransitionDraft) -> None:
+    """The awaited forward command may still take effect: it is undone before anything else."""
     inst = d.instance
+    d.update(in_doubt_step=inst.current_step, in_doubt_command_id=inst.command_id)
+
+
+def compensate_next(d: TransitionDraft) -> None:
+    """Send the next compensation due, or finish as COMPENSATED when none is left.
+
+    A step in doubt comes first: its compensation (or a fence, when it has none) settles the
+    command the saga gave up on, so the saga never ends while that command could still act.
+    """
+    inst = d.instance
+    if inst.in_doubt_step is not None:
+        _enter_compensating(d)
+        d.send(
+            d.definition.step(inst.in_doubt_step),
+            compensation=True,
+            attempt=1,
+            purpose=CommandPurpose.COMPENSATION,
+        )
+        return
     pending = [
         name
         for name in reversed(inst.completed_steps)
         if name not in inst.compensated_steps and d.definition.step(name).compensation is not None
     ]
     if pending:
-        if inst.status is not SagaStatus.COMPENSATING:
-            d.update(status=SagaStatus.COMPENSATING)
-            d.emit(LifecycleKind.COMPENSATING, reason=inst.failure_reason)
+        _enter_compensating(d)
         step = d.definition.step(pending[0])
         d.send(step, compensation=True, attempt=1, purpose=CommandPurpose.COMPENSATION)
         return
@@ -64,6 +81,46 @@ def compensate_next(d: TransitionDraft) -> None:
     d.emit(LifecycleKind.COMPENSATED, reason=inst.failure_reason)
 
 
+def _enter_compensating(d: TransitionDraft) -> None:
+    if d.instance.status is not SagaStatus.COMPENSATING:
+        d.update(status=SagaStatus.COMPENSATING)
+        d.emit(LifecycleKind.COMPENSATING, reason=d.instance.failure_reason)
+
+
+def in_doubt_reply(
+    d: TransitionDraft, step: Step[Any], reply: ReplyReceived, seen: dict[str, Any]
+) -> None:
+    """The undo of the step in doubt succeeded: its command is settled one way or the other.
+
+    A compensation answers after undoing the effect, or with ``fenced: true`` when the command
+    never ran (the participant now refuses it for good). A fence of a step without a
+    compensation reports ``fenced: false`` when the command had run: that effect cannot be
+    undone, and an operator must decide.
+    """
+    fenced = reply.payload.get("fenced") is True
+    executed = reply.payload.get("executed")
+    if step.compensation is None and not fenced and executed == Outcome.SUCCESS.value:
+        reason = f"{step.name} took effect after the saga gave up on it, and it has no compensation"
+        d.record(HistoryKind.COMPENSATION_FAILED, step.name, **seen, error=reason, fence=True)
+        d.update(
+            status=SagaStatus.FAILED,
+            failure_reason=reason,
+            deadline_at=None,
+            in_doubt_step=None,
+            in_doubt_command_id=None,
+        )
+        d.record(HistoryKind.FAILED, step.name, reason=reason)
+        d.emit(LifecycleKind.FAILED, step.name, reason=reason)
+        return
+    d.update(
+        compensated_steps=(*d.instance.compensated_steps, step.name),
+        in_doubt_step=None,
+        in_doubt_command_id=None,
+    )
+    d.record(HistoryKind.COMPENSATION_SUCCEEDED, step.name, **seen, in_doubt=True, fenced=fenced)
+    compensate_next(d)
+
+
 def fail_compensation(d: TransitionDraft, step: Step[Any], error: str, /, **detail: Any) -> None:
     """Give up on ``step``'s compensation: the saga is FAILED until an operator acts."""
     # current_step and command_id stay, so an operator retry knows what to re-send.
@@ -72,55 +129,3 @@ def fail_compensation(d: TransitionDraft, step: Step[Any], error: str, /, **deta
     d.update(status=SagaStatus.FAILED, failure_reason=reason, deadline_at=None)
     d.record(HistoryKind.FAILED, step.name, reason=reason)
     d.emit(LifecycleKind.FAILED, step.name, reason=reason)
-
-
-def late_success(
-    d: TransitionDraft, step: Step[Any], reply: ReplyReceived, seen: dict[str, Any]
-) -> None:
-    """The participant did the work after the saga gave up on it: undo it, if it can be."""
-    problem = None
-    if step.compensation is not None:
-        # Folding the reply in gives the compensation what it may need, e.g. a charge id.
-        data = d.fold(step, reply.payload)
-        if isinstance(data, str):
-            problem = data
-        else:
-            d.update(data=data)
-    d.record(
-        HistoryKind.LATE_REPLY,
-        step.name,
-        **seen,
-        compensate=step.compensation is not None,
-        problem=problem,
-    )
-    if step.compensation is not None:
-        d.send(step, compensation=True, attempt=1, purpose=CommandPurpose.COMPENSATION, track=False)
-
-
-def late_compensation_reply(
-    d: TransitionDraft, step: Step[Any], reply: ReplyReceived, seen: dict[str, Any]
-) -> None:
-    """A reply to a fire-and-forget compensation sent after a late success."""
-    d.record(HistoryKind.LATE_REPLY, step.name, **seen, compensation=True)
-    inst = d.instance
-    if reply.outcome is Outcome.SUCCESS or step.name == inst.current_step:
-        return  # undone; or an operator's retry of this very compensation is awaited now
-    policy = retry_policy(step, compensation=True)
-    if reply.outcome is Outcome.RETRYABLE and reply.attempt < policy.max_attempts:
-        d.send(
-            step,
-            compensation=True,
-            attempt=reply.attempt + 1,
-            purpose=CommandPurpose.RETRY,
-            track=False,
-            command_id=reply.command_id,
-        )
-        return
-    error = reply.error or reply.outcome.value
-    if inst.status is SagaStatus.FAILED:
-        # Already waiting for an operator on another step; the history keeps this one.
-        d.record(HistoryKind.COMPENSATION_FAILED, step.name, error=error, late=True)
-        return
-    # A compensation in flight is abandoned; an operator's retry resumes with it (new epoch).
-    d.update(current_step=step.name, command_id=reply.command_id, attempt=reply.attempt)
-    fail_compensation(d, step, error, late=True)

@@ -26,8 +26,9 @@ from coordinator.core.state import (
     Transition,
     command_id_for,
 )
+from service_sdk.contract import FENCE_MESSAGE_TYPE
 
-__all__ = ["TransitionDraft", "describe", "retry_policy"]
+__all__ = ["TransitionDraft", "awaited_timeout", "describe", "retry_policy"]
 
 _MAX_ERROR_CHARS = 500
 
@@ -120,11 +121,21 @@ class TransitionDraft:
             SagaDefinitionError: ``build`` failed or returned the wrong command type.
         """
         saga_id = self.instance.saga_id
-        if compensation:
-            if step.compensation is None:
+        inst = self.instance
+        # Undoing the step the saga gave up on: the participant must also learn which command
+        # to refuse if it has not run it yet.
+        compensates = (
+            inst.in_doubt_command_id if compensation and step.name == inst.in_doubt_step else None
+        )
+        if compensation and step.compensation is None:
+            if compensates is None:
                 raise SagaDefinitionError(
                     f"{step.name} has no compensation", saga_id=saga_id, step=step.name
                 )
+            self._send_fence(step, compensates, attempt, delay, command_id)
+            return
+        if compensation:
+            assert step.compensation is not None
             comp = step.compensation
             model, build, timeout = comp.command, comp.build, comp.timeout
         else:
@@ -157,13 +168,12 @@ class TransitionDraft:
                 attempt=attempt,
                 payload=command.model_dump(mode="json"),
                 purpose=purpose,
+                compensates=compensates,
             )
         )
         deadline = self.now + delay + timeout if track else None
-        if track:
-            self.update(
-                current_step=step.name, command_id=command_id, attempt=attempt, deadline_at=deadline
-            )
+        if deadline is not None:
+            self._await(step, command_id, attempt, deadline)
         self.record(
             HistoryKind.COMPENSATION_SENT if compensation else HistoryKind.COMMAND_SENT,
             step.name,
@@ -172,7 +182,64 @@ class TransitionDraft:
             purpose=purpose.value,
             message_type=model.message_type,
             deadline_at=deadline.isoformat() if deadline else None,
+            **({"compensates": compensates} if compensates else {}),
         )
+
+    def _send_fence(
+        self,
+        step: Step[Any],
+        compensates: str,
+        attempt: int,
+        delay: timedelta,
+        command_id: str | None,
+    ) -> None:
+        """Undo ``step``, which has no compensation: the participant refuses its command."""
+        if command_id is None:
+            command_id = command_id_for(
+                self.instance.saga_id, step.name, compensation=True, epoch=self.instance.epoch
+            )
+        self.commands.append(
+            OutgoingCommand(
+                service=step.service,
+                step=step.name,
+                message_type=FENCE_MESSAGE_TYPE,
+                command_id=command_id,
+                attempt=attempt,
+                payload={},
+                purpose=CommandPurpose.FENCE,
+                compensates=compensates,
+            )
+        )
+        deadline = self.now + delay + step.timeout
+        self._await(step, command_id, attempt, deadline)
+        self.record(
+            HistoryKind.COMPENSATION_SENT,
+            step.name,
+            command_id=command_id,
+            attempt=attempt,
+            purpose=CommandPurpose.FENCE.value,
+            message_type=FENCE_MESSAGE_TYPE,
+            deadline_at=deadline.isoformat(),
+            compensates=compensates,
+        )
+
+    def _await(self, step: Step[Any], command_id: str, attempt: int, deadline: datetime) -> None:
+        """Make the command just sent the awaited one; nobody has picked it up yet."""
+        self.update(
+            current_step=step.name,
+            command_id=command_id,
+            attempt=attempt,
+            deadline_at=deadline,
+            service=step.service,
+            picked_up_at=None,
+        )
+
+
+def awaited_timeout(step: Step[Any], *, compensation: bool) -> timedelta:
+    """How long a reply to a step's command (or its compensation or fence) may take."""
+    if compensation and step.compensation is not None:
+        return step.compensation.timeout
+    return step.timeout
 
 
 def retry_policy(step: Step[Any], *, compensation: bool) -> RetryPolicy:

@@ -9,9 +9,15 @@ Rules worth knowing before reading the code:
 * A reply matches the awaited command iff its step and command id are the awaited ones and its
   attempt is not newer than the last send. Anything else changes nothing and is recorded as a
   duplicate (already answered), late (for the step the saga gave up on) or stale reply.
-* Compensation (:mod:`coordinator.core.compensation`) undoes ``completed_steps`` in reverse. The
-  step in flight when the saga gave up, ``steps[len(completed_steps)]``, may still succeed
-  later (a *late success*): its compensation is then sent too.
+* Compensation (:mod:`coordinator.core.compensation`) undoes ``completed_steps`` in reverse.
+  The step in flight when the saga gave up (deadline or retries exhausted, aborted, or an
+  unusable success reply) is *in doubt*: it is undone first, by its compensation or, without
+  one, by a fence, both naming the command they undo so the participant refuses it if it has
+  not run it yet. The saga is terminal only once that undo is answered: it never ends while a
+  command it sent could still take effect. A late reply of that step changes nothing.
+* A deadline of a command no participant has picked up yet is postponed while the command's
+  service is alive (heartbeats): queueing is a capacity matter, not a failure. Once picked up,
+  the timeout runs from the pickup.
 * A RETRYABLE reply is handled like a missed deadline, at once: re-send while attempts remain.
   A RETRYABLE reply to an older attempt than the last send changes nothing.
 * Backoff spaces out *deadlines*: a re-send is emitted at once and awaited until
@@ -34,13 +40,16 @@ from coordinator.core.compensation import (
     begin_compensation,
     compensate_next,
     fail_compensation,
-    late_compensation_reply,
-    late_success,
+    in_doubt_reply,
+    mark_in_doubt,
 )
 from coordinator.core.definition import SagaDefinition, Step
-from coordinator.core.draft import TransitionDraft, describe, retry_policy
+from coordinator.core.draft import TransitionDraft, awaited_timeout, describe, retry_policy
 from coordinator.core.errors import InvalidOperatorActionError, InvalidSagaDataError
 from coordinator.core.state import (
+    ACTIVE_STATUSES,
+    AdmitSaga,
+    CommandPickedUp,
     CommandPurpose,
     DeadlineFired,
     HistoryKind,
@@ -65,8 +74,18 @@ _RETRYABLE_REPLY_JITTER = 0.5
 """Replies carry no random number; the midpoint yields the policy's nominal backoff."""
 
 
-def start_saga(definition: Definition, saga_id: str, event: StartSaga, now: datetime) -> Transition:
+def start_saga(
+    definition: Definition,
+    saga_id: str,
+    event: StartSaga,
+    now: datetime,
+    *,
+    admit: bool = True,
+) -> Transition:
     """Create a saga instance from a start request and send its first command.
+
+    With ``admit=False`` (the admission caps are full) the saga is created QUEUED and sends
+    nothing until an :class:`AdmitSaga` input lets it go.
 
     Raises:
         InvalidSagaDataError: ``event.data`` does not validate against the data model.
@@ -82,19 +101,36 @@ def start_saga(definition: Definition, saga_id: str, event: StartSaga, now: date
         saga_id=saga_id,
         saga_type=definition.name,
         definition_version=definition.version,
-        status=SagaStatus.RUNNING,
+        status=SagaStatus.RUNNING if admit else SagaStatus.QUEUED,
         data=data.model_dump(mode="json"),
         created_at=now,
         updated_at=now,
         traceparent=event.traceparent,
     )
     draft = TransitionDraft(definition, instance, now, event.message_id)
-    draft.record(
-        HistoryKind.STARTED, None, data=dict(instance.data), definition_version=definition.version
-    )
-    draft.emit(LifecycleKind.STARTED)
-    draft.send(definition.steps[0], compensation=False, attempt=1, purpose=CommandPurpose.FORWARD)
+    if admit:
+        _begin(draft)
+    else:
+        draft.record(
+            HistoryKind.QUEUED,
+            None,
+            data=dict(instance.data),
+            definition_version=definition.version,
+        )
     return draft.finish(None)
+
+
+def _begin(d: TransitionDraft) -> None:
+    """Start going forward: the first step's command."""
+    d.update(status=SagaStatus.RUNNING)
+    d.record(
+        HistoryKind.STARTED,
+        None,
+        data=dict(d.instance.data),
+        definition_version=d.definition.version,
+    )
+    d.emit(LifecycleKind.STARTED)
+    d.send(d.definition.steps[0], compensation=False, attempt=1, purpose=CommandPurpose.FORWARD)
 
 
 def apply(
@@ -113,6 +149,11 @@ def apply(
         _on_reply(draft, event)
     elif isinstance(event, DeadlineFired):
         _on_deadline(draft, event)
+    elif isinstance(event, CommandPickedUp):
+        _on_pickup(draft, event)
+    elif isinstance(event, AdmitSaga):
+        if instance.status is SagaStatus.QUEUED:
+            _begin(draft)
     elif isinstance(event, OperatorAbort):
         _on_abort(draft, event)
     elif isinstance(event, OperatorRetry):
@@ -170,16 +211,12 @@ def _on_unexpected_reply(d: TransitionDraft, reply: ReplyReceived, seen: dict[st
             d.record(HistoryKind.DUPLICATE_REPLY, name, **seen)
             return
         late = _abandoned_step(d)
-        if late is not None and late.name == name:
-            if forward:
-                if reply.outcome is Outcome.SUCCESS:
-                    late_success(d, late, reply, seen)
-                else:
-                    d.record(HistoryKind.LATE_REPLY, name, **seen)
-                return
-            if late.compensation is not None and compensating:
-                late_compensation_reply(d, late, reply, seen)
-                return
+        if late is not None and late.name == name and forward:
+            # The saga gave up on this step and sent its undo (a compensation or a fence)
+            # behind it, so whatever this reply says, that undo settles it.
+            undone_by = "in_doubt" if inst.in_doubt_step == name else "settled"
+            d.record(HistoryKind.LATE_REPLY, name, **seen, undone_by=undone_by)
+            return
     d.record(HistoryKind.STALE_REPLY, name, **seen)
 
 
@@ -189,7 +226,8 @@ def _forward_reply(
     if reply.outcome is Outcome.SUCCESS:
         data = d.fold(step, reply.payload)
         if isinstance(data, str):
-            _fail_step(d, step, data, **seen)
+            # The effect happened; only its reply is unusable: undo it with the rest.
+            _fail_step(d, step, data, in_doubt=True, **seen)
             return
         d.update(data=data, completed_steps=(*d.instance.completed_steps, step.name))
         d.record(HistoryKind.STEP_SUCCEEDED, step.name, **seen, payload=dict(reply.payload))
@@ -204,7 +242,9 @@ def _forward_reply(
 def _compensation_reply(
     d: TransitionDraft, step: Step[Any], reply: ReplyReceived, seen: dict[str, Any]
 ) -> None:
-    if reply.outcome is Outcome.SUCCESS:
+    if reply.outcome is Outcome.SUCCESS and step.name == d.instance.in_doubt_step:
+        in_doubt_reply(d, step, reply, seen)
+    elif reply.outcome is Outcome.SUCCESS:
         d.update(compensated_steps=(*d.instance.compensated_steps, step.name))
         d.record(HistoryKind.COMPENSATION_SUCCEEDED, step.name, **seen)
         compensate_next(d)
@@ -254,13 +294,52 @@ def _on_deadline(d: TransitionDraft, event: DeadlineFired) -> None:
     if not active or (event.step, event.command_id, event.attempt) != awaited:
         d.record(HistoryKind.STALE_DEADLINE, event.step, **detail)
         return
+    compensation = inst.status is SagaStatus.COMPENSATING
+    step = d.definition.step(event.step)
+    if inst.picked_up_at is None and event.participant_alive:
+        # Queued behind other work at a participant that is alive: a capacity matter, not a
+        # failure of this command. Look again one timeout later.
+        deadline = d.now + awaited_timeout(step, compensation=compensation)
+        d.update(deadline_at=deadline)
+        d.record(
+            HistoryKind.DEADLINE_POSTPONED,
+            event.step,
+            **detail,
+            waiting_for="pickup",
+            deadline_at=deadline.isoformat(),
+        )
+        return
     d.record(HistoryKind.DEADLINE_MISSED, event.step, **detail)
     _retry_or_give_up(
         d,
-        d.definition.step(event.step),
-        compensation=inst.status is SagaStatus.COMPENSATING,
+        step,
+        compensation=compensation,
         random_unit=event.random_unit,
         exhausted=f"no reply after {inst.attempt} attempts",
+    )
+
+
+def _on_pickup(d: TransitionDraft, event: CommandPickedUp) -> None:
+    inst = d.instance
+    awaited = (
+        inst.status in ACTIVE_STATUSES
+        and inst.picked_up_at is None
+        and event.step == inst.current_step
+        and event.command_id == inst.command_id
+        and event.attempt <= inst.attempt
+    )
+    if not awaited:
+        return  # a report about a command the saga no longer awaits: nothing to record
+    step = d.definition.step(event.step)
+    timeout = awaited_timeout(step, compensation=inst.status is SagaStatus.COMPENSATING)
+    deadline = event.at + timeout
+    d.update(picked_up_at=event.at, deadline_at=deadline)
+    d.record(
+        HistoryKind.COMMAND_PICKED_UP,
+        event.step,
+        command_id=event.command_id,
+        attempt=event.attempt,
+        deadline_at=deadline.isoformat(),
     )
 
 
@@ -270,7 +349,7 @@ def _on_abort(d: TransitionDraft, event: OperatorAbort) -> None:
         raise InvalidOperatorActionError(
             f"cannot abort a {inst.status.value} saga", saga_id=inst.saga_id, step=inst.current_step
         )
-    running = inst.status is SagaStatus.RUNNING
+    running = inst.status in (SagaStatus.RUNNING, SagaStatus.QUEUED)
     d.record(
         HistoryKind.OPERATOR_ACTION,
         inst.current_step,
@@ -280,7 +359,9 @@ def _on_abort(d: TransitionDraft, event: OperatorAbort) -> None:
         ignored=not running,
     )
     if running:
-        # The abandoned step may still succeed: that is a late success, compensated then.
+        if inst.status is SagaStatus.RUNNING and inst.current_step is not None:
+            # The command in flight may still take effect: undo it first (or fence it).
+            mark_in_doubt(d)
         begin_compensation(d, f"aborted by {event.actor}: {event.reason}")
 
 
@@ -355,11 +436,16 @@ def _retry_or_give_up(
     elif compensation:
         fail_compensation(d, step, exhausted)
     else:
-        _fail_step(d, step, exhausted)
+        # No answer we can trust: a copy of the command may still run. Undo it first.
+        _fail_step(d, step, exhausted, in_doubt=True)
 
 
-def _fail_step(d: TransitionDraft, step: Step[Any], error: str, /, **detail: Any) -> None:
-    d.record(HistoryKind.STEP_FAILED, step.name, **{**detail, "error": error})
+def _fail_step(
+    d: TransitionDraft, step: Step[Any], error: str, /, *, in_doubt: bool = False, **detail: Any
+) -> None:
+    d.record(HistoryKind.STEP_FAILED, step.name, **{**detail, "error": error, "in_doubt": in_doubt})
+    if in_doubt:
+        mark_in_doubt(d)
     begin_compensation(d, f"{step.name}: {error}")
 
 

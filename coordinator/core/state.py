@@ -15,7 +15,10 @@ from typing import Any
 from service_sdk.contract import Outcome
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
+    "AdmitSaga",
+    "CommandPickedUp",
     "CommandPurpose",
     "DeadlineFired",
     "HistoryEntry",
@@ -40,6 +43,8 @@ _COMMAND_NAMESPACE = uuid.UUID("6f1c2a4e-8a3b-4f7e-9a51-3c0d2e9b7a10")
 class SagaStatus(StrEnum):
     """Where a saga is. The last three are terminal."""
 
+    QUEUED = "QUEUED"
+    """Started, but waiting for capacity (admission control): no command sent yet."""
     RUNNING = "RUNNING"
     COMPENSATING = "COMPENSATING"
     COMPLETED = "COMPLETED"
@@ -49,6 +54,8 @@ class SagaStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+ACTIVE_STATUSES = frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+"""Sagas in flight: they count against the admission caps and may await a command."""
 
 
 def command_id_for(saga_id: str, step: str, *, compensation: bool, epoch: int = 0) -> str:
@@ -80,6 +87,16 @@ class SagaInstance:
         command_id: The id of the command awaited (forward or compensation).
         attempt: How many times that command has been sent.
         deadline_at: When the awaited reply is overdue; None when nothing is awaited.
+        service: The participant service the awaited command went to.
+        picked_up_at: When the participant was seen working on the awaited command (its
+            heartbeat listed it); None while the command may still wait in a queue. The step's
+            timeout runs from here, so queueing is never counted as the participant's failure.
+        in_doubt_step: A forward step the saga gave up on while its command could still take
+            effect (deadline or retries exhausted, aborted, or an unusable success reply). It is
+            undone first: its compensation, or a fence for a step without one, carries
+            ``in_doubt_command_id`` so the participant either undoes the effect or refuses the
+            command for good (a tombstone). Cleared once that answer arrives.
+        in_doubt_command_id: The forward command id of ``in_doubt_step``.
         completed_steps: Forward steps that succeeded, in order.
         compensated_steps: Steps whose compensation succeeded, in order of undoing.
         failure_reason: Why the saga compensates or failed.
@@ -104,6 +121,10 @@ class SagaInstance:
     failure_reason: str | None = None
     traceparent: str | None = None
     epoch: int = 0
+    service: str | None = None
+    picked_up_at: datetime | None = None
+    in_doubt_step: str | None = None
+    in_doubt_command_id: str | None = None
     version: int = 0
 
     @property
@@ -146,6 +167,29 @@ class DeadlineFired:
     command_id: str
     attempt: int
     random_unit: float = 0.5
+    participant_alive: bool = False
+    """The command's service sent a heartbeat recently. A command it has not picked up yet is
+    then waiting in a queue: its deadline is postponed instead of counted as a failure."""
+
+
+@dataclass(frozen=True)
+class CommandPickedUp:
+    """A participant reported that it is working on a command (its heartbeat listed it).
+
+    Attributes:
+        at: When the coordinator learned it (its own clock, so participants' clocks do not
+            matter); the step's timeout runs from here.
+    """
+
+    step: str
+    command_id: str
+    attempt: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AdmitSaga:
+    """Capacity freed up: a QUEUED saga may send its first command."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +208,15 @@ class OperatorRetry:
     reason: str
 
 
-SagaInput = StartSaga | ReplyReceived | DeadlineFired | OperatorAbort | OperatorRetry
+SagaInput = (
+    StartSaga
+    | ReplyReceived
+    | DeadlineFired
+    | CommandPickedUp
+    | AdmitSaga
+    | OperatorAbort
+    | OperatorRetry
+)
 
 
 class CommandPurpose(StrEnum):
@@ -173,6 +225,8 @@ class CommandPurpose(StrEnum):
     FORWARD = "forward"
     RETRY = "retry"
     COMPENSATION = "compensation"
+    FENCE = "fence"
+    """Undo a step without a compensation: the participant refuses its command for good."""
 
 
 @dataclass(frozen=True)
@@ -186,13 +240,19 @@ class OutgoingCommand:
     attempt: int
     payload: dict[str, Any]
     purpose: CommandPurpose
+    compensates: str | None = None
+    """The forward command id this compensation (or fence) undoes when it may not have run:
+    the participant then refuses that command for good if it has not run it yet."""
 
 
 class HistoryKind(StrEnum):
     """Kinds of history entries; every transition writes at least one."""
 
+    QUEUED = "queued"
+    """Started while the admission caps were full: waits for capacity."""
     STARTED = "started"
     COMMAND_SENT = "command_sent"
+    COMMAND_PICKED_UP = "command_picked_up"
     STEP_SUCCEEDED = "step_succeeded"
     STEP_FAILED = "step_failed"
     STEP_RETRYABLE_FAILURE = "step_retryable_failure"
@@ -200,6 +260,8 @@ class HistoryKind(StrEnum):
     COMPENSATION_SUCCEEDED = "compensation_succeeded"
     COMPENSATION_FAILED = "compensation_failed"
     DEADLINE_MISSED = "deadline_missed"
+    DEADLINE_POSTPONED = "deadline_postponed"
+    """The command still waits in a live participant's queue: not counted as a failure."""
     DUPLICATE_REPLY = "duplicate_reply"
     DUPLICATE_START = "duplicate_start"
     """A start request for a saga id that exists already: nothing changes."""
@@ -250,7 +312,8 @@ class Transition:
     Attributes:
         instance: The new state (the same object when nothing changed).
         commands: Commands to publish, in order.
-        history: Entries to append to the saga's history (never empty).
+        history: Entries to append to the saga's history (empty only for a pickup report that
+            changed nothing).
         events: Lifecycle events to publish.
         changed: False when the input was recognised as a no-op (duplicate, stale, late);
             the history still records it.

@@ -67,6 +67,10 @@ def saga_to_row(instance: SagaInstance) -> dict[str, Any]:
         "failure_reason": instance.failure_reason,
         "traceparent": instance.traceparent,
         "epoch": instance.epoch,
+        "service": instance.service,
+        "picked_up_at": _aware_or_none(instance.picked_up_at, "picked_up_at"),
+        "in_doubt_step": instance.in_doubt_step,
+        "in_doubt_command_id": instance.in_doubt_command_id,
         "created_at": _aware(instance.created_at, "created_at"),
         "updated_at": _aware(instance.updated_at, "updated_at"),
         "completed_at": instance.updated_at if instance.is_terminal else None,
@@ -92,6 +96,10 @@ def saga_from_row(row: Mapping[Any, Any]) -> SagaInstance:
         failure_reason=row["failure_reason"],
         traceparent=row["traceparent"],
         epoch=row["epoch"],
+        service=row["service"],
+        picked_up_at=row["picked_up_at"],
+        in_doubt_step=row["in_doubt_step"],
+        in_doubt_command_id=row["in_doubt_command_id"],
         version=row["version"],
     )
 
@@ -108,6 +116,10 @@ _UPDATED_COLUMNS = (
     "failure_reason",
     "traceparent",
     "epoch",
+    "service",
+    "picked_up_at",
+    "in_doubt_step",
+    "in_doubt_command_id",
     "updated_at",
 )
 """What a transition may change; id, type, definition version and creation time never do."""
@@ -117,7 +129,7 @@ def saga_update_row(instance: SagaInstance) -> dict[str, Any]:
     """One JSON object of the batch :meth:`SagaStore.update_sagas` sends as a single parameter."""
     row = saga_to_row(instance)
     values = {name: row[name] for name in _UPDATED_COLUMNS}
-    for name in ("deadline_at", "updated_at"):
+    for name in ("deadline_at", "picked_up_at", "updated_at"):
         if values[name] is not None:
             values[name] = values[name].isoformat()
     return {"saga_id": instance.saga_id, "read_version": instance.version, **values}

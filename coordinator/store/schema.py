@@ -18,11 +18,13 @@ from coordinator.core.state import SagaStatus
 __all__ = [
     "ACTIVE_DEADLINE_PREDICATE",
     "ACTIVE_STATUSES",
+    "QUEUED_PREDICATE",
     "SCHEMA",
     "dead_letter_replay",
     "inbox",
     "metadata",
     "outbox",
+    "participant_heartbeat",
     "saga_history",
     "saga_instance",
 ]
@@ -57,6 +59,9 @@ def _sql_in(column: str, values: tuple[SagaStatus, ...]) -> str:
 ACTIVE_DEADLINE_PREDICATE = f"{_sql_in('status', ACTIVE_STATUSES)} AND deadline_at IS NOT NULL"
 """The partial index predicate of the deadline scanner's index (repeated in its query)."""
 
+QUEUED_PREDICATE = _sql_in("status", (SagaStatus.QUEUED,))
+"""The partial index predicate of the admission queue (repeated in its query)."""
+
 saga_instance = sa.Table(
     "saga_instance",
     metadata,
@@ -75,6 +80,10 @@ saga_instance = sa.Table(
     sa.Column("traceparent", sa.Text),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("epoch", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("service", sa.Text),
+    _timestamp("picked_up_at", nullable=True),
+    sa.Column("in_doubt_step", sa.Text),
+    sa.Column("in_doubt_command_id", sa.Text),
     _timestamp("created_at"),
     _timestamp("updated_at"),
     _timestamp("completed_at", nullable=True),
@@ -85,6 +94,22 @@ saga_instance = sa.Table(
         "deadline_at",
         postgresql_where=sa.text(ACTIVE_DEADLINE_PREDICATE),
     ),
+    sa.Index(
+        "ix_saga_instance_queued",
+        "created_at",
+        "saga_id",
+        postgresql_where=sa.text(QUEUED_PREDICATE),
+    ),
+)
+
+participant_heartbeat = sa.Table(
+    "participant_heartbeat",
+    metadata,
+    # One row per participant instance; the coordinator's clock stamps last_seen, so clock skew
+    # between hosts does not decide whether a service is alive.
+    sa.Column("service", sa.Text, primary_key=True),
+    sa.Column("instance", sa.Text, primary_key=True),
+    _timestamp("last_seen"),
 )
 
 saga_history = sa.Table(

@@ -5,6 +5,7 @@ services without the SDK's runtime all build on it.
 """
 
 from service_sdk.contract.envelope import (
+    FENCE_MESSAGE_TYPE,
     SPEC_VERSION,
     Command,
     Envelope,
@@ -24,6 +25,7 @@ from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
 
 __all__ = [
+    "FENCE_MESSAGE_TYPE",
     "SPEC_VERSION",
     "Command",
     "ContractError",

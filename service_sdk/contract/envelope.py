@@ -18,6 +18,7 @@ from service_sdk.contract.errors import MalformedMessageError
 from service_sdk.contract.headers import Header
 
 __all__ = [
+    "FENCE_MESSAGE_TYPE",
     "SPEC_VERSION",
     "Command",
     "Envelope",
@@ -28,6 +29,12 @@ __all__ = [
 ]
 
 SPEC_VERSION = "1.0"
+
+FENCE_MESSAGE_TYPE = "saga.fence"
+"""The command that undoes a step without a compensation: it carries ``compensates``; the
+participant refuses that command for good if it has not run it, and answers success with
+``{"fenced": true}`` — or ``{"fenced": false, "executed": "success"}`` when it had already run
+it (the effect exists and cannot be undone)."""
 
 
 class MessageKind(StrEnum):
@@ -70,6 +77,10 @@ class Envelope(BaseModel):
         command_id: A command's id; a reply carries the id of the command it answers.
             Re-sends keep the id, so a participant answers them from its record.
         reply_to: The topic a participant publishes its reply to.
+        compensates: On a compensation or a fence: the forward command id it undoes when that
+            command may not have run yet (the saga gave up on it). A participant that has not
+            run that command records a tombstone instead, answers success with
+            ``{"fenced": true}``, and refuses the command for good if it arrives later.
         outcome: A reply's outcome.
         error: A failure's reason.
         payload: The command's arguments, the reply's data or the saga's start data.
@@ -90,6 +101,7 @@ class Envelope(BaseModel):
     attempt: int = Field(default=1, ge=1)
     command_id: str | None = None
     reply_to: str | None = None
+    compensates: str | None = Field(default=None, max_length=200)
     outcome: Outcome | None = None
     error: str | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
@@ -120,6 +132,7 @@ class Envelope(BaseModel):
             Header.ATTEMPT: str(self.attempt),
             Header.COMMAND_ID: self.command_id,
             Header.REPLY_TO: self.reply_to,
+            Header.COMPENSATES: self.compensates,
             Header.OUTCOME: self.outcome.value if self.outcome else None,
             Header.TRACEPARENT: self.traceparent,
         }

@@ -29,6 +29,7 @@ class Header:
     ATTEMPT: Final = "ce_sagaattempt"
     COMMAND_ID: Final = "ce_sagacommandid"
     REPLY_TO: Final = "ce_sagareplyto"
+    COMPENSATES: Final = "ce_sagacompensates"
     OUTCOME: Final = "ce_sagaoutcome"
     TRACEPARENT: Final = "traceparent"
 

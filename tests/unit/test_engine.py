@@ -21,6 +21,8 @@ from coordinator.core.errors import (
 )
 from coordinator.core.machine import apply, start_saga
 from coordinator.core.state import (
+    AdmitSaga,
+    CommandPickedUp,
     CommandPurpose,
     DeadlineFired,
     HistoryKind,
@@ -37,7 +39,7 @@ from coordinator.core.state import (
     command_id_for,
 )
 from saga_defs.order import OrderSaga
-from service_sdk import Command, Outcome
+from service_sdk import FENCE_MESSAGE_TYPE, Command, Outcome
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SAGA_ID = "saga-1"
@@ -359,17 +361,28 @@ def test_failure_at_shipping_refunds_then_releases() -> None:
     assert t3.instance.compensated_steps == ("charge_payment", "reserve_inventory")
 
 
-def test_invalid_success_payload_fails_the_step() -> None:
+def test_invalid_success_payload_fails_the_step_and_undoes_it_first() -> None:
     inst = awaiting("charge_payment")
     t = step_apply(inst, answer(inst, payload={"unexpected": True}))
 
     assert kinds(t)[0] is HistoryKind.STEP_FAILED
+    assert t.history[0].detail["in_doubt"] is True
     assert t.instance.status is SagaStatus.COMPENSATING
     assert t.instance.completed_steps == ("reserve_inventory",)
     assert t.instance.failure_reason is not None
     assert t.instance.failure_reason.startswith("charge_payment: invalid reply: ")
     assert "charge_id" in t.instance.failure_reason
-    assert t.commands[0].command_id == comp("reserve_inventory")
+    # The charge happened; only its reply is unusable: it is refunded before the release.
+    (refund,) = t.commands
+    assert refund.command_id == comp("charge_payment")
+    assert refund.compensates == fwd("charge_payment")
+    assert t.instance.in_doubt_step == "charge_payment"
+    done = step_apply(t.instance, answer(t.instance, payload={})).instance
+    assert done.current_step == "reserve_inventory"
+    assert done.in_doubt_step is None
+    done = step_apply(done, answer(done, payload={})).instance
+    assert done.status is SagaStatus.COMPENSATED
+    assert done.compensated_steps == ("charge_payment", "reserve_inventory")
 
 
 # --- duplicates and stale replies ----------------------------------------------------------
@@ -514,7 +527,7 @@ def test_deadline_with_attempts_left_resends_the_same_command(random_unit: float
     assert t.instance.updated_at == later
 
 
-def test_deadline_with_attempts_exhausted_fails_the_step_and_compensates() -> None:
+def test_deadline_with_attempts_exhausted_fails_the_step_and_undoes_it_first() -> None:
     inst = awaiting("charge_payment")
     for _ in range(2):
         inst = step_apply(inst, deadline(inst)).instance
@@ -527,7 +540,19 @@ def test_deadline_with_attempts_exhausted_fails_the_step_and_compensates() -> No
         HistoryKind.STEP_FAILED,
         HistoryKind.COMPENSATION_SENT,
     ]
-    assert [c.command_id for c in t.commands] == [comp("reserve_inventory")]
+    # The charge may still happen: its refund goes first and names the charge to refuse.
+    (refund,) = t.commands
+    assert refund.command_id == comp("charge_payment")
+    assert refund.compensates == fwd("charge_payment")
+    assert t.instance.in_doubt_step == "charge_payment"
+    assert t.instance.in_doubt_command_id == fwd("charge_payment")
+
+    # The participant never ran the charge: it fences it and the saga moves on.
+    fenced = step_apply(t.instance, answer(t.instance, payload={"fenced": True}))
+    assert kinds(fenced) == [HistoryKind.COMPENSATION_SUCCEEDED, HistoryKind.COMPENSATION_SENT]
+    assert fenced.history[0].detail["fenced"] is True
+    assert [c.command_id for c in fenced.commands] == [comp("reserve_inventory")]
+    assert fenced.commands[0].compensates is None
 
 
 @pytest.mark.parametrize(
@@ -654,10 +679,88 @@ def test_failure_reply_to_the_compensation_a_failed_saga_gave_up_on_is_recorded(
     assert kinds(t) == [HistoryKind.LATE_REPLY]
 
 
+# --- queueing: pickups, postponed deadlines, admission --------------------------------------
+
+
+def test_a_deadline_of_a_command_waiting_at_a_live_participant_is_postponed() -> None:
+    inst = awaiting("charge_payment")
+    later = NOW + timedelta(seconds=31)
+    t = step_apply(inst, replace(deadline(inst), participant_alive=True), later)
+
+    assert kinds(t) == [HistoryKind.DEADLINE_POSTPONED]
+    assert t.commands == ()
+    assert t.instance.attempt == 1
+    assert t.instance.status is SagaStatus.RUNNING
+    assert t.instance.deadline_at == later + timedelta(seconds=30)
+
+
+def test_the_timeout_runs_from_the_pickup() -> None:
+    inst = awaiting("charge_payment")
+    picked = NOW + timedelta(seconds=50)
+    t = step_apply(inst, CommandPickedUp("charge_payment", inst.command_id or "", 1, picked))
+    assert kinds(t) == [HistoryKind.COMMAND_PICKED_UP]
+    assert t.instance.picked_up_at == picked
+    assert t.instance.deadline_at == picked + timedelta(seconds=30)
+
+    # Picked up and silent past its timeout: a real miss, even though the service is alive.
+    missed = step_apply(t.instance, replace(deadline(t.instance), participant_alive=True))
+    assert kinds(missed) == [HistoryKind.DEADLINE_MISSED, HistoryKind.COMMAND_SENT]
+    assert missed.instance.attempt == 2
+    assert missed.instance.picked_up_at is None, "a re-send waits for its own pickup"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"command_id": "other"}, {"step": "reserve_inventory"}, {"attempt": 2}],
+    ids=["other-command", "other-step", "unsent-attempt"],
+)
+def test_a_pickup_of_a_command_not_awaited_changes_and_records_nothing(
+    changes: dict[str, Any],
+) -> None:
+    inst = awaiting("charge_payment")
+    pickup = replace(CommandPickedUp("charge_payment", inst.command_id or "", 1, NOW), **changes)
+    t = step_apply(inst, pickup)
+    assert not t.changed
+    assert t.history == ()
+
+
+def test_a_second_pickup_of_the_same_command_changes_nothing() -> None:
+    inst = awaiting("charge_payment")
+    first = CommandPickedUp("charge_payment", inst.command_id or "", 1, NOW)
+    inst = step_apply(inst, first).instance
+    again = step_apply(inst, replace(first, at=NOW + timedelta(seconds=5)))
+    assert not again.changed
+
+
+def test_a_deadline_at_a_dead_participant_counts_as_a_miss() -> None:
+    inst = awaiting("charge_payment")
+    t = step_apply(inst, replace(deadline(inst), participant_alive=False))
+    assert kinds(t) == [HistoryKind.DEADLINE_MISSED, HistoryKind.COMMAND_SENT]
+
+
+def test_a_queued_saga_sends_nothing_until_admitted() -> None:
+    queued = start_saga(OrderSaga, SAGA_ID, StartSaga("m", DATA), NOW, admit=False)
+    assert queued.instance.status is SagaStatus.QUEUED
+    assert queued.commands == ()
+    assert queued.events == ()
+    assert kinds(queued) == [HistoryKind.QUEUED]
+    assert queued.instance.deadline_at is None
+
+    admitted = step_apply(queued.instance, AdmitSaga())
+    assert admitted.instance.status is SagaStatus.RUNNING
+    assert [c.command_id for c in admitted.commands] == [fwd("reserve_inventory")]
+    assert kinds(admitted) == [HistoryKind.STARTED, HistoryKind.COMMAND_SENT]
+    assert events(admitted) == [LifecycleKind.STARTED]
+
+    again = step_apply(admitted.instance, AdmitSaga())
+    assert not again.changed
+    assert again.commands == ()
+
+
 # --- operators ---------------------------------------------------------------------------
 
 
-def test_operator_abort_of_a_running_saga_compensates() -> None:
+def test_operator_abort_of_a_running_saga_fences_the_step_in_flight_first() -> None:
     inst = awaiting("schedule_shipping")
     t = step_apply(inst, OperatorAbort("bob", "customer cancelled"))
 
@@ -667,14 +770,40 @@ def test_operator_abort_of_a_running_saga_compensates() -> None:
     assert t.history[0].step == "schedule_shipping"
     assert t.history[0].detail["action"] == "abort"
     assert t.history[0].detail["actor"] == "bob"
-    assert [c.command_id for c in t.commands] == [comp("charge_payment")]
+    # Shipping has no compensation: a fence makes sure it never ships.
+    assert t.commands == (
+        OutgoingCommand(
+            service="shipping",
+            step="schedule_shipping",
+            message_type=FENCE_MESSAGE_TYPE,
+            command_id=comp("schedule_shipping"),
+            attempt=1,
+            payload={},
+            purpose=CommandPurpose.FENCE,
+            compensates=fwd("schedule_shipping"),
+        ),
+    )
+    fenced = step_apply(t.instance, answer(t.instance, payload={"fenced": True}))
+    assert [c.command_id for c in fenced.commands] == [comp("charge_payment")]
+    assert fenced.instance.in_doubt_step is None
 
 
-def test_operator_abort_at_the_first_step_is_compensated_at_once() -> None:
+def test_operator_abort_at_the_first_step_undoes_the_command_in_flight() -> None:
     t = step_apply(start().instance, OperatorAbort("bob", "test order"))
+    assert t.instance.status is SagaStatus.COMPENSATING
+    assert [(c.command_id, c.compensates) for c in t.commands] == [
+        (comp("reserve_inventory"), fwd("reserve_inventory"))
+    ]
+    done = step_apply(t.instance, answer(t.instance, payload={"fenced": True}))
+    assert done.instance.status is SagaStatus.COMPENSATED
+    assert events(done) == [LifecycleKind.COMPENSATED]
+
+
+def test_operator_abort_of_a_queued_saga_is_compensated_at_once() -> None:
+    queued = start_saga(OrderSaga, SAGA_ID, StartSaga("m", DATA), NOW, admit=False).instance
+    t = step_apply(queued, OperatorAbort("bob", "test order"))
     assert t.instance.status is SagaStatus.COMPENSATED
     assert t.commands == ()
-    assert events(t) == [LifecycleKind.COMPENSATED]
 
 
 def test_operator_abort_while_compensating_changes_nothing() -> None:
@@ -771,97 +900,94 @@ def test_refusal_replayed_under_the_old_id_after_a_retry_changes_nothing() -> No
 
 
 def test_replies_from_every_epoch_are_recognised() -> None:
-    # Aborted while charging; the release is refused, then retried by an operator (epoch 1).
+    # Aborted while charging; the refund of the charge in flight is refused, then retried by an
+    # operator (epoch 1): it still names the epoch-0 charge it undoes.
     inst = awaiting("charge_payment")
     inst = step_apply(inst, OperatorAbort("bob", "stop")).instance
-    inst = step_apply(inst, answer(inst, Outcome.FAILURE, error="warehouse offline")).instance
-    inst = step_apply(inst, OperatorRetry("alice", "warehouse back")).instance
+    inst = step_apply(inst, answer(inst, Outcome.FAILURE, error="bank offline")).instance
+    assert inst.status is SagaStatus.FAILED
+    t = step_apply(inst, OperatorRetry("alice", "bank back"))
+    inst = t.instance
     assert inst.epoch == 1
-    assert inst.command_id == comp("reserve_inventory", 1)
+    assert [(c.command_id, c.compensates) for c in t.commands] == [
+        (comp("charge_payment", 1), fwd("charge_payment"))
+    ]
 
-    # The charge sent at epoch 0 succeeds late: it is refunded, under the current epoch's id.
+    # The charge sent at epoch 0 succeeds late: the refund on its way undoes it.
     late = answer(inst, step="charge_payment", command_id=fwd("charge_payment"), attempt=1)
     t = step_apply(inst, late)
-    assert kinds(t) == [HistoryKind.LATE_REPLY, HistoryKind.COMPENSATION_SENT]
-    assert [c.command_id for c in t.commands] == [comp("charge_payment", 1)]
-    inst = t.instance
+    assert kinds(t) == [HistoryKind.LATE_REPLY]
+    assert t.commands == ()
 
-    # The release under the new id completes the saga; its repeat is a duplicate.
+    # The refund under the new id, then the release, compensate the saga; repeats are duplicates.
+    refund = answer(inst, payload={}, message_id="m-refund")
+    inst = step_apply(inst, refund).instance
+    assert inst.command_id == comp("reserve_inventory", 1)
     release = answer(inst, payload={}, message_id="m-release")
     done = step_apply(inst, release).instance
     assert done.status is SagaStatus.COMPENSATED
-    again = step_apply(done, replace(release, message_id="m-release-2"))
-    assert not again.changed
-    assert kinds(again) == [HistoryKind.DUPLICATE_REPLY]
-
-    # The late refund's reply, under the epoch-1 id, is matched too.
-    refund = ReplyReceived(
-        "m-refund", "charge_payment", comp("charge_payment", 1), 1, Outcome.SUCCESS, {}
-    )
-    t = step_apply(done, refund)
-    assert kinds(t) == [HistoryKind.LATE_REPLY]
-    assert t.history[0].detail["outcome"] == "success"
+    for repeat in (release, refund):
+        again = step_apply(done, replace(repeat, message_id=f"{repeat.message_id}-2"))
+        assert not again.changed
+        assert kinds(again) == [HistoryKind.DUPLICATE_REPLY]
 
 
 # --- late success ------------------------------------------------------------------------
 
 
-def test_late_success_after_timeout_sends_the_compensation() -> None:
+def test_late_success_after_timeout_is_undone_by_the_compensation_already_sent() -> None:
     inst = awaiting("charge_payment")
     for _ in range(3):
         inst = step_apply(inst, deadline(inst)).instance
     assert inst.status is SagaStatus.COMPENSATING
-    assert inst.current_step == "reserve_inventory"
+    assert inst.current_step == "charge_payment"
+    assert inst.in_doubt_step == "charge_payment"
 
     late = answer(inst, step="charge_payment", command_id=fwd("charge_payment"), attempt=2)
     t = step_apply(inst, late)
-    assert kinds(t) == [HistoryKind.LATE_REPLY, HistoryKind.COMPENSATION_SENT]
-    assert t.commands == (
-        OutgoingCommand(
-            service="payment",
-            step="charge_payment",
-            message_type="payment.refund_payment",
-            command_id=comp("charge_payment"),
-            attempt=1,
-            payload={"order_id": "o-1", "amount_cents": 1500},
-            purpose=CommandPurpose.COMPENSATION,
-        ),
-    )
-    # Still awaiting the release: the refund is fire-and-forget.
-    assert t.instance.current_step == "reserve_inventory"
-    assert t.instance.command_id == inst.command_id
-    assert t.instance.deadline_at == inst.deadline_at
-    assert t.instance.data["charge_id"] == "ch-1"
-    assert t.events == ()
+    assert kinds(t) == [HistoryKind.LATE_REPLY]
+    assert t.history[0].detail["undone_by"] == "in_doubt"
+    assert t.commands == ()
+    assert not t.changed
+    # The refund sent when the saga gave up is still awaited; it settles the charge.
+    assert t.instance.command_id == comp("charge_payment")
 
 
-def test_late_success_after_compensated_sends_the_compensation() -> None:
+def test_a_saga_is_compensated_only_after_the_step_in_flight_is_settled() -> None:
     inst = awaiting("charge_payment")
     inst = step_apply(inst, OperatorAbort("bob", "stop")).instance
+    assert inst.status is SagaStatus.COMPENSATING
+    # The release comes only after the refund of the charge in flight is answered.
+    assert inst.command_id == comp("charge_payment")
+    inst = step_apply(inst, answer(inst, payload={})).instance
+    assert inst.command_id == comp("reserve_inventory")
     inst = step_apply(inst, answer(inst, payload={})).instance
     assert inst.status is SagaStatus.COMPENSATED
 
     late = answer(inst, step="charge_payment", command_id=fwd("charge_payment"), attempt=1)
     t = step_apply(inst, late)
-    assert [c.command_id for c in t.commands] == [comp("charge_payment")]
+    assert t.commands == ()
     assert t.instance.status is SagaStatus.COMPENSATED
-    assert kinds(t) == [HistoryKind.LATE_REPLY, HistoryKind.COMPENSATION_SENT]
-
-    again = step_apply(t.instance, replace(late, message_id="m-2"))
-    assert not again.changed
-    assert [c.command_id for c in again.commands] == [comp("charge_payment")]
+    assert kinds(t) == [HistoryKind.DUPLICATE_REPLY] or kinds(t) == [HistoryKind.LATE_REPLY]
 
 
-def test_late_success_of_a_step_without_compensation_is_only_recorded() -> None:
+def test_a_fenced_step_that_ran_after_all_fails_the_saga_for_an_operator() -> None:
     inst = awaiting("schedule_shipping")
     inst = step_apply(inst, OperatorAbort("bob", "stop")).instance
     late = answer(inst, step="schedule_shipping", command_id=fwd("schedule_shipping"), attempt=1)
     t = step_apply(inst, late)
-
     assert not t.changed
     assert t.commands == ()
     assert kinds(t) == [HistoryKind.LATE_REPLY]
-    assert t.history[0].detail["compensate"] is False
+
+    # The participant had shipped before the fence arrived: that cannot be undone.
+    shipped = answer(inst, payload={"fenced": False, "executed": "success"})
+    t = step_apply(inst, shipped)
+    assert t.instance.status is SagaStatus.FAILED
+    assert t.instance.failure_reason is not None
+    assert "schedule_shipping took effect" in t.instance.failure_reason
+    assert events(t) == [LifecycleKind.FAILED]
+    assert t.commands == ()
 
 
 def test_late_failure_of_the_abandoned_step_is_only_recorded() -> None:
@@ -876,73 +1002,43 @@ def test_late_failure_of_the_abandoned_step_is_only_recorded() -> None:
     assert kinds(t) == [HistoryKind.LATE_REPLY]
 
 
-def _late_refund_sent() -> SagaInstance:
-    """COMPENSATED, after which a late charge success made the engine send a refund."""
+def _refund_in_doubt() -> SagaInstance:
+    """COMPENSATING: the charge timed out for good and its refund (naming it) is awaited."""
     inst = awaiting("charge_payment")
-    inst = step_apply(inst, OperatorAbort("bob", "stop")).instance
-    inst = step_apply(inst, answer(inst, payload={})).instance
-    late = answer(inst, step="charge_payment", command_id=fwd("charge_payment"), attempt=1)
-    return step_apply(inst, late).instance
+    for _ in range(3):
+        inst = step_apply(inst, deadline(inst)).instance
+    return inst
 
 
-def _refund_reply(outcome: Outcome, attempt: int = 1) -> ReplyReceived:
-    return ReplyReceived(
-        "m-refund", "charge_payment", comp("charge_payment"), attempt, outcome, {}, "nope"
-    )
-
-
-def test_late_compensation_success_is_recorded() -> None:
-    inst = _late_refund_sent()
-    t = step_apply(inst, _refund_reply(Outcome.SUCCESS))
-    assert not t.changed
-    assert kinds(t) == [HistoryKind.LATE_REPLY]
-
-
-def test_late_compensation_retryable_is_resent() -> None:
-    inst = _late_refund_sent()
-    t = step_apply(inst, _refund_reply(Outcome.RETRYABLE, attempt=1))
-    assert not t.changed
-    assert [(c.command_id, c.attempt, c.purpose) for c in t.commands] == [
-        (comp("charge_payment"), 2, CommandPurpose.RETRY)
+def test_the_undo_of_a_step_in_doubt_is_retried_with_what_it_undoes() -> None:
+    inst = _refund_in_doubt()
+    t = step_apply(inst, answer(inst, Outcome.RETRYABLE, error="busy"))
+    assert [(c.command_id, c.attempt, c.purpose, c.compensates) for c in t.commands] == [
+        (comp("charge_payment"), 2, CommandPurpose.RETRY, fwd("charge_payment"))
     ]
 
 
-def test_late_compensation_failure_fails_the_saga_and_an_operator_can_resume() -> None:
-    inst = _late_refund_sent()
-    t = step_apply(inst, _refund_reply(Outcome.FAILURE))
+def test_a_refused_undo_of_a_step_in_doubt_fails_and_an_operator_can_resume() -> None:
+    inst = _refund_in_doubt()
+    t = step_apply(inst, answer(inst, Outcome.FAILURE, error="nope"))
 
     failed = t.instance
     assert failed.status is SagaStatus.FAILED
     assert failed.current_step == "charge_payment"
     assert failed.command_id == comp("charge_payment")
     assert failed.failure_reason == "compensation of charge_payment failed: nope"
+    assert failed.in_doubt_step == "charge_payment"
     assert events(t) == [LifecycleKind.FAILED]
 
-    resumed = step_apply(failed, OperatorRetry("alice", "refund by hand done")).instance
+    retried = step_apply(failed, OperatorRetry("alice", "refund by hand done"))
+    resumed = retried.instance
     assert resumed.status is SagaStatus.COMPENSATING
     assert resumed.command_id == comp("charge_payment", epoch=1)
-    success = replace(_refund_reply(Outcome.SUCCESS), command_id=resumed.command_id)
-    done = step_apply(resumed, success).instance
+    assert retried.commands[0].compensates == fwd("charge_payment")
+    done = step_apply(resumed, answer(resumed, payload={})).instance
+    done = step_apply(done, answer(done, payload={})).instance
     assert done.status is SagaStatus.COMPENSATED
-    assert done.compensated_steps == ("reserve_inventory", "charge_payment")
-
-
-def test_late_compensation_failure_while_failed_is_only_recorded() -> None:
-    inst = awaiting("charge_payment")
-    for _ in range(3):
-        inst = step_apply(inst, deadline(inst)).instance
-    late = answer(inst, step="charge_payment", command_id=fwd("charge_payment"), attempt=1)
-    inst = step_apply(inst, late).instance
-    inst = step_apply(inst, answer(inst, Outcome.FAILURE, error="release refused")).instance
-    assert inst.status is SagaStatus.FAILED
-    assert inst.current_step == "reserve_inventory"
-
-    t = step_apply(inst, _refund_reply(Outcome.FAILURE))
-    assert not t.changed
-    assert kinds(t) == [HistoryKind.LATE_REPLY, HistoryKind.COMPENSATION_FAILED]
-
-
-# --- purity ------------------------------------------------------------------------------
+    assert done.compensated_steps == ("charge_payment", "reserve_inventory")
 
 
 def test_inputs_are_never_mutated() -> None:
@@ -1006,9 +1102,14 @@ def test_on_success_raising_is_a_step_failure() -> None:
     inst = apply(_Exploding, inst, ok, NOW).instance
     bad = ReplyReceived("m2", "two", inst.command_id, 1, Outcome.SUCCESS)
     t = apply(_Exploding, inst, bad, NOW)
-    # "one" has no compensation, so nothing to undo.
-    assert t.instance.status is SagaStatus.COMPENSATED
     assert t.instance.failure_reason == "two: invalid reply: boom"
+    # "two" happened: it is compensated; "one" has no compensation, so nothing else to undo.
+    assert t.instance.status is SagaStatus.COMPENSATING
+    assert [c.step for c in t.commands] == ["two"]
+    undone = apply(
+        _Exploding, t.instance, replace(bad, message_id="m3", command_id=t.instance.command_id), NOW
+    )
+    assert undone.instance.status is SagaStatus.COMPENSATED
 
 
 # --- properties --------------------------------------------------------------------------
@@ -1018,7 +1119,8 @@ ACTIONS = st.one_of(
     st.tuples(st.just("awaited"), OUTCOMES, st.integers(0, 1)),
     st.tuples(st.just("forward"), st.integers(0, 2), OUTCOMES, st.integers(1, 3)),
     st.tuples(st.just("compensation"), st.integers(0, 2), OUTCOMES, st.integers(1, 5)),
-    st.tuples(st.just("deadline"), st.booleans(), st.floats(0, 0.999)),
+    st.tuples(st.just("deadline"), st.booleans(), st.floats(0, 0.999), st.booleans()),
+    st.tuples(st.just("pickup"), st.booleans()),
     st.tuples(st.just("abort")),
     st.tuples(st.just("retry")),
 )
@@ -1050,7 +1152,12 @@ def _to_input(
         return ReplyReceived(mid, name, cid, action[3], action[2], payload, "e")
     if kind == "deadline" and inst.current_step is not None and inst.command_id is not None:
         attempt = inst.attempt if action[1] else inst.attempt + 1
-        return DeadlineFired(inst.current_step, inst.command_id, attempt, action[2])
+        return DeadlineFired(
+            inst.current_step, inst.command_id, attempt, action[2], participant_alive=action[3]
+        )
+    if kind == "pickup" and inst.current_step is not None and inst.command_id is not None:
+        command_id = inst.command_id if action[1] else "unknown-command"
+        return CommandPickedUp(inst.current_step, command_id, inst.attempt, NOW)
     if kind == "abort":
         return OperatorAbort("op", "prop")
     return OperatorRetry("op", "prop")
@@ -1062,19 +1169,14 @@ def _to_input(
 @given(st.lists(ACTIONS, max_size=25))
 def test_engine_invariants_hold_for_any_input_sequence(actions: list[tuple[Any, ...]]) -> None:
     inst = start().instance
-    late_succeeded: set[str] = set()
     compensations_sent: set[str] = set()
+    forward_sent: set[str] = {"reserve_inventory"}
+    settled: set[str] = set()
+    ever_in_doubt: set[str] = set()
     now = NOW
     for index, action in enumerate(actions):
         now += timedelta(seconds=1)
         event = _to_input(inst, action, index, compensations_sent)
-        if (
-            isinstance(event, ReplyReceived)
-            and event.outcome is Outcome.SUCCESS
-            and event.step is not None
-            and event.command_id == fwd(event.step)
-        ):
-            late_succeeded.add(event.step)
         try:
             t = step_apply(inst, event, now)
         except InvalidOperatorActionError:
@@ -1085,7 +1187,7 @@ def test_engine_invariants_hold_for_any_input_sequence(actions: list[tuple[Any, 
             continue
         after = t.instance
 
-        assert t.history, "every transition records something"
+        assert t.history or isinstance(event, CommandPickedUp), "every transition is recorded"
         assert t.changed == (after is not inst)
         if not t.changed:
             assert after == inst
@@ -1095,17 +1197,40 @@ def test_engine_invariants_hold_for_any_input_sequence(actions: list[tuple[Any, 
         # The epoch moves only when an operator retries a FAILED saga, by one.
         bumped = isinstance(event, OperatorRetry) and inst.status is SagaStatus.FAILED
         assert after.epoch == inst.epoch + (1 if bumped else 0)
+        if after.in_doubt_step is not None:
+            ever_in_doubt.add(after.in_doubt_step)
         for command in t.commands:
             comp_ids = {comp(command.step, epoch) for epoch in range(after.epoch + 1)}
-            if command.purpose is CommandPurpose.COMPENSATION or command.command_id in comp_ids:
-                assert command.step in after.completed_steps or command.step in late_succeeded
+            if command.purpose in (CommandPurpose.COMPENSATION, CommandPurpose.FENCE) or (
+                command.command_id in comp_ids
+            ):
+                assert command.step in after.completed_steps or command.step in ever_in_doubt
+                assert (command.compensates is not None) == (command.step == after.in_doubt_step)
                 compensations_sent.add(command.step)
             else:
                 assert after.status is SagaStatus.RUNNING
                 assert command.step == after.current_step
+                forward_sent.add(command.step)
+        # A forward step is settled once its final answer was applied or its undo answered.
+        for entry in t.history:
+            if entry.step is None:
+                continue
+            if (
+                entry.kind is HistoryKind.STEP_SUCCEEDED
+                or (entry.kind is HistoryKind.STEP_FAILED and not entry.detail.get("in_doubt"))
+                or (
+                    entry.kind is HistoryKind.COMPENSATION_SUCCEEDED
+                    and entry.detail.get("in_doubt")
+                )
+            ):
+                settled.add(entry.step)
+        # Terminal only when settled: no forward command it sent can still take effect.
+        if after.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED):
+            assert forward_sent <= settled, (forward_sent, settled)
+            assert after.in_doubt_step is None
         # Forward steps complete in order; undone steps were done.
         assert after.completed_steps == STEPS[: len(after.completed_steps)]
-        assert set(after.compensated_steps) <= set(after.completed_steps) | late_succeeded
+        assert set(after.compensated_steps) <= set(after.completed_steps) | ever_in_doubt
         assert len(set(after.compensated_steps)) == len(after.compensated_steps)
         # Terminal states are absorbing, with the documented exceptions.
         if inst.status is SagaStatus.COMPLETED:
@@ -1124,6 +1249,7 @@ def test_engine_invariants_hold_for_any_input_sequence(actions: list[tuple[Any, 
             assert after.current_step == STEPS[len(after.completed_steps)]
             assert after.command_id == fwd(after.current_step)
             assert after.deadline_at is not None
+            assert after.in_doubt_step is None
         elif after.status is SagaStatus.COMPENSATING:
             assert after.current_step is not None
             assert after.command_id == comp(after.current_step, after.epoch)

@@ -238,6 +238,7 @@ def test_sdk_public_api_is_pinned() -> None:
         "DeadLetterReason",
         "Deferred",
         "Envelope",
+        "FENCE_MESSAGE_TYPE",
         "HandlerContext",
         "HandlerRegistrationError",
         "HandlerResult",

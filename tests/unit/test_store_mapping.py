@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from coordinator.core.state import SagaInstance, SagaStatus
+from coordinator.core.state import TERMINAL_STATUSES, SagaInstance, SagaStatus
 from coordinator.store.saga_store import saga_from_row, saga_to_row, saga_update_row
 from coordinator.store.schema import saga_instance
 
@@ -62,11 +62,7 @@ def test_steps_become_lists_and_status_its_string_value() -> None:
 def test_completed_at_is_set_only_for_terminal_statuses(status: SagaStatus) -> None:
     row = saga_to_row(instance(status=status))
 
-    expected = (
-        NOW + timedelta(seconds=1)
-        if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
-        else None
-    )
+    expected = NOW + timedelta(seconds=1) if status in TERMINAL_STATUSES else None
     assert row["completed_at"] == expected
 
 
