@@ -47,6 +47,7 @@ from service_sdk import (
 )
 from service_sdk.testing import command_envelope
 from tests.garbage import Garbage, draw, garbage
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService
@@ -130,10 +131,14 @@ async def _read_all(bootstrap: str, topic: str, count: int, timeout_s: float = 6
     await consumer.start()
     try:
         found: list[Any] = []
-        async with asyncio.timeout(timeout_s):
-            while len(found) < count:
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    found.extend(records)
+
+        async def enough() -> bool:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                found.extend(records)
+            assert len(found) >= count, f"{len(found)} of {count} record(s)"
+            return True
+
+        await eventually(enough, timeout=timeout_s, interval=0, what=f"records on {topic}")
         return found
     finally:
         await consumer.stop()
@@ -240,7 +245,7 @@ async def test_coordinator_dead_letters_every_kind_of_bad_input(
                 _check_letter(letter, by_origin.pop(origin), group)
         assert by_origin == {}
         # The consumer is still alive.
-        await coordinator.ops.client.start("order", ORDER, saga_id="after-bad")
+        await coordinator.client.start("order", ORDER, saga_id="after-bad")
         commands = await _read_all(bootstrap, topics.commands("inventory"), 1)
         assert decode_envelope(commands[0].value).saga_id == "after-bad"
 
@@ -248,7 +253,7 @@ async def test_coordinator_dead_letters_every_kind_of_bad_input(
         malformed = DeadLetterFilter(topic="saga.replies", reason="malformed")
         async with DeadLetterAdmin(
             bootstrap,
-            coordinator.store.saga_store,
+            coordinator.store,
             topics,
             producer_kwargs=producer_kwargs(coordinator_settings.kafka),
         ) as admin:
@@ -377,12 +382,12 @@ def _cli(*args: str, idempotent: bool = True) -> Any:
 async def _wait_for(
     admin: DeadLetterAdmin, filters: DeadLetterFilter, count: int, timeout_s: float = 60.0
 ) -> list[StoredDeadLetter]:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            letters = await admin.list(filters)
-            if len(letters) >= count:
-                return letters
-            await asyncio.sleep(0.3)
+    async def listed() -> list[StoredDeadLetter]:
+        letters = await admin.list(filters)
+        assert len(letters) >= count, f"{len(letters)} of {count} dead letter(s)"
+        return letters
+
+    return await eventually(listed, timeout=timeout_s, interval=0.3, what=f"dead letters {filters}")
 
 
 async def test_replay_sends_each_dead_letter_back_once_and_failures_come_back_counted(
@@ -570,11 +575,12 @@ async def _send_garbage(
 async def _wait_for_sagas(
     admin: DeadLetterAdmin, filters: DeadLetterFilter, saga_ids: set[str], timeout_s: float = 60.0
 ) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if {letter.saga_id for letter in await admin.list(filters)} >= saga_ids:
-                return
-            await asyncio.sleep(0.5)
+    async def listed() -> bool:
+        missing = saga_ids - {letter.saga_id for letter in await admin.list(filters)}
+        assert not missing, f"no dead letter yet of {sorted(missing)}"
+        return True
+
+    await eventually(listed, timeout=timeout_s, interval=0.5, what=f"dead letters {filters}")
 
 
 def _interleave(first: list[Garbage], second: list[Garbage]) -> list[Garbage]:
