@@ -35,6 +35,7 @@ from coordinator.demo.observability import (
 )
 from coordinator.demo.runner import DemoOptions, Infrastructure
 from coordinator.devstack.prometheus import PrometheusQueryError, PrometheusServer
+from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -121,12 +122,12 @@ async def _scalar(prometheus: PrometheusServer, expr: str) -> float:
 async def _until(
     prometheus: PrometheusServer, expr: str, ok: Callable[[float], bool], timeout_s: float = 30
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    value = await _scalar(prometheus, expr)
-    while not ok(value):
-        assert time.monotonic() < deadline, f"{expr} is {value} after {timeout_s:.0f}s"
-        await asyncio.sleep(0.5)
+    async def holds() -> bool:
         value = await _scalar(prometheus, expr)
+        assert ok(value), f"{expr} is {value}"
+        return True
+
+    await eventually(holds, timeout=timeout_s, interval=0.5, what=expr)
 
 
 async def _alerts(prometheus: PrometheusServer) -> set[str]:
@@ -184,11 +185,14 @@ async def test_every_dashboard_and_alert_expression_has_data_in_a_real_prometheu
         loaded = [rule for group in rules["groups"] for rule in group["rules"]]
         assert {rule["health"] for rule in loaded} == {"ok"}
         assert len(loaded) == len(yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"])
+
         # A healthy run that dead-lettered poison raises exactly that alert.
-        deadline = time.monotonic() + 30
-        while "SagaDeadLettersGrowing" not in (active := await _alerts(prometheus)):
-            assert time.monotonic() < deadline, f"alerts: {active}"
-            await asyncio.sleep(0.5)
+        async def firing() -> set[str]:
+            active = await _alerts(prometheus)
+            assert "SagaDeadLettersGrowing" in active, f"alerts: {active}"
+            return active
+
+        active = await eventually(firing, timeout=30, interval=0.5, what="the dead-letter alert")
         assert active == {"SagaDeadLettersGrowing"}
 
         picture = await pictures.render(

@@ -3,7 +3,6 @@ Kafka, and the ledger check that detects double effects."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from service_sdk import (
     encode_headers,
 )
 from service_sdk.testing import command_envelope, invoke
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService, TopicFactory
@@ -268,12 +268,16 @@ async def _read(settings: dict[str, Any], topic: str, count: int) -> list[Any]:
     consumer = AIOKafkaConsumer(**settings, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     records: list[Any] = []
+
+    async def enough() -> bool:
+        for batch in (await consumer.getmany(timeout_ms=200)).values():
+            records.extend(batch)
+        assert len(records) >= count, f"{len(records)} of {count} record(s)"
+        return True
+
     try:
         consumer.subscribe([topic])
-        deadline = time.monotonic() + 30
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
+        await eventually(enough, interval=0, what=f"records on {topic}")
     finally:
         await consumer.stop()
     assert len(records) == count
