@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from tests.support.waiting import eventually
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -173,10 +175,14 @@ async def test_idempotent_producer_works_on_apache_kafka(
         consumer.assign([partition])
         await consumer.seek_to_beginning(partition)
         values: list[int] = []
-        async with asyncio.timeout(30):
-            while len(values) < 100:
-                batches = await consumer.getmany(partition, timeout_ms=500)
-                values += [int(r.value) for r in batches.get(partition, [])]
+
+        async def all_read() -> bool:
+            batches = await consumer.getmany(partition, timeout_ms=500)
+            values.extend(int(r.value) for r in batches.get(partition, []))
+            assert len(values) >= 100, f"{len(values)} of 100 record(s)"
+            return True
+
+        await eventually(all_read, interval=0, what=f"the records of {topic}")
     finally:
         await consumer.stop()
     assert values == list(range(100))
