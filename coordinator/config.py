@@ -12,7 +12,10 @@ from typing import Any
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coordinator.core.admission import AdmissionLimits
+
 __all__ = [
+    "AdmissionSettings",
     "DatabaseSettings",
     "DeadlineSettings",
     "HousekeepingSettings",
@@ -64,6 +67,41 @@ class DeadlineSettings(BaseModel):
 
     scan_interval_s: float = Field(default=0.5, gt=0)
     batch_size: int = Field(default=200, ge=1)
+    liveness_window_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A service heard from (heartbeat) within this window is alive: a command "
+        "it has not picked up yet is queued, and its deadline is postponed, not missed.",
+    )
+
+
+class AdmissionSettings(BaseModel):
+    """Admission control: caps on sagas in flight (None: no cap). Starts beyond a cap wait
+    (QUEUED, or unread in saga.requests) until capacity frees up."""
+
+    max_in_flight: int | None = Field(default=1_000, ge=1)
+    max_in_flight_per_type: dict[str, int] = Field(default_factory=dict)
+    max_outstanding_per_service: dict[str, int] = Field(default_factory=dict)
+    default_max_outstanding_per_service: int | None = Field(default=None, ge=1)
+    queued_high_water: int = Field(
+        default=2_000,
+        ge=1,
+        description="Stop reading saga.requests while this many sagas are QUEUED: Kafka "
+        "keeps the rest of a spike.",
+    )
+    interval_s: float = Field(
+        default=0.5, gt=0, description="How often QUEUED sagas are looked at."
+    )
+    batch_size: int = Field(default=500, ge=1)
+
+    def limits(self) -> AdmissionLimits:
+        """The caps as the core's pure value."""
+        return AdmissionLimits(
+            max_in_flight=self.max_in_flight,
+            max_in_flight_per_type=dict(self.max_in_flight_per_type),
+            max_outstanding_per_service=dict(self.max_outstanding_per_service),
+            default_max_outstanding_per_service=self.default_max_outstanding_per_service,
+        )
 
 
 class HousekeepingSettings(BaseModel):
@@ -144,6 +182,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)

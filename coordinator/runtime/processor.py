@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.core.admission import AdmissionLimits
 from coordinator.core.batch import BatchOutcome, Rejection
 from coordinator.core.clock import Clock
 from coordinator.core.definition import SagaDefinition, SagaRegistry
@@ -33,6 +34,7 @@ from coordinator.core.state import (
 )
 from coordinator.observability.logs import log_transitions
 from coordinator.observability.tracing import ensure_traceparent, record_transitions
+from coordinator.store.admission import AdmissionStore
 from coordinator.store.persist import persist
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import DeadLetterReason, Envelope, MessageKind, Topics
@@ -67,12 +69,20 @@ class BatchProcessor:
     """Applies batches of start requests and replies; the runtime's one writer of saga state."""
 
     def __init__(
-        self, store: SagaStore, registry: SagaRegistry, topics: Topics, clock: Clock
+        self,
+        store: SagaStore,
+        registry: SagaRegistry,
+        topics: Topics,
+        clock: Clock,
+        *,
+        admission: AdmissionLimits | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._topics = topics
         self._clock = clock
+        self._limits = admission or AdmissionLimits()
+        self._admission = AdmissionStore()
 
     def _screen(self, index: int, envelope: Envelope) -> Rejection | None:
         if envelope.kind not in (MessageKind.START, MessageKind.REPLY):
@@ -118,7 +128,8 @@ class BatchProcessor:
                 conn, [(e.message_id, e.saga_id) for _, e in accepted], now
             )
             batch = self._apply_replies(accepted, fresh, starts, current, now, outcome)
-            await self._insert_starts(conn, batch.starts, outcome)
+            admitted = await self._admit_or_queue(conn, batch.starts, now)
+            await self._insert_starts(conn, admitted, outcome)
             outcome.outbox_ids = await persist(
                 self._store,
                 conn,
@@ -246,6 +257,41 @@ class BatchProcessor:
             outcome.transitions.append((before, transition))
             outcome.applied += 1
         return applied
+
+    async def _admit_or_queue(
+        self, conn: AsyncConnection, starts: Sequence[Transition], now: datetime
+    ) -> list[Transition]:
+        """The starts as they may go: within the admission caps as decided, beyond them QUEUED.
+
+        New starts queue behind sagas already QUEUED, so admission stays first come, first
+        served. The admission lock makes coordinators take turns at counting.
+        """
+        if not starts or self._limits.unlimited:
+            return list(starts)
+        await self._admission.lock(conn)
+        in_flight = await self._admission.count_in_flight(conn)
+        backlog = await self._admission.count_queued(conn)
+        decided: list[Transition] = []
+        for transition in starts:
+            instance = transition.instance
+            definition = self._registry.get(instance.saga_type)
+            service = definition.steps[0].service
+            if backlog == 0 and in_flight.has_room(self._limits, instance.saga_type, service):
+                in_flight.add(instance.saga_type, service)
+                decided.append(transition)
+                continue
+            backlog += 1
+            request = StartSaga(transition.history[0].message_id or "", instance.data)
+            decided.append(
+                start_saga(
+                    definition,
+                    instance.saga_id,
+                    replace(request, traceparent=instance.traceparent),
+                    now,
+                    admit=False,
+                )
+            )
+        return decided
 
     async def _insert_starts(
         self, conn: AsyncConnection, starts: Sequence[Transition], outcome: BatchOutcome

@@ -38,6 +38,7 @@ def command_message(
         attempt=command.attempt,
         command_id=command.command_id,
         reply_to=topics.replies,
+        compensates=command.compensates,
         payload=command.payload,
         occurred_at=now,
         traceparent=instance.traceparent,

@@ -21,6 +21,7 @@ from service_sdk.contract.errors import (
     UnknownMessageTypeError,
 )
 from service_sdk.contract.headers import DeadLetterHeader, Header, decode_headers, encode_headers
+from service_sdk.contract.heartbeat import Heartbeat, PickedUpCommand
 from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
 
@@ -33,10 +34,12 @@ __all__ = [
     "DeadLetterReason",
     "Envelope",
     "Header",
+    "Heartbeat",
     "MalformedMessageError",
     "MessageKind",
     "Outcome",
     "ParticipantError",
+    "PickedUpCommand",
     "Topics",
     "UnknownMessageTypeError",
     "decode_envelope",

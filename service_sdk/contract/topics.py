@@ -32,6 +32,11 @@ class Topics:
         return f"{self.prefix}saga.requests"
 
     @property
+    def heartbeats(self) -> str:
+        """The topic participants report liveness and the commands they work on to."""
+        return f"{self.prefix}saga.heartbeats"
+
+    @property
     def events(self) -> str:
         """The topic of saga lifecycle events."""
         return f"{self.prefix}saga.events"
