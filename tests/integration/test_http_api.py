@@ -14,6 +14,7 @@ from coordinator.config import Settings
 from coordinator.core.state import SagaStatus
 from coordinator.observability.tracing import is_valid_traceparent
 from service_sdk import Topics
+from tests.support.outbox import outbox_sent
 
 TOKEN = "integration-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,7 +61,10 @@ async def test_start_is_idempotent_and_the_saga_can_be_read_and_listed(
     # Started once: one reserve command for h-1, whatever the number of requests.
     async with topic_reader(topics.commands("inventory")) as inventory:
         commands = await inventory.envelopes(2)
-        assert await inventory.quiet(1.0) == []
+        # Each start was committed before its response: once the outbox is sent, the topic
+        # holds every command they led to.
+        await outbox_sent(coordinator.store)
+        assert await inventory.published() == []
     assert sorted(c.saga_id for c in commands) == ["h-1", "h-2"]
 
     shown = await api.get("/sagas/h-1")
@@ -148,7 +152,8 @@ async def test_retry_and_abort_with_dry_runs(
         assert rehearsal.json()["dry_run"] is True
         assert [c["attempt"] for c in rehearsal.json()["commands"]] == [2]
         assert rehearsal.json()["outbox_ids"] == []
-        assert await inventory.quiet(1.5) == [], "a dry run sent a command"
+        await outbox_sent(coordinator.store)
+        assert await inventory.published() == [], "a dry run sent a command"
 
         retried = await api.post(
             "/sagas/h-3/retry", json={"reason": "stuck", "actor": "ops@example"}, headers=AUTH
