@@ -10,16 +10,14 @@ from typing import TypeAlias, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from coordinator.config import KafkaSettings
 from coordinator.core.batch import BatchOutcome, Rejection
-from coordinator.core.errors import SagaConflictError
 from coordinator.observability.logs import envelope_extra
 from coordinator.observability.tracing import with_header_traceparent
-from coordinator.runtime.cancellation import cancelling
 from coordinator.runtime.dead_letters import DeadLetterPublisher, RejectedRecord
 from coordinator.runtime.processor import BatchProcessor
+from coordinator.runtime.transient import is_transient
 from service_sdk.contract import (
     DeadLetterReason,
     Envelope,
@@ -27,24 +25,18 @@ from service_sdk.contract import (
     Topics,
     decode_envelope,
 )
+from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries, cancellation_requested
 
-__all__ = ["ReplyConsumer", "is_transient"]
+__all__ = ["ReplyConsumer"]
 
 logger = logging.getLogger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 T = TypeVar("T")
 
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures worth retrying as they are: lost connections, lock conflicts."""
-    if isinstance(exc, SagaConflictError | OperationalError | InterfaceError | OSError):
-        return True
-    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, TimeoutError)
+# A lost database or broker connection is retried until it is back (or shutdown begins):
+# the batch is not the cause, so it must not be dead-lettered for it.
+_TRANSIENT_RETRIES = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=5.0)
 
 
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -87,6 +79,7 @@ class ReplyConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._retry_log = RetryLog(logger, "reply consumer")
         self.batches = 0
 
     async def start(self) -> None:
@@ -159,7 +152,7 @@ class ReplyConsumer:
 
     def _interrupted(self) -> bool:
         """True once shutdown began: a failure now says nothing about the messages."""
-        return self._stopping.is_set() or cancelling()
+        return self._stopping.is_set() or cancellation_requested()
 
     async def run(self) -> None:
         """Consume until :meth:`stop` is called."""
@@ -184,7 +177,7 @@ class ReplyConsumer:
                         raise
                     # Not committed: the batch is redelivered to whoever owns it next.
                     logger.warning("abandoning a batch at shutdown: %s", exc)
-                    if cancelling():
+                    if cancellation_requested():
                         raise asyncio.CancelledError from exc
                     return
 
@@ -255,13 +248,10 @@ class ReplyConsumer:
         return await self._retry_transient(lambda: self._processor.process(envelopes))
 
     async def _retry_transient(self, action: Callable[[], Awaitable[T]]) -> T:
-        delay = 0.05
-        while True:
-            try:
-                return await action()
-            except Exception as exc:
-                if not is_transient(exc) or self._stopping.is_set():
-                    raise
-                logger.warning("transient failure (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await call_with_retries(
+            action,
+            _TRANSIENT_RETRIES,
+            retry_on=is_transient,
+            on_retry=self._retry_log,
+            stop=self._stopping,
+        )
