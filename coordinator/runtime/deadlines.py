@@ -16,10 +16,10 @@ from coordinator.core.machine import apply
 from coordinator.core.state import DeadlineFired, SagaInstance, Transition
 from coordinator.observability.logs import log_transitions
 from coordinator.observability.tracing import record_transitions
-from coordinator.runtime.cancellation import cancelling
 from coordinator.store.persist import persist
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Topics
+from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
 __all__ = ["DeadlineScanner"]
 
@@ -54,6 +54,14 @@ class DeadlineScanner:
         self._on_commit = on_commit
         self._random_unit = random_unit
         self._stopping = asyncio.Event()
+        # A failed scan is tried again at the next interval, for as long as it takes: due
+        # deadlines stay in the table until a scan succeeds.
+        self._retries = RetryPolicy(
+            initial_backoff_s=settings.scan_interval_s,
+            max_backoff_s=settings.scan_interval_s,
+            multiplier=1.0,
+        )
+        self._retry_log = RetryLog(logger, "deadline scan", level=logging.ERROR, exc_info=True)
         self.fired = 0
 
     async def scan_once(self) -> int:
@@ -114,14 +122,13 @@ class DeadlineScanner:
         """Scan every ``scan_interval_s`` (at once again after a full batch) until stopped."""
         while not self._stopping.is_set():
             try:
-                claimed = await self.scan_once()
-            except asyncio.CancelledError:
-                raise
+                claimed = await call_with_retries(
+                    self.scan_once, self._retries, on_retry=self._retry_log, stop=self._stopping
+                )
             except Exception:
-                if cancelling():
-                    raise
-                logger.exception("deadline scan failed; retrying")
-                claimed = 0
+                if not self._stopping.is_set():
+                    raise  # not reached: every failure is retried until stop
+                return
             if claimed < self._settings.batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self._settings.scan_interval_s)

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 from coordinator.config import HousekeepingSettings
 from coordinator.core.clock import Clock
-from coordinator.runtime.cancellation import cancelling
 from coordinator.store.saga_store import SagaStore
+from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
 __all__ = ["Housekeeper", "SweepResult"]
 
@@ -40,6 +40,11 @@ class Housekeeper:
         self._clock = clock
         self._settings = settings
         self._stopping = asyncio.Event()
+        # A failed sweep is tried again an interval later: nothing is lost by waiting.
+        self._retries = RetryPolicy(
+            initial_backoff_s=settings.interval_s, max_backoff_s=settings.interval_s, multiplier=1.0
+        )
+        self._retry_log = RetryLog(logger, "housekeeping", level=logging.ERROR, exc_info=True)
 
     async def sweep_once(self) -> SweepResult:
         """Delete what has outlived its retention (until a chunk comes back short)."""
@@ -70,13 +75,13 @@ class Housekeeper:
         """Sweep every ``interval_s`` until :meth:`stop`."""
         while not self._stopping.is_set():
             try:
-                await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
+                await call_with_retries(
+                    self.sweep_once, self._retries, on_retry=self._retry_log, stop=self._stopping
+                )
             except Exception:
-                if cancelling():
-                    raise
-                logger.exception("housekeeping failed; trying again next interval")
+                if not self._stopping.is_set():
+                    raise  # not reached: every failure is retried until stop
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._settings.interval_s)
 

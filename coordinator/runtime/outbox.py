@@ -14,14 +14,17 @@ from aiokafka import AIOKafkaProducer
 from coordinator.config import RelaySettings
 from coordinator.core.clock import Clock
 from coordinator.observability.tracing import record_publishes
-from coordinator.runtime.cancellation import cancelling
 from coordinator.store.records import OutboxRecord
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import encode_headers
+from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
 __all__ = ["OutboxRelay"]
 
 logger = logging.getLogger(__name__)
+
+# Kafka or the database is unavailable: the rows stay pending, so every failure is retried.
+_RELAY_RETRIES = RetryPolicy(initial_backoff_s=0.1, max_backoff_s=5.0)
 
 
 class OutboxRelay:
@@ -49,7 +52,8 @@ class OutboxRelay:
         self._settings = settings
         self._clock = clock
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stopping = asyncio.Event()
+        self._retry_log = RetryLog(logger, "outbox relay", level=logging.ERROR, exc_info=True)
         self._published = 0
 
     @property
@@ -95,26 +99,21 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish on every wake-up and sweep periodically, until :meth:`stop`."""
-        backoff = 0.1
-        while not self._stopping:
+        while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.sweep_interval_s)
             self._wake.clear()
             try:
-                await self.drain()
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
+                await call_with_retries(
+                    self.drain, _RELAY_RETRIES, on_retry=self._retry_log, stop=self._stopping
+                )
             except Exception:
-                if cancelling():
-                    raise
-                # Kafka or the database is unavailable: the rows stay pending; try again.
-                logger.exception("outbox relay failed; retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                if not self._stopping.is_set():
+                    raise  # not reached: every failure is retried until stop
+                # Stopping: the last drain below publishes what it can, or fails visibly.
         await self.drain()
 
     def stop(self) -> None:
         """Ask :meth:`run` to publish what is pending and return."""
-        self._stopping = True
+        self._stopping.set()
         self._wake.set()
