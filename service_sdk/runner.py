@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,7 @@ from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
 from service_sdk.dead_letters import DeadLetterRecord
 from service_sdk.errors import ContractError, MalformedMessageError, UnknownMessageTypeError
+from service_sdk.retry import RetryEvent, RetryLog, RetryPolicy, call_with_retries
 from service_sdk.service import Deferred, Service, reply_envelope, reply_payload
 
 __all__ = ["RunnerObserver", "ServiceRunner"]
@@ -131,7 +133,8 @@ class ServiceRunner:
         max_batch: Most records taken per poll.
         handler_attempts: Runs of a handler raising an unexpected error before the command
             is dead-lettered (reason ``handler_error``).
-        handler_backoff_s: Wait after the first failed run; doubles per further run.
+        handler_backoff_s: Wait after the first failed run; doubles per further run. Also
+            the first wait while the database is unreachable (doubling up to 5 s).
         observer: Metrics hooks.
 
     Example::
@@ -157,6 +160,8 @@ class ServiceRunner:
             raise ValueError("max_batch must be at least 1")
         if handler_attempts < 1:
             raise ValueError("handler_attempts must be at least 1")
+        if handler_backoff_s < 0:
+            raise ValueError("handler_backoff_s must be at least 0")
         self.service = service
         self.topics = topics if topics is not None else Topics()
         self.group_id = group_id if group_id is not None else f"{service.name}-service"
@@ -166,6 +171,18 @@ class ServiceRunner:
         self._max_batch = max_batch
         self._handler_attempts = handler_attempts
         self._handler_backoff_s = handler_backoff_s
+        self._handler_retries = RetryPolicy(
+            initial_backoff_s=handler_backoff_s,
+            max_backoff_s=math.inf,
+            max_attempts=handler_attempts,
+        )
+        # An unreachable database is not the command's fault: wait for it, however long.
+        connect_backoff_s = max(handler_backoff_s, 0.05)
+        self._connect_retries = RetryPolicy(
+            initial_backoff_s=connect_backoff_s,
+            max_backoff_s=max(connect_backoff_s, _MAX_CONNECT_BACKOFF_S),
+        )
+        self._connect_log = RetryLog(logger, f"service {service.name}: connecting to the database")
         self._observer: RunnerObserver = observer if observer is not None else _NoObserver()
         self._store = ProcessedCommands(service.schema)
         self._producer: Any = None
@@ -417,33 +434,40 @@ class ServiceRunner:
         self, record: Any, envelope: Envelope, command: Command
     ) -> list[_Publication]:
         extra = _log_extra(envelope)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._execute(envelope, command)
-            except _StoppingError:
-                raise
-            except Exception as exc:
-                self._observer.handler_failed(envelope.message_type, attempt)
-                if attempt >= self._handler_attempts:
-                    logger.error(
-                        "%s failed %d time(s); dead-lettering it",
-                        envelope.message_type,
-                        attempt,
-                        exc_info=exc,
-                        extra=extra,
-                    )
-                    return [self._dead_letter(record, exc, DeadLetterReason.HANDLER_ERROR)]
-                logger.warning(
-                    "%s failed (attempt %d of %d): %r",
-                    envelope.message_type,
-                    attempt,
-                    self._handler_attempts,
-                    exc,
-                    extra=extra,
-                )
-                await asyncio.sleep(self._handler_backoff_s * 2 ** (attempt - 1))
+
+        def on_retry(event: RetryEvent) -> None:
+            # Logged every time: each line is about one command, not about a failing loop.
+            self._observer.handler_failed(envelope.message_type, event.attempt)
+            logger.warning(
+                "%s failed (attempt %d of %d): %r",
+                envelope.message_type,
+                event.attempt,
+                self._handler_attempts,
+                event.error,
+                extra=extra,
+            )
+
+        try:
+            return await call_with_retries(
+                lambda: self._execute(envelope, command),
+                self._handler_retries,
+                retry_on=lambda exc: not isinstance(exc, _StoppingError),
+                on_retry=on_retry,
+            )
+        except _StoppingError:
+            raise
+        except Exception as exc:
+            # Every other error is retried: this is the last of the attempts.
+            attempts = self._handler_attempts
+            self._observer.handler_failed(envelope.message_type, attempts)
+            logger.error(
+                "%s failed %d time(s); dead-lettering it",
+                envelope.message_type,
+                attempts,
+                exc_info=exc,
+                extra=extra,
+            )
+            return [self._dead_letter(record, exc, DeadLetterReason.HANDLER_ERROR)]
 
     async def _execute(self, envelope: Envelope, command: Command) -> list[_Publication]:
         command_id = envelope.command_id
@@ -486,18 +510,22 @@ class ServiceRunner:
     async def _connect(self) -> AsyncConnection:
         """A connection; while the database is unreachable, wait (this is not the command's
         fault, so it does not count as a handler attempt) until it is back or we stop."""
-        delay = max(self._handler_backoff_s, 0.05)
-        while True:
-            conn = self._engine.connect()
-            try:
-                await conn.start()
-            except Exception as exc:
-                logger.warning("service %s: database unreachable: %r", self.service.name, exc)
-                if await self._pause(delay):
-                    raise _StoppingError from exc
-                delay = min(delay * 2, _MAX_CONNECT_BACKOFF_S)
-                continue
-            return conn
+        try:
+            return await call_with_retries(
+                self._open_connection,
+                self._connect_retries,
+                on_retry=self._connect_log,
+                stop=self._stopping,
+            )
+        except Exception as exc:
+            if self._stopping.is_set():
+                raise _StoppingError from exc
+            raise  # not reached: every failure is retried until stop
+
+    async def _open_connection(self) -> AsyncConnection:
+        conn = self._engine.connect()
+        await conn.start()
+        return conn
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep; return True early when the runner is asked to stop."""
