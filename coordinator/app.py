@@ -26,9 +26,11 @@ from coordinator.observability.metrics import CoordinatorMetrics, MetricsSampler
 from coordinator.observability.tracing import ensure_traceparent
 from coordinator.ops.actions import ActionResult, OperatorActions, SagaTimeline
 from coordinator.ops.client import SagaClient
+from coordinator.runtime.admission import Admitter
 from coordinator.runtime.consumer import ReplyConsumer
 from coordinator.runtime.dead_letters import DeadLetterPublisher
 from coordinator.runtime.deadlines import DeadlineScanner
+from coordinator.runtime.heartbeats import HeartbeatListener
 from coordinator.runtime.housekeeping import Housekeeper
 from coordinator.runtime.kafka import ensure_topics, start_producer
 from coordinator.runtime.outbox import OutboxRelay
@@ -78,6 +80,8 @@ class Coordinator:
         self.client: SagaClient
         self.deadlines: DeadlineScanner
         self.housekeeper: Housekeeper
+        self.admitter: Admitter
+        self.heartbeats: HeartbeatListener
         self.operator: OperatorActions
         self.http: HttpServer | None = None
         """The HTTP API's server; None when ``settings.http.port`` is None."""
@@ -87,8 +91,16 @@ class Coordinator:
         self.metrics.observe_batch(outcome)
         if outcome.outbox_ids:
             self.relay.wake()
+        if any(t.instance.is_terminal for _, t in outcome.transitions):
+            self.admitter.wake()  # capacity freed up
 
     def _after_deadlines(self, transitions: list[Transition]) -> None:
+        self.metrics.observe_deadlines(transitions)
+        self.relay.wake()
+        if any(t.instance.is_terminal for t in transitions):
+            self.admitter.wake()
+
+    def _after_admission(self, transitions: list[Transition]) -> None:
         self.metrics.observe_deadlines(transitions)
         self.relay.wake()
 
@@ -100,6 +112,7 @@ class Coordinator:
             (topics.replies, k.reply_partitions),
             (topics.requests, k.reply_partitions),
             (topics.events, k.reply_partitions),
+            (topics.heartbeats, 1),
             (Topics.dead_letters(topics.replies), 1),
             (Topics.dead_letters(topics.requests), 1),
         ]
@@ -130,7 +143,29 @@ class Coordinator:
             self.clock,
             on_published=self.metrics.relay_published,
         )
-        self.processor = BatchProcessor(self.store, self.registry, self.topics, self.clock)
+        self.processor = BatchProcessor(
+            self.store,
+            self.registry,
+            self.topics,
+            self.clock,
+            admission=settings.admission.limits(),
+        )
+        self.admitter = Admitter(
+            self.store,
+            self.registry,
+            self.topics,
+            self.clock,
+            settings.admission,
+            on_commit=self._after_admission,
+        )
+        self.heartbeats = HeartbeatListener(
+            self.store,
+            self.registry,
+            self.topics,
+            self.clock,
+            settings.kafka,
+            on_commit=self._after_deadlines,
+        )
         self.client = SagaClient(self.processor, self.relay)
         self.operator = OperatorActions(
             self.store, self.registry, self.topics, self.clock, on_commit=self.relay.wake
@@ -166,6 +201,7 @@ class Coordinator:
             consumer_lag=self.consumer.partition_lag,
         )
         await self.consumer.start()
+        await self.heartbeats.start()
         if settings.http.port is not None:
             self.http = HttpServer(
                 create_api(CoordinatorBackend(self), settings.http), settings.http
@@ -187,6 +223,8 @@ class Coordinator:
             deadline_task = group.create_task(self.deadlines.run(), name="deadline-scanner")
             sampler_task = group.create_task(self.sampler.run(), name="metrics-sampler")
             housekeeping_task = group.create_task(self.housekeeper.run(), name="housekeeping")
+            admission_task = group.create_task(self.admitter.run(), name="admission")
+            heartbeat_task = group.create_task(self.heartbeats.run(), name="heartbeats")
             http = self.http
             http_task = group.create_task(http.run(), name="http-api") if http else None
             await stop.wait()
@@ -203,6 +241,9 @@ class Coordinator:
                         http.stop()
                         await http_task
                     await self.consumer.stop()
+                    self.admitter.stop()
+                    self.heartbeats.stop()
+                    await heartbeat_task
                     self.deadlines.stop()
                     self.relay.stop()
                     await relay_task
@@ -210,7 +251,14 @@ class Coordinator:
                 # Whatever is unfinished is safe to abandon: uncommitted batches are
                 # redelivered, pending outbox rows are swept by the next instance.
                 logger.warning("grace period over; abandoning what is still in flight")
-                for task in (consumer_task, relay_task, deadline_task, http_task):
+                for task in (
+                    consumer_task,
+                    relay_task,
+                    deadline_task,
+                    admission_task,
+                    heartbeat_task,
+                    http_task,
+                ):
                     if task is not None:
                         task.cancel()
 
@@ -223,6 +271,7 @@ class Coordinator:
             self.http.close()
         with contextlib.suppress(Exception):
             await self.consumer.stop()
+        await self.heartbeats.close()
         if self._producer is not None:
             await self._producer.stop()
         if self._engine is not None:

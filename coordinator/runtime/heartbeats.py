@@ -157,8 +157,12 @@ class HeartbeatListener:
             if transitions and self._on_commit is not None:
                 self._on_commit(transitions)
 
-    async def stop(self) -> None:
-        """Stop reading and leave the group. Idempotent."""
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current batch (within one poll timeout)."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Leave the group. Idempotent; after :meth:`run` returned."""
         self._stopping.set()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
