@@ -182,6 +182,7 @@ class Coordinator:
             settings.kafka,
             self.topics,
             on_commit=self._after_commit,
+            hold_starts=lambda: self.admitter.saturated,
         )
         self.deadlines = DeadlineScanner(
             self.store,

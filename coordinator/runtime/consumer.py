@@ -70,8 +70,16 @@ class ReplyConsumer:
         topics: Topics,
         *,
         on_commit: Callable[[BatchOutcome], None] | None = None,
+        hold_starts: Callable[[], bool] | None = None,
     ) -> None:
+        """
+        Args:
+            hold_starts: While it returns True, start requests stay unread in Kafka (their
+                partitions are paused); replies are read as always. Admission control sets it
+                when the QUEUED backlog is full, so a spike waits in Kafka.
+        """
         self._processor = processor
+        self._hold_starts = hold_starts
         self._dead_letters = dead_letters
         self._settings = settings
         self._topics = topics
@@ -160,6 +168,7 @@ class ReplyConsumer:
         if consumer is None:
             raise RuntimeError("ReplyConsumer.start() was not called")
         while not self._stopping.is_set():
+            self._gate_starts(consumer)
             try:
                 batch = await consumer.getmany(
                     timeout_ms=self._settings.poll_timeout_ms,
@@ -180,6 +189,20 @@ class ReplyConsumer:
                     if cancellation_requested():
                         raise asyncio.CancelledError from exc
                     return
+
+    def _gate_starts(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause or resume the start-request partitions this member owns."""
+        if self._hold_starts is None:
+            return
+        requests = {tp for tp in consumer.assignment() if tp.topic == self._topics.requests}
+        paused = consumer.paused() & requests
+        if self._hold_starts():
+            if requests - paused:
+                consumer.pause(*(requests - paused))
+                logger.info("admission backlog full: holding start requests in Kafka")
+        elif paused:
+            consumer.resume(*paused)
+            logger.info("admission has room again: reading start requests")
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Record]]

@@ -8,6 +8,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from coordinator.config import DeadlineSettings
 from coordinator.core.clock import Clock
@@ -16,6 +17,7 @@ from coordinator.core.machine import apply
 from coordinator.core.state import DeadlineFired, SagaInstance, Transition
 from coordinator.observability.logs import log_transitions
 from coordinator.observability.tracing import record_transitions
+from coordinator.store.heartbeats import HeartbeatStore
 from coordinator.store.persist import persist
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Topics
@@ -31,8 +33,10 @@ class DeadlineScanner:
 
     Deadlines live in PostgreSQL (``saga_instance.deadline_at``), so they survive restarts;
     rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several coordinator instances never
-    fire the same deadline twice. The engine decides: re-send (same command id, next attempt)
-    or give up on the step and compensate.
+    fire the same deadline twice. The engine decides: postpone (the command waits, not picked
+    up, at a service that is alive), re-send (same command id, next attempt), or give up on
+    the step and compensate. A service is alive when one of its instances sent a heartbeat
+    within ``settings.liveness_window_s``.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class DeadlineScanner:
         self._settings = settings
         self._on_commit = on_commit
         self._random_unit = random_unit
+        self._heartbeats = HeartbeatStore()
         self._stopping = asyncio.Event()
         # A failed scan is tried again at the next interval, for as long as it takes: due
         # deadlines stay in the table until a scan succeeds.
@@ -74,6 +79,13 @@ class DeadlineScanner:
             due = await self._store.claim_due_deadlines(
                 conn, now, self._settings.batch_size, saga_types=self._registry.names()
             )
+            alive = (
+                await self._heartbeats.select_live_services(
+                    conn, now - timedelta(seconds=self._settings.liveness_window_s)
+                )
+                if due
+                else set()
+            )
             for instance in due:
                 if instance.current_step is None or instance.command_id is None:
                     continue
@@ -90,6 +102,7 @@ class DeadlineScanner:
                     instance.command_id,
                     instance.attempt,
                     self._random_unit(),
+                    participant_alive=instance.service in alive,
                 )
                 transitions.append(
                     apply(self._registry.get(instance.saga_type), instance, event, now)

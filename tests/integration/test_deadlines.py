@@ -35,6 +35,7 @@ from saga_defs.order import (
     StockReserved,
 )
 from service_sdk import (
+    FENCE_MESSAGE_TYPE,
     CommandRejected,
     Envelope,
     HandlerContext,
@@ -94,6 +95,12 @@ ORDER = OrderData(
 
 def _settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"deadlines": DeadlineSettings(scan_interval_s=0.2)})
+
+
+class Fence:
+    """The coordinator's fence command (no model: participants understand it built in)."""
+
+    message_type = FENCE_MESSAGE_TYPE
 
 
 class Feed:
@@ -192,8 +199,19 @@ async def test_a_participant_that_never_answers_gets_three_sends_then_the_saga_c
         for earlier, later in itertools.pairwise(sends):
             assert later.occurred_at - earlier.occurred_at >= QUICK, "a deadline fired early"
 
+        # The shipment may still happen: a fence names it first, and nothing is refunded or
+        # released before the shipping service answers it.
+        (fence,) = await shipping.wait(Fence)
+        assert fence.compensates == sends[0].command_id
+        await payment.settle(coordinator)
+        assert payment.count(RefundPayment) == 0, "refunded before the shipment was fenced"
+        await send_envelope(
+            topics.replies, participant_reply(fence, Outcome.SUCCESS, {"fenced": True})
+        )
+
         # Then the done steps are undone in reverse: payment first, inventory only after it.
         (refund,) = await payment.wait(RefundPayment)
+        assert refund.compensates is None
         await inventory.settle(coordinator)
         assert inventory.count(ReleaseStock) == 0, "inventory was released before the refund"
         await send_envelope(topics.replies, participant_reply(refund, Outcome.SUCCESS, {}))
@@ -204,7 +222,7 @@ async def test_a_participant_that_never_answers_gets_three_sends_then_the_saga_c
         assert saga.failure_reason == "schedule_shipping: no reply after 3 attempts"
         assert (saga.completed_steps, saga.compensated_steps) == (
             ("reserve_inventory", "charge_payment"),
-            ("charge_payment", "reserve_inventory"),
+            ("schedule_shipping", "charge_payment", "reserve_inventory"),
         )
         assert (saga.current_step, saga.deadline_at) == (None, None)
         await shipping.settle(coordinator)
@@ -217,11 +235,11 @@ async def test_a_participant_that_never_answers_gets_three_sends_then_the_saga_c
     (failed,) = _entries(history, HistoryKind.STEP_FAILED, "schedule_shipping")
     assert failed.detail["error"] == "no reply after 3 attempts"
     undone = [h.step for h in history if h.kind == HistoryKind.COMPENSATION_SENT.value]
-    assert undone == ["charge_payment", "reserve_inventory"]
+    assert undone == ["schedule_shipping", "charge_payment", "reserve_inventory"]
     assert history[-1].kind == HistoryKind.COMPENSATED.value
 
 
-async def test_a_success_after_the_deadline_is_undone_and_the_saga_stays_compensated(
+async def test_a_success_after_the_deadline_is_undone_before_the_saga_is_compensated(
     coordinator_settings: Settings, running_coordinator: Any, topic_reader: Any, send_envelope: Any
 ) -> None:
     settings = _settings(coordinator_settings)
@@ -238,48 +256,48 @@ async def test_a_success_after_the_deadline_is_undone_and_the_saga_stays_compens
             topics.replies, participant_reply(reserve, Outcome.SUCCESS, {"reservation_id": "r-1"})
         )
         charges = await payment.wait(ChargePayment, 3)
-        (release,) = await inventory.wait(ReleaseStock)
-        await send_envelope(topics.replies, participant_reply(release, Outcome.SUCCESS, {}))
-        gave_up = await _status(coordinator, saga_id, SagaStatus.COMPENSATED)
-        assert gave_up.failure_reason == "charge_payment: no reply after 3 attempts"
-        await payment.settle(coordinator)
-        assert payment.count(RefundPayment) == 0, "nothing was charged, nothing to refund yet"
 
-        # The payment service did charge after all, and says so in reply to the first send.
-        late = participant_reply(charges[0], Outcome.SUCCESS, {"charge_id": "ch-late"})
-        await send_envelope(topics.replies, late)
+        # The saga gives up on the charge, but the charge may still happen: it sends the refund
+        # (naming the charge) and is not compensated before the refund is answered.
         (refund,) = await payment.wait(RefundPayment)
         assert refund.step == "charge_payment"
         assert refund.attempt == 1
-        assert refund.command_id != charges[0].command_id
+        assert refund.compensates == charges[0].command_id
         assert refund.payload == {"order_id": ORDER.order_id, "amount_cents": ORDER.amount_cents}
-        saga = await _saga(coordinator, saga_id)
-        assert saga.status is SagaStatus.COMPENSATED
-        assert saga.data["charge_id"] == "ch-late"
-        assert (saga.current_step, saga.deadline_at) == (None, None), "the refund is not awaited"
+        gave_up = await _status(coordinator, saga_id, SagaStatus.COMPENSATING)
+        assert gave_up.failure_reason == "charge_payment: no reply after 3 attempts"
+        await inventory.settle(coordinator)
+        assert inventory.count(ReleaseStock) == 0, "released before the charge was settled"
 
-        # The refund's own reply is recorded; the saga does not move again.
-        await send_envelope(topics.replies, participant_reply(refund, Outcome.SUCCESS, {}))
+        # The payment service did charge after all, and says so in reply to the first send:
+        # the refund on its way settles it, nothing more is sent.
+        late = participant_reply(charges[0], Outcome.SUCCESS, {"charge_id": "ch-late"})
+        await send_envelope(topics.replies, late)
 
-        async def both_late_replies() -> list[HistoryRecord] | None:
+        async def late_reply_recorded() -> list[HistoryRecord] | None:
             history = await _history(coordinator, saga_id)
-            late = _entries(history, HistoryKind.LATE_REPLY, "charge_payment")
-            return history if len(late) == 2 else None
+            return history if _entries(history, HistoryKind.LATE_REPLY, "charge_payment") else None
 
-        history = await eventually(
-            both_late_replies, timeout=WAIT_S, what="the refund's reply to be recorded"
-        )
-        assert (await _saga(coordinator, saga_id)).status is SagaStatus.COMPENSATED
+        await eventually(late_reply_recorded, timeout=WAIT_S, what="the late charge's reply")
+        assert (await _saga(coordinator, saga_id)).status is SagaStatus.COMPENSATING
+
+        # The participant refunds the charge it made; then the stock is released.
+        await send_envelope(topics.replies, participant_reply(refund, Outcome.SUCCESS, {}))
+        (release,) = await inventory.wait(ReleaseStock)
+        await send_envelope(topics.replies, participant_reply(release, Outcome.SUCCESS, {}))
+        saga = await _status(coordinator, saga_id, SagaStatus.COMPENSATED)
+        assert saga.compensated_steps == ("charge_payment", "reserve_inventory")
+        assert (saga.current_step, saga.deadline_at) == (None, None)
         await payment.settle(coordinator)
         assert payment.count(RefundPayment) == 1
+        history = await _history(coordinator, saga_id)
 
-    first, second = _entries(history, HistoryKind.LATE_REPLY, "charge_payment")
+    (first,) = _entries(history, HistoryKind.LATE_REPLY, "charge_payment")
     assert (first.detail["command_id"], first.detail["outcome"]) == (
         charges[0].command_id,
         "success",
     )
-    assert first.detail["compensate"] is True
-    assert (second.detail["command_id"], second.detail["compensation"]) == (refund.command_id, True)
+    assert first.detail["undone_by"] == "in_doubt"
     sent = _entries(history, HistoryKind.COMPENSATION_SENT, "charge_payment")
     assert [s.detail["command_id"] for s in sent] == [refund.command_id]
     assert [h.kind for h in history].count(HistoryKind.COMPENSATED.value) == 1
