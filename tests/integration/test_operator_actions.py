@@ -289,7 +289,7 @@ async def test_a_compensation_refused_for_good_completes_after_an_operator_retry
 # --- b) abort of a running saga, then a late success --------------------------------------------
 
 
-async def test_abort_of_a_running_saga_compensates_and_a_late_success_is_refunded(
+async def test_abort_of_a_running_saga_undoes_the_step_in_flight_before_it_ends(
     coordinator_settings: Settings,
     running_coordinator: Any,
     topic_reader: Any,
@@ -310,33 +310,36 @@ async def test_abort_of_a_running_saga_compensates_and_a_late_success_is_refunde
         (charge,) = await payment.envelopes(1, timeout_s=WAIT_S)
         assert charge.step == "charge_payment"
 
-        # The charge stays unanswered; the operator aborts.
+        # The charge stays unanswered; the operator aborts: the charge is refunded first (it
+        # may still happen), naming the charge the payment service must refuse if it has not
+        # run it yet.
         result = await ops.abort(saga_id, actor="carol", reason="customer cancelled")
         assert (result.status_before, result.status_after) == (
             SagaStatus.RUNNING,
             SagaStatus.COMPENSATING,
         )
         assert [(c.topic, c.key, c.message_type) for c in result.commands] == [
-            (topics.commands("inventory"), saga_id, "inventory.release_stock")
+            (topics.commands("payment"), saga_id, "payment.refund_payment")
         ]
-        (release,) = await inventory.envelopes(1, timeout_s=WAIT_S)
-        assert release.command_id == result.commands[0].command_id
-        await send_envelope(topics.replies, participant_reply(release, Outcome.SUCCESS, {}))
-        compensated = await reaches(ops, saga_id, SagaStatus.COMPENSATED)
-        assert compensated.instance.failure_reason == "aborted by carol: customer cancelled"
+        (refund,) = await payment.envelopes(1, timeout_s=WAIT_S)
+        assert refund.command_id == command_id_for(saga_id, "charge_payment", compensation=True)
+        assert refund.compensates == charge.command_id
+        assert refund.payload["order_id"] == "o-abort"
 
-        # The abandoned charge succeeds after all: the engine refunds it.
+        # The abandoned charge succeeds after all: the refund already on its way settles it.
         await send_envelope(
             topics.replies, participant_reply(charge, Outcome.SUCCESS, {"charge_id": "ch-9"})
         )
-        (refund,) = await payment.envelopes(1, timeout_s=WAIT_S)
-        assert refund.message_type == "payment.refund_payment"
-        assert refund.command_id == command_id_for(saga_id, "charge_payment", compensation=True)
-        assert refund.payload["order_id"] == "o-abort"
+        await send_envelope(topics.replies, participant_reply(refund, Outcome.SUCCESS, {}))
+        (release,) = await inventory.envelopes(1, timeout_s=WAIT_S)
+        assert release.message_type == "inventory.release_stock"
+        await send_envelope(topics.replies, participant_reply(release, Outcome.SUCCESS, {}))
+        compensated = await reaches(ops, saga_id, SagaStatus.COMPENSATED)
+        assert compensated.instance.failure_reason == "aborted by carol: customer cancelled"
         timeline = await ops.show(saga_id)
 
     assert timeline.instance.status is SagaStatus.COMPENSATED
-    assert timeline.instance.data["charge_id"] == "ch-9"
+    assert timeline.instance.compensated_steps == ("charge_payment", "reserve_inventory")
     (action,) = [e for e in timeline.history if e.kind == HistoryKind.OPERATOR_ACTION.value]
     assert action.detail == {
         "actor": "carol",
@@ -345,8 +348,10 @@ async def test_abort_of_a_running_saga_compensates_and_a_late_success_is_refunde
         "ignored": False,
     }
     assert action.step == "charge_payment"
-    late = [(e.kind, e.step) for e in timeline.history][-2:]
-    assert late == [("late_reply", "charge_payment"), ("compensation_sent", "charge_payment")]
+    kinds = [(e.kind, e.step) for e in timeline.history]
+    assert ("late_reply", "charge_payment") in kinds
+    sent = [e.step for e in timeline.history if e.kind == HistoryKind.COMPENSATION_SENT.value]
+    assert sent == ["charge_payment", "reserve_inventory"], "one refund, one release"
 
 
 # --- c) dry runs -----------------------------------------------------------------------------
@@ -379,12 +384,13 @@ async def test_a_dry_run_writes_nothing_and_sends_nothing(
         assert abort.dry_run
         assert abort.outbox_ids == ()
         assert abort.status_after is SagaStatus.COMPENSATING
+        # The charge in flight is undone first: its refund, naming the charge.
         assert [(c.topic, c.key, c.message_type, c.step, c.attempt) for c in abort.commands] == [
             (
-                topics.commands("inventory"),
+                topics.commands("payment"),
                 saga_id,
-                "inventory.release_stock",
-                "reserve_inventory",
+                "payment.refund_payment",
+                "charge_payment",
                 1,
             )
         ]
@@ -405,8 +411,8 @@ async def test_a_dry_run_writes_nothing_and_sends_nothing(
         )
         assert cli.exit_code == 0, cli.output
         assert "dry run (nothing written or sent)" in cli.stdout
-        assert topics.commands("inventory") in cli.stdout
-        assert "inventory.release_stock" in cli.stdout
+        assert topics.commands("payment") in cli.stdout
+        assert "payment.refund_payment" in cli.stdout
 
         # Nothing was written (no outbox row either), so nothing reaches the command topics.
         assert await snapshot(coordinator.store, saga_id) == before
@@ -537,5 +543,6 @@ async def test_cli_shows_and_lists_sagas_and_reports_errors(database_url: str) -
     assert aborted.exit_code == 0, aborted.output
     result = json.loads(aborted.stdout)
     assert result["actor"] == "tester"
-    assert result["status_after"] == "COMPENSATED"  # aborted at its first step: nothing to undo
-    assert result["commands"] == []
+    # Aborted at its first step: the reservation in flight is released (or fenced) first.
+    assert result["status_after"] == "COMPENSATING"
+    assert [c["message_type"] for c in result["commands"]] == ["inventory.release_stock"]
