@@ -200,6 +200,8 @@ class Coordinator:
             settings.metrics,
             self.registry.names(),
             consumer_lag=self.consumer.partition_lag,
+            services=sorted(self.registry.services()),
+            liveness_window_s=settings.deadlines.liveness_window_s,
         )
         await self.consumer.start()
         await self.heartbeats.start()

@@ -114,6 +114,9 @@ class HousekeepingSettings(BaseModel):
         gt=0,
         description="How long a processed message id is remembered for de-duplication.",
     )
+    heartbeat_retention_s: float = Field(
+        default=86_400.0, gt=0, description="Participant instances not heard from are forgotten."
+    )
     batch_size: int = Field(default=10_000, ge=1)
 
 

@@ -26,6 +26,12 @@ Exposed:
 ``saga_redelivered_messages_total``                        messages the inbox had already seen
 ``saga_commands_sent_total{saga_type,service,purpose}``    forward, retry, compensation
 ``saga_deadlines_fired_total{saga_type,step}``             missed deadlines (retry or give up)
+``saga_deadlines_postponed_total{saga_type,step}``         deadlines of commands queued at a
+                                                           live participant (not missed)
+``saga_commands_picked_up_total{saga_type,step}``          pickups reported by heartbeats
+``saga_outstanding_commands{service,state}``               sagas awaiting a command: queued
+                                                           or picked_up (sampled)
+``saga_participant_instances_alive{service}``              instances heard from (sampled)
 ``saga_dead_letters_total{topic,reason}``                  records sent to ``<topic>.dlq``
 ``saga_outbox_pending_messages``                           unsent outbox rows (sampled)
 ``saga_outbox_oldest_age_seconds``                         age of the oldest unsent row
@@ -73,6 +79,8 @@ from coordinator.core.state import (
     SagaStatus,
     Transition,
 )
+from coordinator.store.admission import AdmissionStore
+from coordinator.store.heartbeats import HeartbeatStore
 from coordinator.store.records import OutboxRecord
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import DeadLetterReason, Outcome
@@ -236,6 +244,27 @@ class CoordinatorMetrics:
             "Awaited replies that missed their deadline.",
             ["saga_type", "step"],
         )
+        self.deadlines_postponed = counter(
+            "saga_deadlines_postponed_total",
+            "Deadlines of commands still queued at a live participant: postponed, not missed.",
+            ["saga_type", "step"],
+        )
+        self.commands_picked_up = counter(
+            "saga_commands_picked_up_total",
+            "Awaited commands a participant reported working on (the timeout runs from then).",
+            ["saga_type", "step"],
+        )
+        self.outstanding = gauge(
+            "saga_outstanding_commands",
+            "Sagas awaiting a command, by service and whether the participant picked it up "
+            "(state=queued|picked_up) (sampled).",
+            ["service", "state"],
+        )
+        self.participants_alive = gauge(
+            "saga_participant_instances_alive",
+            "Participant instances heard from (heartbeat) within the liveness window (sampled).",
+            ["service"],
+        )
         self.dead_letters = counter(
             "saga_dead_letters_total",
             "Records sent to the dead-letter topic of their topic, by reason.",
@@ -380,6 +409,10 @@ class CoordinatorMetrics:
                 self.started.labels(saga_type).inc()
             elif kind is HistoryKind.DEADLINE_MISSED and entry.step is not None:
                 self.deadlines_fired.labels(saga_type, entry.step).inc()
+            elif kind is HistoryKind.DEADLINE_POSTPONED and entry.step is not None:
+                self.deadlines_postponed.labels(saga_type, entry.step).inc()
+            elif kind is HistoryKind.COMMAND_PICKED_UP and entry.step is not None:
+                self.commands_picked_up.labels(saga_type, entry.step).inc()
             elif kind in _UNEXPECTED and reply:
                 self.unexpected_replies.labels(saga_type, _UNEXPECTED[kind]).inc()
             if kind is HistoryKind.STEP_FAILED and entry.step is not None:
@@ -425,6 +458,19 @@ class CoordinatorMetrics:
         for saga_type in set(saga_types) | set(counts):
             self.overdue.labels(saga_type).set(counts.get(saga_type, 0))
 
+    def set_outstanding(
+        self, counts: Mapping[tuple[str, bool], int], services: Iterable[str]
+    ) -> None:
+        """Sagas awaiting a command per ``(service, picked up)``; absent pairs are set to 0."""
+        for service in set(services) | {s for s, _ in counts}:
+            for picked, state in ((False, "queued"), (True, "picked_up")):
+                self.outstanding.labels(service, state).set(counts.get((service, picked), 0))
+
+    def set_participants_alive(self, alive: Mapping[str, int], services: Iterable[str]) -> None:
+        """Live instances per service; services absent from ``alive`` are set to 0."""
+        for service in set(services) | set(alive):
+            self.participants_alive.labels(service).set(alive.get(service, 0))
+
     def set_outbox(self, pending: int, oldest_age_s: float) -> None:
         """Unsent outbox rows and the age of the oldest."""
         self.outbox_pending.set(pending)
@@ -456,8 +502,15 @@ class MetricsSampler:
         settings: MetricsSettings,
         saga_types: Sequence[str],
         consumer_lag: Callable[[], Awaitable[Mapping[TopicPartition, int]]] | None = None,
+        *,
+        services: Sequence[str] = (),
+        liveness_window_s: float = 10.0,
     ) -> None:
         self._metrics = metrics
+        self._services = tuple(services)
+        self._liveness_window = timedelta(seconds=liveness_window_s)
+        self._admission = AdmissionStore()
+        self._heartbeats = HeartbeatStore()
         self._store = store
         self._clock = clock
         self._settings = settings
@@ -473,7 +526,11 @@ class MetricsSampler:
             counts = await self._store.count_sagas_by_status(conn)
             pending, oldest_age = await self._store.select_outbox_stats(conn, now)
             overdue = await self._store.count_overdue(conn, now, grace)
+            outstanding = await self._admission.count_outstanding(conn)
+            alive = await self._heartbeats.count_live_instances(conn, now - self._liveness_window)
         self._metrics.set_saga_counts(counts, self._saga_types)
+        self._metrics.set_outstanding(outstanding, self._services)
+        self._metrics.set_participants_alive(alive, self._services)
         self._metrics.set_outbox(pending, oldest_age)
         self._metrics.set_overdue(overdue, self._saga_types)
         if self._consumer_lag is not None:

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from coordinator.config import HousekeepingSettings
 from coordinator.core.clock import Clock
+from coordinator.store.heartbeats import HeartbeatStore
 from coordinator.store.saga_store import SagaStore
 from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
@@ -24,6 +25,7 @@ class SweepResult:
 
     outbox: int
     inbox: int
+    heartbeats: int = 0
 
 
 class Housekeeper:
@@ -39,6 +41,7 @@ class Housekeeper:
         self._store = store
         self._clock = clock
         self._settings = settings
+        self._heartbeats = HeartbeatStore()
         self._stopping = asyncio.Event()
         # A failed sweep is tried again an interval later: nothing is lost by waiting.
         self._retries = RetryPolicy(
@@ -67,9 +70,13 @@ class Housekeeper:
             inbox += count
             if count < settings.batch_size:
                 break
+        heartbeat_cutoff = now - timedelta(seconds=settings.heartbeat_retention_s)
+        async with self._store.engine.begin() as conn:
+            # One row per participant instance: a handful, deleted in one statement.
+            heartbeats = await self._heartbeats.delete_older_than(conn, heartbeat_cutoff)
         if outbox or inbox:
             logger.info("housekeeping deleted %d outbox rows and %d inbox entries", outbox, inbox)
-        return SweepResult(outbox, inbox)
+        return SweepResult(outbox, inbox, heartbeats)
 
     async def run(self) -> None:
         """Sweep every ``interval_s`` until :meth:`stop`."""

@@ -44,6 +44,17 @@ class AdmissionStore:
                 counted.by_service[service] = counted.by_service.get(service, 0) + n
         return counted
 
+    async def count_outstanding(self, conn: AsyncConnection) -> dict[tuple[str, bool], int]:
+        """Sagas in flight per ``(service, picked up)`` of the command they await."""
+        picked = saga_instance.c.picked_up_at.is_not(None)
+        stmt = (
+            sa.select(saga_instance.c.service, picked, sa.func.count())
+            .where(_ACTIVE)
+            .where(saga_instance.c.service.is_not(None))
+            .group_by(saga_instance.c.service, picked)
+        )
+        return {(row[0], bool(row[1])): int(row[2]) for row in (await conn.execute(stmt)).all()}
+
     async def count_queued(self, conn: AsyncConnection) -> int:
         """How many sagas wait for admission."""
         stmt = (

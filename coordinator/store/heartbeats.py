@@ -42,6 +42,15 @@ class HeartbeatStore:
         )
         return set((await conn.execute(stmt)).scalars().all())
 
+    async def count_live_instances(self, conn: AsyncConnection, since: datetime) -> dict[str, int]:
+        """Instances per service heard from at or after ``since``."""
+        stmt = (
+            sa.select(participant_heartbeat.c.service, sa.func.count())
+            .where(participant_heartbeat.c.last_seen >= since)
+            .group_by(participant_heartbeat.c.service)
+        )
+        return {row[0]: int(row[1]) for row in (await conn.execute(stmt)).all()}
+
     async def delete_older_than(self, conn: AsyncConnection, before: datetime) -> int:
         """Forget instances not heard from since ``before`` (housekeeping)."""
         stmt = sa.delete(participant_heartbeat).where(participant_heartbeat.c.last_seen < before)
