@@ -69,6 +69,18 @@ class SagaView(BaseModel):
     attempt: int
     epoch: int
     deadline_at: datetime | None
+    service: str | None = Field(default=None, description="Where the awaited command went.")
+    picked_up_at: datetime | None = Field(
+        default=None,
+        description="When the participant picked the awaited command up (heartbeat); null "
+        "while it may still wait in a queue.",
+    )
+    in_doubt_step: str | None = Field(
+        default=None,
+        description="A step the saga gave up on whose command may still run; its undo is "
+        "answered before the saga can end.",
+    )
+    in_doubt_command_id: str | None = None
     completed_steps: list[str]
     compensated_steps: list[str]
     failure_reason: str | None

@@ -50,6 +50,7 @@ ReasonOpt = Annotated[
     str, typer.Option("--reason", help="Why (recorded in the saga's history)", show_default=False)
 ]
 _STATUS_STYLE = {
+    SagaStatus.QUEUED: "bold cyan",
     SagaStatus.RUNNING: "bold blue",
     SagaStatus.COMPENSATING: "bold yellow",
     SagaStatus.COMPLETED: "bold green",
@@ -370,6 +371,22 @@ def render_timeline(console: Console, timeline: SagaTimeline, now: datetime) -> 
         step += " (compensation)"
     header.add_row("current step", Text(step))
     header.add_row("attempt", Text(f"{inst.attempt}   command {_short(inst.command_id)}"))
+    if inst.current_step is not None and not inst.is_terminal:
+        pickup = (
+            f"picked up at {_clock_time(inst.picked_up_at)}"
+            if inst.picked_up_at is not None
+            else "not picked up yet (queued at the participant)"
+        )
+        header.add_row("pending", Text(f"{inst.service or '-'}: {pickup}"))
+    if inst.in_doubt_step is not None:
+        header.add_row(
+            "in doubt",
+            Text(
+                f"{inst.in_doubt_step}: command {_short(inst.in_doubt_command_id)} may still "
+                "run; its undo must be answered before the saga can end",
+                style="yellow",
+            ),
+        )
     if inst.epoch:
         header.add_row("epoch", Text(f"{inst.epoch} (operator retries out of FAILED)"))
     header.add_row("deadline", _deadline(inst.deadline_at, now))
