@@ -32,6 +32,10 @@ def demo(
     rate: Annotated[
         float, typer.Option(min=0.0, help="Orders per second; 0 submits all at once")
     ] = 0.0,
+    handler_delay_ms: Annotated[
+        float,
+        typer.Option(min=0.0, help="Make every participant command take this much longer"),
+    ] = 0.0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the order saga end to end: broker, database, coordinator and three services.
@@ -58,6 +62,7 @@ def demo(
         timeout_s=timeout,
         seed=seed,
         rate=rate,
+        handler_delay_ms=handler_delay_ms,
         quiet=as_json,
     )
     try:

@@ -85,6 +85,10 @@ def participant(
     metrics_port: MetricsPortOpt = None,
     verbose: VerboseOpt = False,
     log_format: LogFormatOpt = LogFormat.TEXT,
+    handler_delay_ms: Annotated[
+        float,
+        typer.Option(min=0.0, help="Make every command take this much longer (a slow service)"),
+    ] = 0.0,
 ) -> None:
     """Run one of the demo's example participant services until SIGTERM/SIGINT."""
     from coordinator.demo.processes import run_participant
@@ -93,7 +97,9 @@ def participant(
     settings = settings_from(bootstrap_servers=bootstrap_servers, database_url=database_url)
     if metrics_port is not None:
         settings.metrics.port = metrics_port
-    asyncio.run(run_participant(name, settings, _stop_on_signals))
+    asyncio.run(
+        run_participant(name, settings, _stop_on_signals, handler_delay_s=handler_delay_ms / 1000)
+    )
 
 
 def main() -> None:

@@ -96,12 +96,20 @@ def child_env(settings: Settings, metrics_port: int | None = None) -> dict[str, 
 
 
 async def run_participant(
-    name: str, settings: Settings, install_signals: Callable[[asyncio.Event], None]
+    name: str,
+    settings: Settings,
+    install_signals: Callable[[asyncio.Event], None],
+    *,
+    handler_delay_s: float = 0.0,
 ) -> None:
-    """Run the example participant ``name`` until a signal sets the stop event."""
+    """Run the example participant ``name`` until a signal sets the stop event.
+
+    ``handler_delay_s`` slows every command down (see :mod:`coordinator.demo.participants.pace`).
+    """
     from prometheus_client import CollectorRegistry
 
     from coordinator.demo.participants import PARTICIPANTS
+    from coordinator.demo.participants.pace import pace
     from coordinator.observability.metrics import serve_metrics
     from service_sdk import KafkaConfig, ServiceMetrics, ServiceRunner, Topics
 
@@ -109,6 +117,7 @@ async def run_participant(
         module = PARTICIPANTS[name]
     except KeyError:
         raise SystemExit(f"unknown participant {name!r}; one of {sorted(PARTICIPANTS)}") from None
+    pace.delay_s = handler_delay_s
     engine = create_engine(settings.database.url, pool_size=5)
     try:
         async with engine.begin() as conn:

@@ -63,6 +63,12 @@ class DemoOptions:
     """Prefixes topics and consumer groups, so runs sharing a broker stay apart."""
     rate: float = 0.0
     """Orders submitted per second; 0 submits them all at once (a burst)."""
+    handler_delay_ms: float = 0.0
+    """Added to every participant command: slow participants, so a burst builds queues."""
+    registry: str | None = None
+    """The coordinators' saga definitions (``SAGA_REGISTRY``); None: the configured one."""
+    environment: tuple[tuple[str, str], ...] = ()
+    """Extra environment of every child process (e.g. ``SAGA_ADMISSION__MAX_IN_FLIGHT``)."""
 
 
 @dataclass
@@ -271,15 +277,31 @@ class DemoCluster:
         for _ in range(self.options.coordinators):
             await self.start_coordinator()
         for name in PARTICIPANTS:
-            child = ChildProcess(name, ["participant", name], self._child_env(name), self.log_dir)
-            await child.start()
-            self.children.append(child)
+            await self.start_participant(name)
+
+    async def start_participant(self, name: str) -> ChildProcess:
+        """Start (or start again) the example participant ``name``."""
+        args = ["participant", name]
+        if self.options.handler_delay_ms:
+            args += ["--handler-delay-ms", str(self.options.handler_delay_ms)]
+        child = ChildProcess(name, args, self._child_env(name), self.log_dir)
+        await child.start()
+        self.children.append(child)
+        return child
+
+    def child(self, name: str) -> ChildProcess:
+        """The running child process called ``name``."""
+        return next(c for c in self.children if c.name == name and c.returncode is None)
 
     def _child_env(self, name: str) -> dict[str, str]:
         from coordinator.devstack.ports import free_port
 
         self.metrics_ports[name] = port = free_port()
-        return child_env(self.settings, metrics_port=port)
+        env = child_env(self.settings, metrics_port=port)
+        if self.options.registry is not None:
+            env["SAGA_REGISTRY"] = self.options.registry
+        env.update(self.options.environment)
+        return env
 
     async def wait_ready(self, timeout_s: float = 90.0) -> float:
         """Run one warm-up saga through every process, so latencies exclude start-up

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.demo.participants.pace import pace
 from saga_defs.order.contracts import OrderItem, ReleaseStock, ReserveStock, StockReserved
 from service_sdk import CommandRejected, HandlerContext, Service
 
@@ -101,6 +102,7 @@ def _quantities(items: Iterable[OrderItem]) -> list[tuple[str, int]]:
 @service.handles(ReserveStock)
 async def reserve_stock(cmd: ReserveStock, ctx: HandlerContext) -> StockReserved:
     """Take the order's items off the shelf; refuse if any SKU lacks stock."""
+    await pace()
     for sku, quantity in _quantities(cmd.items):
         taken = await ctx.connection.execute(_TAKE, {"sku": sku, "quantity": quantity})
         if taken.rowcount != 1:
@@ -116,6 +118,7 @@ async def reserve_stock(cmd: ReserveStock, ctx: HandlerContext) -> StockReserved
 @service.handles(ReleaseStock)
 async def release_stock(cmd: ReleaseStock, ctx: HandlerContext) -> dict[str, Any]:
     """Put a reserved order's items back; nothing to do (and success) otherwise."""
+    await pace()
     row = (await ctx.connection.execute(_SELECT_RESERVATION, {"order_id": cmd.order_id})).first()
     if row is None or row.status != "reserved":
         return {"released": False}

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.demo.participants.pace import pace
 from saga_defs.order.contracts import ChargePayment, PaymentCharged, RefundPayment
 from service_sdk import CommandRejected, HandlerContext, Service
 
@@ -125,6 +126,7 @@ async def end_outage(conn: AsyncConnection) -> None:
 @service.handles(ChargePayment)
 async def charge_payment(cmd: ChargePayment, ctx: HandlerContext) -> PaymentCharged:
     """Charge the order's amount; refuse unknown customers and declined cards."""
+    await pace()
     if (await ctx.connection.execute(_IN_OUTAGE, {"customer_id": cmd.customer_id})).first():
         raise PaymentProviderDownError(f"card processor unreachable for {cmd.customer_id}")
     card = (
@@ -147,6 +149,7 @@ async def charge_payment(cmd: ChargePayment, ctx: HandlerContext) -> PaymentChar
 @service.handles(RefundPayment)
 async def refund_payment(cmd: RefundPayment, ctx: HandlerContext) -> dict[str, Any]:
     """Refund a charged order; nothing to do (and success) otherwise."""
+    await pace()
     row = (await ctx.connection.execute(_SELECT_CHARGE, {"order_id": cmd.order_id})).first()
     if row is None or row.status != "charged":
         return {"refunded": False}

@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.demo.participants.pace import pace
 from saga_defs.order.contracts import ScheduleShipment, ShipmentScheduled
 from service_sdk import HandlerContext, Service
 
@@ -52,6 +53,7 @@ async def install(conn: AsyncConnection) -> None:
 @service.handles(ScheduleShipment)
 async def schedule_shipment(cmd: ScheduleShipment, ctx: HandlerContext) -> ShipmentScheduled:
     """Schedule the delivery of the order's items."""
+    await pace()
     await ctx.connection.execute(
         _SCHEDULE,
         {
