@@ -466,8 +466,8 @@ async def test_contract_violations_are_dead_lettered(harness: Harness) -> None:
     assert letters[2].value == bad_schema.to_bytes()
     assert all(r.key == b"saga-1" for r in letters)
     fqcns = [decode_headers(r.headers)[DeadLetterHeader.EXCEPTION_FQCN] for r in letters]
-    assert fqcns[0] == "service_sdk.errors.MalformedMessageError"
-    assert fqcns[1] == "service_sdk.errors.UnknownMessageTypeError"
+    assert fqcns[0] == "service_sdk.contract.errors.MalformedMessageError"
+    assert fqcns[1] == "service_sdk.contract.errors.UnknownMessageTypeError"
     assert fqcns[2].endswith("ValidationError")
     assert await harness.effects("u") + await harness.effects("s") == 0
 
