@@ -1,16 +1,21 @@
 """Builds the Grafana dashboards in ``deploy/grafana/dashboards/`` from code.
 
 ``make dashboards`` (``python deploy/dashboards.py``) rewrites the JSON files; ``--check``
-exits non-zero when they differ from what this builds, and ``tests/unit/test_dashboards.py``
+exits non-zero when they differ from what this builds, and ``tests/unit/test_deploy.py``
 fails in that case, so the committed dashboards never drift from the code. Every saga
 definition in ``saga_defs.default_registry()`` gets its own rows (per step, per participant
 service): a new saga has its panels without anyone editing JSON.
 
 The dashboards are built with the Grafana Foundation SDK (``grafana-foundation-sdk``, the
 ``dev`` extra), for the Grafana 11.6 schema. Every query reads the metrics of
-``coordinator/metrics.py`` and ``service_sdk/metrics.py``; the observability test evaluates
-each of them against a real Prometheus. Gauges sampled from the database are reported by every
-coordinator replica, so they are aggregated with ``max``, counters with ``sum``.
+``coordinator/observability/metrics.py`` and ``service_sdk/metrics.py``; the observability
+test evaluates each of them against a real Prometheus. Gauges sampled from the database are
+reported by every coordinator replica, so they are aggregated with ``max``, counters with
+``sum``.
+
+The overview shows a spike being absorbed: starts waiting for admission (QUEUED, then unread
+in saga.requests) beside the sagas in flight, and per participant service its queue of
+commands (queued, picked up), its live instances and its postponed against missed deadlines.
 """
 
 from __future__ import annotations
@@ -124,6 +129,23 @@ def _sel(**labels: str) -> str:
     return ", ".join(f'{name}="{value}"' for name, value in labels.items())
 
 
+def _service_step_rate(metric: str, registry: SagaRegistry, service: str) -> str:
+    """The rate of a ``{saga_type, step}`` counter over the steps whose commands go to
+    ``service``, summed over every saga type (step names match ``[a-z][a-z0-9_]*``)."""
+    parts = [
+        f'rate({metric}{{{_sel(saga_type=definition.name)}, step=~"{"|".join(steps)}"}}[{RATE}])'
+        for definition in registry
+        if (steps := [step.name for step in definition.steps if step.service == service])
+    ]
+    return f"sum({' or '.join(parts)})"
+
+
+QUEUED = 'saga_instances{status="QUEUED"}'
+IN_FLIGHT = 'saga_instances{status=~"RUNNING|COMPENSATING"}'
+START_REQUEST_LAG = 'saga_consumer_lag_messages{topic=~".*saga[.]requests"}'
+"""Lag on ``<prefix>saga.requests``: start requests the coordinators have not read."""
+
+
 # -- the dashboards ----------------------------------------------------------------------------
 
 
@@ -172,7 +194,11 @@ def _overview(registry: SagaRegistry) -> DashboardSpec:
             width=4,
         ),
     )
-    rows: list[tuple[str, tuple[Panel, ...]]] = [("All sagas", summary)]
+    rows: list[tuple[str, tuple[Panel, ...]]] = [
+        ("All sagas", summary),
+        ("Admission and queues", _admission()),
+        ("Participants", _participants(registry)),
+    ]
     for definition in registry:
         t = _sel(saga_type=definition.name)
         rows.append(
@@ -214,9 +240,121 @@ def _overview(registry: SagaRegistry) -> DashboardSpec:
     return DashboardSpec(
         "saga-overview",
         "Saga coordinator / Overview",
-        "Throughput, sagas in flight and what needs an operator.",
+        "Throughput, sagas in flight, admission and participant queues, and what needs an "
+        "operator.",
         tuple(rows),
     )
+
+
+def _admission() -> tuple[Panel, ...]:
+    """Starts beyond the caps on sagas in flight wait: QUEUED, then unread in saga.requests."""
+    return (
+        Panel(
+            "Queued starts",
+            (_q(f"sum(max by (saga_type) ({QUEUED}))"),),
+            kind="stat",
+            width=6,
+            description="Sagas waiting for admission (QUEUED): the caps on sagas in flight "
+            "(SAGA_ADMISSION__MAX_IN_FLIGHT*, __MAX_OUTSTANDING_PER_SERVICE) are full. A spike "
+            "being absorbed rises here and drains; a backlog that never drains means the "
+            "capacity is too small for the load (alert SagaStartsQueuedTooLong).",
+        ),
+        Panel(
+            "Start requests unread in Kafka",
+            (_q(f"sum({START_REQUEST_LAG})"),),
+            kind="stat",
+            width=6,
+            description="Consumer lag on saga.requests. While SAGA_ADMISSION__QUEUED_HIGH_WATER "
+            "sagas are QUEUED the coordinators stop reading start requests: the rest of a "
+            "spike waits in Kafka, nothing is lost.",
+        ),
+        Panel(
+            "Commands queued at participants",
+            (_q('sum(max by (service) (saga_outstanding_commands{state="queued"}))'),),
+            kind="stat",
+            width=6,
+            description="Sagas awaiting a command their participant has not picked up yet. "
+            "Their deadlines are postponed while the participant is alive: a capacity "
+            "problem, not a failure.",
+        ),
+        Panel(
+            "Participant services with no live instance",
+            (_q("sum(max by (service) (saga_participant_instances_alive) == bool 0)"),),
+            kind="stat",
+            width=6,
+            red_above=1,
+            description="Services no instance of which sent a heartbeat within the liveness "
+            "window (SAGA_DEADLINES__LIVENESS_WINDOW_S): their commands' deadlines are "
+            "missed, not postponed.",
+        ),
+        Panel(
+            "Queued starts and sagas in flight by saga type",
+            (
+                _q(f"max by (saga_type) ({QUEUED})", "queued {{saga_type}}"),
+                _q(
+                    f"sum by (saga_type) (max by (saga_type, status) ({IN_FLIGHT}))",
+                    "in flight {{saga_type}}",
+                ),
+            ),
+            description="In flight: RUNNING and COMPENSATING, held at the caps during a spike "
+            "while the queued starts rise and drain.",
+        ),
+        Panel(
+            "Start requests waiting in Kafka (lag on saga.requests)",
+            (_q(f"sum by (topic) ({START_REQUEST_LAG})", "{{topic}}"),),
+            description="Start requests not read yet, summed over the partitions.",
+        ),
+    )
+
+
+def _participants(registry: SagaRegistry) -> tuple[Panel, ...]:
+    """Per participant service: its queue as the coordinators see it, and its liveness."""
+    panels: list[Panel] = []
+    for service in sorted(registry.services()):
+        s = _sel(service=service)
+        panels.append(
+            Panel(
+                f"{service}: outstanding commands and live instances",
+                (
+                    _q(
+                        f'max(saga_outstanding_commands{{{s}, state="queued"}})',
+                        "queued (not picked up)",
+                    ),
+                    _q(
+                        f'max(saga_outstanding_commands{{{s}, state="picked_up"}})',
+                        "picked up",
+                    ),
+                    _q(f"max(saga_participant_instances_alive{{{s}}})", "live instances"),
+                ),
+                description="Sagas awaiting a command of this service, by whether an instance "
+                "reported picking it up (heartbeats), and the instances heard from within the "
+                "liveness window.",
+            )
+        )
+        panels.append(
+            Panel(
+                f"{service}: pickups, postponed and missed deadlines per second",
+                (
+                    _q(
+                        _service_step_rate("saga_commands_picked_up_total", registry, service),
+                        "picked up",
+                    ),
+                    _q(
+                        _service_step_rate("saga_deadlines_postponed_total", registry, service),
+                        "deadlines postponed",
+                    ),
+                    _q(
+                        _service_step_rate("saga_deadlines_fired_total", registry, service),
+                        "deadlines missed",
+                    ),
+                ),
+                unit="ops",
+                description="Postponed: the command still waited in the queue of a live "
+                "instance (capacity). Missed: no reply in time from a picked-up command or a "
+                "service with no live instance; the command is retried, then the step fails.",
+            )
+        )
+    return tuple(panels)
 
 
 def _latency(registry: SagaRegistry) -> DashboardSpec:
@@ -368,14 +506,21 @@ def _failures(registry: SagaRegistry) -> DashboardSpec:
                         unit="ops",
                     ),
                     Panel(
-                        "Deadlines fired per second by step",
+                        "Deadlines missed and postponed per second by step",
                         (
                             _q(
                                 f"sum by (step) (rate(saga_deadlines_fired_total{{{t}}}[{RATE}]))",
-                                "{{step}}",
+                                "missed {{step}}",
+                            ),
+                            _q(
+                                "sum by (step) "
+                                f"(rate(saga_deadlines_postponed_total{{{t}}}[{RATE}]))",
+                                "postponed {{step}}",
                             ),
                         ),
                         unit="ops",
+                        description="Missed: retried, then the step fails. Postponed: the "
+                        "command still waited in a live participant's queue (not a failure).",
                     ),
                     Panel(
                         "Duplicate, late and stale replies per second",

@@ -134,6 +134,67 @@ def test_every_defined_metric_is_on_a_dashboard() -> None:
     assert families - shown == set()
 
 
+def test_the_overview_shows_admission_and_every_participant_service() -> None:
+    overview = dashboards.build_dashboards()["saga-overview.json"]
+    rows = [panel["title"] for panel in overview["panels"] if panel["type"] == "row"]
+    assert rows[:3] == ["All sagas", "Admission and queues", "Participants"]
+    queries = {
+        panel["title"]: [target["expr"] for target in panel.get("targets", [])]
+        for panel in overview["panels"]
+    }
+    assert 'sum(max by (saga_type) (saga_instances{status="QUEUED"}))' in queries["Queued starts"]
+    registry = default_registry()
+    for service in registry.services():
+        assert f"{service}: outstanding commands and live instances" in queries
+        rates = " ".join(queries[f"{service}: pickups, postponed and missed deadlines per second"])
+        for definition in registry:
+            for step in definition.steps:
+                # Each service's deadlines and pickups are those of its own steps only.
+                assert (f'"{step.name}"' in rates) == (step.service == service), (service, step)
+
+
+_DB_GAUGES = (
+    "saga_instances",
+    "saga_overdue_sagas",
+    "saga_outstanding_commands",
+    "saga_participant_instances_alive",
+    "saga_outbox_pending_messages",
+    "saga_outbox_oldest_age_seconds",
+)
+
+
+def test_gauges_sampled_from_the_database_are_never_summed_over_replicas() -> None:
+    # Every coordinator reports the same numbers: ``max`` first, then sum across labels.
+    summed = re.compile(
+        r"\bsum\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*(?:" + "|".join(_DB_GAUGES) + r")\b"
+    )
+    assert [where for where, expr in _all_expressions() if summed.search(expr)] == []
+
+
+def test_every_alert_has_a_severity_a_summary_and_what_to_do() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    names = [rule["alert"] for rule in alerts]
+    assert len(names) == len(set(names))
+    assert {
+        "SagaStartsQueuedTooLong",
+        "ParticipantCommandsQueuedTooLong",
+        "ParticipantDown",
+    } <= set(names)
+    for rule in alerts:
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"].strip(), rule["alert"]
+        assert len(rule["annotations"]["description"]) > 80, rule["alert"]
+    tested = yaml.safe_load((DEPLOY / "prometheus" / "alerts_test.yml").read_text())
+    covered = {
+        case["alertname"]
+        for test in tested["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert covered == set(names), "every alert needs a promtool test in which it fires"
+
+
 @pytest.mark.parametrize(
     ("expr", "names"),
     [
