@@ -333,6 +333,8 @@ class CoordinatorMetrics:
             for step in definition.steps:
                 self.step_failures.labels(name, step.name)
                 self.deadlines_fired.labels(name, step.name)
+                self.deadlines_postponed.labels(name, step.name)
+                self.commands_picked_up.labels(name, step.name)
                 self.commands_sent.labels(name, step.service, CommandPurpose.FORWARD.value)
                 self.commands_sent.labels(name, step.service, CommandPurpose.RETRY.value)
                 if step.compensation is not None:
