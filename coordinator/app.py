@@ -9,7 +9,6 @@ from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,9 +31,10 @@ from coordinator.runtime.dead_letters import DeadLetterPublisher
 from coordinator.runtime.deadlines import DeadlineScanner
 from coordinator.runtime.heartbeats import HeartbeatListener
 from coordinator.runtime.housekeeping import Housekeeper
-from coordinator.runtime.kafka import ensure_topics, start_producer
+from coordinator.runtime.kafka import ensure_topics
 from coordinator.runtime.outbox import OutboxRelay
 from coordinator.runtime.processor import BatchProcessor
+from coordinator.runtime.producer import ProducerHandle
 from coordinator.store.database import create_engine
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Topics
@@ -72,7 +72,7 @@ class Coordinator:
         self._engine: AsyncEngine | None = None
         self._started = False
         self._stopped = False
-        self._producer: AIOKafkaProducer | None = None
+        self.producers = ProducerHandle(settings.kafka)
         self.store: SagaStore
         self.relay: OutboxRelay
         self.processor: BatchProcessor
@@ -135,10 +135,10 @@ class Coordinator:
         )
         if settings.kafka.create_topics:
             await ensure_topics(settings.kafka.bootstrap_servers, self.topic_plan())
-        self._producer = producer = await start_producer(settings.kafka)
+        await self.producers.start()
         self.relay = OutboxRelay(
             self.store,
-            producer,
+            self.producers,
             settings.relay,
             self.clock,
             on_published=self.metrics.relay_published,
@@ -173,7 +173,7 @@ class Coordinator:
         self.consumer = ReplyConsumer(
             self.processor,
             DeadLetterPublisher(
-                producer,
+                self.producers,
                 settings.kafka.group_id,
                 on_published=lambda letters: self.metrics.dead_letters_published(
                     (letter.record.topic, letter.reason) for letter in letters
@@ -275,8 +275,7 @@ class Coordinator:
         with contextlib.suppress(Exception):
             await self.consumer.stop()
         await self.heartbeats.close()
-        if self._producer is not None:
-            await self._producer.stop()
+        await self.producers.stop()
         if self._engine is not None:
             await self._engine.dispose()
         logger.info("coordinator stopped")

@@ -253,6 +253,9 @@ class HistoryKind(StrEnum):
     STARTED = "started"
     COMMAND_SENT = "command_sent"
     COMMAND_PICKED_UP = "command_picked_up"
+    COMMAND_UNSENDABLE = "command_unsendable"
+    """Kafka refused the command for good (too large, bad topic): dead-lettered, not sent.
+    The saga's deadline then counts as for a command nobody answers."""
     STEP_SUCCEEDED = "step_succeeded"
     STEP_FAILED = "step_failed"
     STEP_RETRYABLE_FAILURE = "step_retryable_failure"

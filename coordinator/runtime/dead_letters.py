@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
+from coordinator.runtime.producer import ProducerHandle
+from coordinator.runtime.transient import needs_new_producer
 from service_sdk.contract import Header, decode_headers
 from service_sdk.dead_letters import DeadLetterRecord
 
@@ -32,17 +34,33 @@ class DeadLetterPublisher:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producers: ProducerHandle,
         group_id: str,
         *,
         on_published: Callable[[Sequence[RejectedRecord]], None] | None = None,
     ) -> None:
-        self._producer = producer
+        self._producers = producers
         self._group_id = group_id
         self._on_published = on_published
 
     async def publish(self, letters: Sequence[RejectedRecord]) -> None:
-        """Publish every letter to ``<original topic>.dlq``; returns once all are acked."""
+        """Publish every letter to ``<original topic>.dlq``; returns once all are acked.
+
+        Raises:
+            KafkaError: A send failed; the caller retries (a producer whose idempotence state
+                the broker lost is renewed first).
+        """
+        producer = await self._producers.current()
+        try:
+            await self._send(producer, letters)
+        except Exception as exc:
+            if needs_new_producer(exc):
+                await self._producers.renew(producer)
+            raise
+        if self._on_published is not None:
+            self._on_published(letters)
+
+    async def _send(self, producer: AIOKafkaProducer, letters: Sequence[RejectedRecord]) -> None:
         sends = []
         for letter in letters:
             record = letter.record
@@ -68,10 +86,6 @@ class DeadLetterPublisher:
                 },
             )
             sends.append(
-                await self._producer.send(
-                    dead.topic, dead.value, key=dead.key, headers=dead.headers
-                )
+                await producer.send(dead.topic, dead.value, key=dead.key, headers=dead.headers)
             )
         await asyncio.gather(*sends)
-        if self._on_published is not None:
-            self._on_published(letters)

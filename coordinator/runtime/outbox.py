@@ -8,15 +8,27 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.config import RelaySettings
 from coordinator.core.clock import Clock
+from coordinator.core.state import HistoryEntry, HistoryKind
 from coordinator.observability.tracing import record_publishes
+from coordinator.runtime.producer import ProducerHandle
+from coordinator.runtime.transient import needs_new_producer
 from coordinator.store.records import OutboxRecord
 from coordinator.store.saga_store import SagaStore
-from service_sdk.contract import encode_headers
+from service_sdk.contract import Header, encode_headers
+from service_sdk.dead_letters import DeadLetterRecord
 from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
 __all__ = ["OutboxRelay"]
@@ -25,6 +37,34 @@ logger = logging.getLogger(__name__)
 
 # Kafka or the database is unavailable: the rows stay pending, so every failure is retried.
 _RELAY_RETRIES = RetryPolicy(initial_backoff_s=0.1, max_backoff_s=5.0)
+
+
+UNSENDABLE_REASON = "unsendable"
+"""The dead-letter reason of an outbox row Kafka refuses for good (too large, bad topic)."""
+
+_NEVER_SENDABLE = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+)
+
+
+def _unsendable(error: BaseException) -> bool:
+    return isinstance(error, _NEVER_SENDABLE)
+
+
+class _OutboxAsRecord:
+    """An outbox row seen as the record a dead letter is made of (its offset: the row id)."""
+
+    def __init__(self, row: OutboxRecord) -> None:
+        self.topic = row.topic
+        self.partition = -1
+        self.offset = row.id
+        self.timestamp = int(row.created_at.timestamp() * 1000)
+        self.key = row.key
+        self.value = row.value
+        self.headers = encode_headers(row.headers)
 
 
 class OutboxRelay:
@@ -40,7 +80,7 @@ class OutboxRelay:
     def __init__(
         self,
         store: SagaStore,
-        producer: AIOKafkaProducer,
+        producers: ProducerHandle,
         settings: RelaySettings,
         clock: Clock,
         *,
@@ -48,7 +88,9 @@ class OutboxRelay:
     ) -> None:
         self._store = store
         self._on_published = on_published
-        self._producer = producer
+        self._producers = producers
+        self.set_aside = 0
+        """Rows dead-lettered because Kafka could never take them."""
         self._settings = settings
         self._clock = clock
         self._wake = asyncio.Event()
@@ -66,27 +108,120 @@ class OutboxRelay:
         self._wake.set()
 
     async def publish_once(self) -> int:
-        """Claim, publish and mark sent up to one batch of rows; returns how many."""
+        """Claim, publish and mark sent up to one batch of rows; returns how many were claimed.
+
+        Rows Kafka can never take (too large, invalid topic) are dead-lettered, recorded in
+        their saga's history and marked sent, so they never hold back the rows behind them.
+        If other sends failed, the rows that did go out are marked sent and the first failure
+        is raised for the retry loop; a producer whose idempotence state the broker lost is
+        renewed first.
+
+        Raises:
+            Exception: Publishing or the database failed; unsent rows stay pending.
+        """
+        producer = await self._producers.current()
         async with self._store.engine.begin() as conn:
             rows = await self._store.claim_outbox(conn, limit=self._settings.batch_size)
             if not rows:
                 return 0
             started_ns = time.time_ns()
-            sends = [
-                await self._producer.send(
-                    row.topic, row.value, key=row.key, headers=encode_headers(row.headers)
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*sends)
+            outcomes = await self._send(producer, rows)
             ended_ns = time.time_ns()
-            record_publishes(rows, start_ns=started_ns, end_ns=ended_ns)
+            sent = [row for row, error in zip(rows, outcomes, strict=True) if error is None]
+            unsendable = [
+                (row, error)
+                for row, error in zip(rows, outcomes, strict=True)
+                if error is not None and _unsendable(error)
+            ]
+            failed = [error for error in outcomes if error is not None and not _unsendable(error)]
+            if unsendable:
+                await self._set_aside(conn, producer, unsendable)
+            record_publishes(sent, start_ns=started_ns, end_ns=ended_ns)
             sent_at = self._clock.now()
-            await self._store.mark_outbox_sent(conn, [row.id for row in rows], sent_at)
-        self._published += len(rows)
-        if self._on_published is not None:
-            self._on_published(rows, (ended_ns - started_ns) / 1e9, sent_at)
+            done = [row.id for row in sent] + [row.id for row, _ in unsendable]
+            if done:
+                await self._store.mark_outbox_sent(conn, done, sent_at)
+        self._published += len(sent)
+        if sent and self._on_published is not None:
+            self._on_published(sent, (ended_ns - started_ns) / 1e9, sent_at)
+        if failed:
+            if any(needs_new_producer(error) for error in failed):
+                await self._producers.renew(producer)
+            raise failed[0]
         return len(rows)
+
+    async def _send(
+        self, producer: AIOKafkaProducer, rows: Sequence[OutboxRecord]
+    ) -> list[Exception | None]:
+        """Send every row (in id order) and wait for the acks; each row's error or None."""
+        pending: list[asyncio.Future[Any] | Exception] = []
+        for row in rows:
+            try:
+                pending.append(
+                    await producer.send(
+                        row.topic, row.value, key=row.key, headers=encode_headers(row.headers)
+                    )
+                )
+            except Exception as exc:  # refused before it left, e.g. larger than the limit
+                pending.append(exc)
+        outcomes: list[Exception | None] = []
+        for item in pending:
+            if isinstance(item, Exception):
+                outcomes.append(item)
+                continue
+            try:
+                await item
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _set_aside(
+        self,
+        conn: AsyncConnection,
+        producer: AIOKafkaProducer,
+        unsendable: Sequence[tuple[OutboxRecord, Exception]],
+    ) -> None:
+        """Dead-letter rows Kafka will never take and say so in their sagas' histories."""
+        sends = []
+        for row, error in unsendable:
+            logger.error(
+                "outbox row %d to %s can never be sent (%s: %s); dead-lettering it",
+                row.id,
+                row.topic,
+                type(error).__name__,
+                error,
+                extra={"saga_id": row.saga_id, "message_id": row.message_id},
+            )
+            dead = DeadLetterRecord.from_consumer_record(
+                _OutboxAsRecord(row), group=None, exc=error, reason=UNSENDABLE_REASON
+            )
+            sends.append(
+                await producer.send(dead.topic, dead.value, key=dead.key, headers=dead.headers)
+            )
+        await asyncio.gather(*sends)
+        await self._store.insert_history(
+            conn,
+            [
+                (
+                    row.saga_id,
+                    HistoryEntry(
+                        HistoryKind.COMMAND_UNSENDABLE,
+                        row.headers.get(Header.STEP),
+                        row.message_id,
+                        {
+                            "topic": row.topic,
+                            "bytes": len(row.value),
+                            "error": f"{type(error).__name__}: {error}"[:500],
+                            "command_id": row.headers.get(Header.COMMAND_ID),
+                        },
+                    ),
+                )
+                for row, error in unsendable
+            ],
+            self._clock.now(),
+        )
+        self.set_aside += len(unsendable)
 
     async def drain(self) -> int:
         """Publish until nothing is pending; returns how many rows were published."""
