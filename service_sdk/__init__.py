@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from service_sdk.config import KafkaConfig
     from service_sdk.dead_letters import dead_letter_headers
     from service_sdk.metrics import MetricsServer, ServiceMetrics
-    from service_sdk.runner import RunnerObserver, ServiceRunner
+    from service_sdk.observer import RunnerObserver
+    from service_sdk.runner import ServiceRunner
     from service_sdk.service import Deferred, HandlerContext, HandlerResult, Service
 
 __all__ = [
@@ -77,7 +78,7 @@ _LAZY = {
     "KafkaConfig": "service_sdk.config",
     "MetricsServer": "service_sdk.metrics",
     "ServiceMetrics": "service_sdk.metrics",
-    "RunnerObserver": "service_sdk.runner",
+    "RunnerObserver": "service_sdk.observer",
     "ServiceRunner": "service_sdk.runner",
     "Deferred": "service_sdk.service",
     "HandlerContext": "service_sdk.service",

@@ -4,6 +4,7 @@ The tree::
 
     ParticipantError                 root of everything the SDK raises
     ├── CommandRejected              a handler's business "no": the saga compensates
+    ├── CommandFencedError           a deferred command was fenced: it can no longer be answered
     ├── ContractError                a message breaks the wire contract (dead-lettered)
     │   ├── MalformedMessageError    bytes that are not a JSON envelope
     │   └── UnknownMessageTypeError  no handler or model for the message type
@@ -23,6 +24,7 @@ from service_sdk.contract.errors import (
 )
 
 __all__ = [
+    "CommandFencedError",
     "CommandRejected",
     "ContractError",
     "HandlerRegistrationError",
@@ -54,3 +56,24 @@ class CommandRejected(ParticipantError):
 
 class HandlerRegistrationError(ParticipantError):
     """A handler or command model is declared wrongly."""
+
+
+class CommandFencedError(ParticipantError):
+    """A deferred command can no longer be answered: the saga gave up on it and undid it.
+
+    Raised by ``ServiceRunner.complete_later`` and ``reject_later``. An undo (a compensation
+    or a fence naming the command in ``compensates``) arrived while the command was deferred;
+    the SDK turned its record into a tombstone and did not run the compensation handler. The
+    saga counts the command as never having taken effect: whatever the deferred work did or
+    started must be undone or abandoned by the service itself.
+
+    Attributes:
+        command_id: The deferred command.
+    """
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__(
+            f"command {command_id!r} is fenced: the saga gave up on it and undid it, "
+            "so it can no longer be answered; undo or abandon its deferred work"
+        )
+        self.command_id = command_id

@@ -1,6 +1,6 @@
 """Prometheus metrics of a participant service, and the ``/metrics`` endpoint of any process.
 
-:class:`ServiceMetrics` implements :class:`~service_sdk.runner.RunnerObserver`; pass it to the
+:class:`ServiceMetrics` implements :class:`~service_sdk.observer.RunnerObserver`; pass it to the
 runner as ``observer``. :class:`MetricsServer` serves a registry over HTTP. Both take a
 ``CollectorRegistry`` so tests can use a fresh one::
 
@@ -13,9 +13,11 @@ Exposed (``saga_`` prefix, base units, no per-saga labels):
 
 - ``saga_participant_commands_total{service, message_type, result}``: commands answered or
   recognised; ``result`` is ``success``, ``failure``, ``retryable``, ``deferred``,
-  ``duplicate`` or ``pending``.
+  ``duplicate``, ``pending``, ``fenced`` (refused by a tombstone), ``tombstoned`` (an undo
+  that found its command had not taken effect) or ``unfenceable`` (a fence that found it had).
 - ``saga_participant_handler_duration_seconds{service, message_type}``: the database
-  transaction around a handler run (duplicates and pending re-deliveries excluded).
+  transaction around a handler run (duplicates, pending re-deliveries and the answers that
+  tombstones decide excluded).
 - ``saga_participant_handler_errors_total{service, message_type}``: handler runs that raised
   an unexpected error (each is retried, then dead-lettered).
 - ``saga_dead_letters_total{topic, reason}``: records sent to ``<topic>.dlq`` (the coordinator
@@ -58,7 +60,7 @@ HANDLER_DURATION_BUCKETS = (
 )
 """Seconds; handlers are database work, milliseconds when healthy."""
 
-_NOT_A_HANDLER_RUN = frozenset({"duplicate", "pending"})
+_NOT_A_HANDLER_RUN = frozenset({"duplicate", "pending", "fenced", "tombstoned", "unfenceable"})
 
 DEAD_LETTER_REASONS = (
     DeadLetterReason.MALFORMED,

@@ -3,15 +3,50 @@
 For every batch from ``<prefix><service>.commands``, record by record in partition order:
 
 1. Decode the envelope; a record that is not a valid command of this service goes to
-   ``<topic>.dlq`` with ``kafka_dlt-*`` headers, and the consumer moves on.
+   ``<topic>.dlq`` with ``kafka_dlt-*`` headers, and the consumer moves on. ``saga.fence`` is
+   valid for every service: it needs no handler.
 2. In one PostgreSQL transaction, claim the command id in ``<schema>.saga_processed_commands``.
    A command already answered gets its recorded reply again (same message id, so the
-   coordinator's inbox drops it); a deferred one gets nothing. Otherwise the handler runs in a
-   SAVEPOINT of that transaction and its reply is recorded with it.
+   coordinator's inbox drops it); a deferred one gets nothing; a fenced one (a tombstone) gets
+   its refusal, and its handler never runs. Otherwise the handler runs in a SAVEPOINT of that
+   transaction and its reply is recorded with it.
 3. Publish the reply to the command's ``reply_to`` (default ``saga.replies``), keyed by saga id.
 
 After the batch the producer is flushed and only then are the offsets committed, so a crash
 re-delivers commands (answered from the record) rather than losing replies.
+
+**Tombstones.** When the coordinator gives up on a command X that may still run, it sends an
+*undo* carrying ``compensates = X``: the step's compensation, or a ``saga.fence`` for a step
+without one. In the undo's transaction the runner settles X for good:
+
+- X has no record (it never ran): a tombstone is recorded for X, the compensation handler
+  does not run, and the undo is answered success ``{"fenced": true}``. X, arriving later (any
+  copy, any attempt), is refused without running its handler: outcome FAILURE, error
+  ``fenced: ...``, payload ``{"fenced": true, "fenced_by": <undo's command id>}``.
+- X was refused (a recorded failure) or is fenced already: ``{"fenced": true}``, no handler.
+- X is deferred (pending): its record becomes a tombstone, the compensation does not run,
+  the undo gets ``{"fenced": true}``, and :meth:`ServiceRunner.complete_later` /
+  :meth:`~ServiceRunner.reject_later` of X raise :class:`~service_sdk.errors.CommandFencedError`
+  (the service undoes or abandons whatever its deferred work started).
+- X succeeded: a compensation runs its handler as usual (it undoes the effect); a fence
+  answers ``{"fenced": false, "executed": "success"}`` (the effect exists and cannot be undone:
+  the coordinator hands the saga to an operator).
+
+The undo is recorded under its own command id like any command, so its copies get the same
+answer. **Look-ahead**: before running handlers the runner scans the batch for undos (by their
+``ce_sagacompensates`` header); a command of the batch that one of them names, and that has no
+record yet, is tombstoned and refused instead of run, as if its undo had come first. That is
+what makes a participant back from an outage refuse the commands the saga already gave up on,
+rather than run them and then undo them. (An undo in a later batch than its command cannot be
+seen ahead: then the command runs and the undo compensates it.)
+
+**Heartbeats.** Beside the consume loop, for exactly as long, the runner publishes a
+:class:`~service_sdk.contract.Heartbeat` to ``<prefix>saga.heartbeats`` (key: the service name)
+at start and then every ``heartbeat_interval_s``. It lists, once, the commands whose handler
+started since the previous heartbeat and that are still unanswered when it is sent: handlers
+still running, deferred commands, and commands dead-lettered after their handler ran. The
+coordinator reads them as "alive" (a command nobody has picked up yet is queued, not late) and
+"picked up" (the step's timeout runs from then). A failed send is retried at the next tick.
 """
 
 from __future__ import annotations
@@ -24,24 +59,28 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service_sdk._private.idempotency import CommandStatus, ProcessedCommands
-from service_sdk._private.tracing import handler_span
+from service_sdk._private import fencing
+from service_sdk._private.heartbeats import HeartbeatPublisher, PickupLog, instance_id
+from service_sdk._private.idempotency import ProcessedCommands
+from service_sdk._private.processing import CommandProcessor, log_extra
 from service_sdk.config import KafkaConfig
 from service_sdk.contract.envelope import Command, Envelope, MessageKind, Outcome, decode_envelope
 from service_sdk.contract.headers import Header, decode_headers, encode_headers
+from service_sdk.contract.heartbeat import Heartbeat
 from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
 from service_sdk.dead_letters import DeadLetterRecord
 from service_sdk.errors import ContractError, MalformedMessageError, UnknownMessageTypeError
+from service_sdk.observer import NoObserver, RunnerObserver
 from service_sdk.retry import RetryEvent, RetryLog, RetryPolicy, call_with_retries
-from service_sdk.service import Deferred, Service, reply_envelope, reply_payload
+from service_sdk.service import Service, reply_envelope, reply_payload
 
 __all__ = ["RunnerObserver", "ServiceRunner"]
 
@@ -52,49 +91,6 @@ _MAX_CONNECT_BACKOFF_S = 5.0
 # Kafka's legal topic names. A reply to anything else could never be published, and the
 # consumer would retry that publication forever instead of moving on.
 _TOPIC_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}")
-
-
-class RunnerObserver(Protocol):
-    """Hooks for metrics; every method must return quickly and never raise."""
-
-    def command_processed(self, message_type: str, result: str, duration_s: float) -> None:
-        """A command was answered or recognised.
-
-        Args:
-            message_type: The command's type.
-            result: ``success``, ``failure``, ``retryable``, ``deferred``, ``duplicate``
-                (answered from the record) or ``pending`` (a deferred command re-delivered).
-            duration_s: Wall time of the database transaction, handler included.
-        """
-
-    def handler_failed(self, message_type: str, attempt: int) -> None:
-        """A handler raised an unexpected error on ``attempt`` (it is retried or dead-lettered)."""
-
-    def dead_lettered(self, topic: str, reason: str) -> None:
-        """A record of ``topic`` was sent to its dead-letter topic for ``reason``."""
-
-
-class _NoObserver:
-    def command_processed(self, message_type: str, result: str, duration_s: float) -> None:
-        pass
-
-    def handler_failed(self, message_type: str, attempt: int) -> None:
-        pass
-
-    def dead_lettered(self, topic: str, reason: str) -> None:
-        pass
-
-
-def _log_extra(envelope: Envelope) -> dict[str, Any]:
-    """The saga coordinates a log line about ``envelope`` carries (see coordinator.observability.logs)."""
-    return {
-        "saga_id": envelope.saga_id,
-        "saga_type": envelope.saga_type,
-        "step": envelope.step,
-        "message_id": envelope.message_id,
-        "command_id": envelope.command_id,
-        "attempt": envelope.attempt,
-    }
 
 
 def _record_extra(record: Any) -> dict[str, Any]:
@@ -135,7 +131,12 @@ class ServiceRunner:
             is dead-lettered (reason ``handler_error``).
         handler_backoff_s: Wait after the first failed run; doubles per further run. Also
             the first wait while the database is unreachable (doubling up to 5 s).
+        heartbeat_interval_s: Seconds between heartbeats to ``saga.heartbeats``; 0 or None
+            sends none (the coordinator then counts deadlines from the send).
         observer: Metrics hooks.
+
+    Attributes:
+        instance: This runner's unique id in its heartbeats (``<host>-<pid>-<hex>``).
 
     Example::
 
@@ -154,10 +155,13 @@ class ServiceRunner:
         max_batch: int = 200,
         handler_attempts: int = 3,
         handler_backoff_s: float = 0.2,
+        heartbeat_interval_s: float | None = 2.0,
         observer: RunnerObserver | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if heartbeat_interval_s is not None and heartbeat_interval_s < 0:
+            raise ValueError("heartbeat_interval_s must be at least 0 (0 or None: no heartbeats)")
         if handler_attempts < 1:
             raise ValueError("handler_attempts must be at least 1")
         if handler_backoff_s < 0:
@@ -183,13 +187,26 @@ class ServiceRunner:
             max_backoff_s=max(connect_backoff_s, _MAX_CONNECT_BACKOFF_S),
         )
         self._connect_log = RetryLog(logger, f"service {service.name}: connecting to the database")
-        self._observer: RunnerObserver = observer if observer is not None else _NoObserver()
+        self._observer: RunnerObserver = observer if observer is not None else NoObserver()
         self._store = ProcessedCommands(service.schema)
         self._producer: Any = None
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._stopped = False
+        self.instance = instance_id()
+        self._pickups = PickupLog(enabled=bool(heartbeat_interval_s))
+        self._processor = CommandProcessor(service, self._store, self._pickups, self.topic)
+        self._heartbeats: HeartbeatPublisher | None = None
+        if heartbeat_interval_s:
+            self._heartbeats = HeartbeatPublisher(
+                service=service.name,
+                instance=self.instance,
+                interval_s=heartbeat_interval_s,
+                send=self._send_heartbeat,
+                pickups=self._pickups,
+                stop=self._stopping,
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -199,7 +216,7 @@ class ServiceRunner:
             await self._store.install(conn)
 
     async def start(self) -> None:
-        """Install the schema, connect to Kafka and start consuming in a task.
+        """Install the schema, connect to Kafka, start consuming and heartbeating in a task.
 
         Raises:
             RuntimeError: The runner was stopped before (a runner is started once).
@@ -224,7 +241,7 @@ class ServiceRunner:
             await producer.stop()
             raise
         self._producer, self._consumer = producer, consumer
-        self._task = asyncio.create_task(self._consume(), name=f"{self.service.name}-runner")
+        self._task = asyncio.create_task(self._run(), name=f"{self.service.name}-runner")
         logger.info(
             "service %s consuming %s as group %s", self.service.name, self.topic, self.group_id
         )
@@ -282,6 +299,8 @@ class ServiceRunner:
 
         Raises:
             LookupError: No deferred or answered command has this id.
+            CommandFencedError: The saga gave up on the command and undid it while it was
+                deferred; the service must undo or abandon what the deferred work did.
         """
         data = reply_payload(payload)
         return await self._finish_later(
@@ -306,6 +325,8 @@ class ServiceRunner:
 
         Raises:
             LookupError: No deferred or answered command has this id.
+            CommandFencedError: The command was fenced while deferred (see
+                :meth:`complete_later`).
         """
         outcome = Outcome.RETRYABLE if retryable else Outcome.FAILURE
         return await self._finish_later(
@@ -321,16 +342,9 @@ class ServiceRunner:
         if self._producer is None or self._stopped:
             raise RuntimeError("the runner is not running")
         async with self._engine.begin() as conn:
-            row = await self._store.select_for_update(conn, command_id)
-            if row is None:
-                raise LookupError(f"{self.service.name}: no deferred command {command_id!r}")
-            if row.status is CommandStatus.DONE and row.reply is not None:
-                reply = row.reply
-            else:
-                reply = build(row.command)
-                await self._record(conn, command_id, reply)
-            publication = self._reply_publication(reply, row.command)
-        await (await self._send(publication))
+            reply, command = await self._processor.finish_later(conn, command_id, build)
+        await (await self._send(self._reply_publication(reply, command)))
+        self._pickups.answered(command_id)
         logger.info(
             "deferred command %s answered: %s",
             command_id,
@@ -339,7 +353,36 @@ class ServiceRunner:
         )
         return reply
 
+    # -- heartbeats ------------------------------------------------------------------------
+
+    async def _send_heartbeat(self, heartbeat: Heartbeat) -> None:
+        await self._producer.send_and_wait(
+            self.topics.heartbeats, heartbeat.to_bytes(), key=self.service.name.encode()
+        )
+
     # -- the consume loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Consume until stopped; heartbeats beside it, for exactly as long."""
+        heartbeats: asyncio.Task[None] | None = None
+        if self._heartbeats is not None:
+            heartbeats = asyncio.create_task(
+                self._heartbeats.run(), name=f"{self.service.name}-heartbeats"
+            )
+            heartbeats.add_done_callback(self._heartbeats_ended)
+        try:
+            await self._consume()
+        finally:
+            # A runner that no longer consumes must not look alive to the coordinator.
+            if heartbeats is not None:
+                heartbeats.cancel()
+                await asyncio.wait([heartbeats])
+
+    def _heartbeats_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "service %s: heartbeats stopped", self.service.name, exc_info=task.exception()
+            )
 
     async def _consume(self) -> None:
         try:
@@ -356,11 +399,12 @@ class ServiceRunner:
     async def _process_batch(self, batch: dict[Any, list[Any]]) -> None:
         done: dict[Any, int] = {}
         sends: list[asyncio.Future[Any]] = []
+        ahead = self._look_ahead(batch)
         try:
             try:
                 for tp, records in batch.items():
                     for record in records:
-                        for publication in await self._process_record(record):
+                        for publication in await self._process_record(record, ahead):
                             sends.append(await self._send(publication))
                         done[tp] = record.offset + 1
             except _StoppingError:
@@ -379,6 +423,21 @@ class ServiceRunner:
             return
         if done:
             await self._commit(done)
+
+    def _look_ahead(self, batch: dict[Any, list[Any]]) -> dict[str, Envelope]:
+        """The commands this batch's undos name: they are refused rather than run, as if
+        their undo had arrived first (a participant back from an outage finds both queued)."""
+        undos: list[Envelope] = []
+        for records in batch.values():
+            for record in records:
+                # The header says which records are undos without parsing every body.
+                if not any(name == Header.COMPENSATES for name, _ in record.headers or ()):
+                    continue
+                try:
+                    undos.append(decode_envelope(record.value))
+                except MalformedMessageError:
+                    continue  # dead-lettered when its turn comes
+        return fencing.fences_ahead(undos, self.service.understands)
 
     def _rewind(self, batch: dict[Any, list[Any]]) -> None:
         for tp, records in batch.items():
@@ -405,7 +464,7 @@ class ServiceRunner:
         )
         return future
 
-    async def _process_record(self, record: Any) -> list[_Publication]:
+    async def _process_record(self, record: Any, ahead: dict[str, Envelope]) -> list[_Publication]:
         try:
             envelope = decode_envelope(record.value)
         except MalformedMessageError as exc:
@@ -422,18 +481,21 @@ class ServiceRunner:
         if envelope.reply_to and not _TOPIC_NAME.fullmatch(envelope.reply_to):
             error = ContractError(f"reply_to {envelope.reply_to!r} is not a valid topic name")
             return [self._dead_letter(record, error, DeadLetterReason.SCHEMA)]
+        if (undo_error := fencing.contract_error(envelope)) is not None:
+            return [self._dead_letter(record, ContractError(undo_error), DeadLetterReason.SCHEMA)]
         try:
             command = self.service.parse(envelope)
         except UnknownMessageTypeError as exc:
             return [self._dead_letter(record, exc, DeadLetterReason.UNKNOWN_TYPE)]
         except ValidationError as exc:
             return [self._dead_letter(record, exc, DeadLetterReason.SCHEMA)]
-        return await self._execute_with_retries(record, envelope, command)
+        undo = fencing.fenced_by(ahead, envelope)
+        return await self._execute_with_retries(record, envelope, command, undo)
 
     async def _execute_with_retries(
-        self, record: Any, envelope: Envelope, command: Command
+        self, record: Any, envelope: Envelope, command: Command, undo: Envelope | None
     ) -> list[_Publication]:
-        extra = _log_extra(envelope)
+        extra = log_extra(envelope)
 
         def on_retry(event: RetryEvent) -> None:
             # Logged every time: each line is about one command, not about a failing loop.
@@ -449,7 +511,7 @@ class ServiceRunner:
 
         try:
             return await call_with_retries(
-                lambda: self._execute(envelope, command),
+                lambda: self._execute(envelope, command, undo),
                 self._handler_retries,
                 retry_on=lambda exc: not isinstance(exc, _StoppingError),
                 on_retry=on_retry,
@@ -469,43 +531,24 @@ class ServiceRunner:
             )
             return [self._dead_letter(record, exc, DeadLetterReason.HANDLER_ERROR)]
 
-    async def _execute(self, envelope: Envelope, command: Command) -> list[_Publication]:
+    async def _execute(
+        self, envelope: Envelope, command: Command, undo: Envelope | None
+    ) -> list[_Publication]:
+        """One command in one transaction; ``undo`` is a later undo of it in the same batch."""
         command_id = envelope.command_id
         assert command_id is not None  # checked by _process_record
-        extra = _log_extra(envelope)
         conn = await self._connect()
         started = time.monotonic()
         try:
             async with conn.begin():
-                if not await self._store.insert_claim(conn, envelope):
-                    row = await self._store.select_for_update(conn, command_id)
-                    if row is None:
-                        raise RuntimeError(f"record of command {command_id!r} vanished")
-                    if row.status is CommandStatus.PENDING or row.reply is None:
-                        self._observe(envelope, "pending", started)
-                        logger.info("deferred command re-delivered; still pending", extra=extra)
-                        return []
-                    self._observe(envelope, "duplicate", started)
-                    logger.info("command re-delivered; re-publishing its reply", extra=extra)
-                    return [self._reply_publication(row.reply, envelope)]
-                with handler_span(envelope, self.topic, self.service.name):
-                    result = await self.service.dispatch(envelope, command, conn)
-                if isinstance(result, Deferred):
-                    self._observe(envelope, "deferred", started)
-                    return []
-                await self._record(conn, command_id, result)
-                publication = self._reply_publication(result, envelope)
+                answer = await self._processor.answer(conn, envelope, command, undo)
         finally:
             await conn.close()
-        assert result.outcome is not None
-        self._observe(envelope, result.outcome.value, started)
-        return [publication]
-
-    async def _record(self, conn: AsyncConnection, command_id: str, reply: Envelope) -> None:
-        if reply.outcome is Outcome.RETRYABLE:
-            await self._store.delete(conn, command_id)
-        else:
-            await self._store.update_done(conn, command_id, reply)
+        self._observe(envelope, answer.result, started)
+        if answer.reply is None:
+            return []
+        self._pickups.answered(command_id)
+        return [self._reply_publication(answer.reply, envelope)]
 
     async def _connect(self) -> AsyncConnection:
         """A connection; while the database is unreachable, wait (this is not the command's

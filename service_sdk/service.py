@@ -14,6 +14,12 @@ A handler returns its success reply (a pydantic model, a mapping or None), raise
 :class:`~service_sdk.errors.CommandRejected` to refuse the command, or returns
 ``ctx.defer()`` to answer later through the runner. Any other exception is retried by the
 runner and then dead-lettered.
+
+Every service also understands ``saga.fence`` (:data:`~service_sdk.contract.FENCE_MESSAGE_TYPE`)
+without a handler: the coordinator sends it to undo a step that has no compensation, and the
+runner answers it from the processed-commands record (see :mod:`service_sdk.runner`). It
+cannot be registered. Likewise, a compensation naming the command it undoes in
+``compensates`` runs its handler only when that command took effect here.
 """
 
 from __future__ import annotations
@@ -22,17 +28,25 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service_sdk.contract.envelope import Command, Envelope, MessageKind, Outcome, new_message_id
+from service_sdk.contract.envelope import (
+    FENCE_MESSAGE_TYPE,
+    Command,
+    Envelope,
+    MessageKind,
+    Outcome,
+    new_message_id,
+)
 from service_sdk.errors import CommandRejected, HandlerRegistrationError, UnknownMessageTypeError
 
 __all__ = [
     "CommandHandler",
     "Deferred",
+    "Fence",
     "HandlerContext",
     "HandlerResult",
     "Registration",
@@ -43,6 +57,17 @@ C = TypeVar("C", bound=Command)
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class Fence(Command):
+    """The payload of a ``saga.fence`` command: empty (unknown fields are ignored).
+
+    Every :class:`Service` understands it without a handler; the runner answers it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    message_type: ClassVar[str] = FENCE_MESSAGE_TYPE
 
 
 @dataclass(frozen=True)
@@ -174,14 +199,18 @@ class Service:
 
         Raises:
             HandlerRegistrationError: ``model`` is not a Command subclass, has no
-                ``message_type`` or already has a handler, or the handler is not
-                an ``async def``.
+                ``message_type`` or already has a handler, is ``saga.fence`` (answered by
+                the SDK itself), or the handler is not an ``async def``.
         """
         if not (isinstance(model, type) and issubclass(model, Command)):
             raise HandlerRegistrationError(f"{model!r} is not a service_sdk.Command subclass")
         message_type = model.message_type
         if not isinstance(message_type, str) or not message_type:
             raise HandlerRegistrationError(f"{model.__qualname__} has no message_type")
+        if message_type == FENCE_MESSAGE_TYPE:
+            raise HandlerRegistrationError(
+                f"{FENCE_MESSAGE_TYPE!r} is answered by the SDK itself; it takes no handler"
+            )
         if message_type in self._registrations:
             existing = self._registrations[message_type].handler
             raise HandlerRegistrationError(
@@ -204,8 +233,12 @@ class Service:
 
     @property
     def message_types(self) -> frozenset[str]:
-        """The command types this service handles."""
+        """The command types this service has handlers for (``saga.fence`` is not one)."""
         return frozenset(self._registrations)
+
+    def understands(self, message_type: str) -> bool:
+        """Whether the service answers ``message_type``: a registered one, or ``saga.fence``."""
+        return message_type == FENCE_MESSAGE_TYPE or message_type in self._registrations
 
     def __iter__(self) -> Iterator[Registration]:
         return iter(self._registrations.values())
@@ -226,10 +259,14 @@ class Service:
     def parse(self, envelope: Envelope) -> Command:
         """Validate a command envelope's payload against the registered model.
 
+        A ``saga.fence`` parses as :class:`Fence`.
+
         Raises:
             UnknownMessageTypeError: No handler is registered for the message type.
             pydantic.ValidationError: The payload does not fit the model.
         """
+        if envelope.message_type == FENCE_MESSAGE_TYPE:
+            return Fence.model_validate(envelope.payload)
         return self.registration(envelope.message_type).model.model_validate(envelope.payload)
 
     async def dispatch(
@@ -245,9 +282,16 @@ class Service:
             The reply envelope (success, failure or retryable), or :class:`Deferred`.
 
         Raises:
+            TypeError: The command is a ``saga.fence``: it has no handler, the runner answers
+                it from the processed-commands record.
             Exception: Whatever the handler raised other than ``CommandRejected``; its
                 writes are rolled back to the savepoint.
         """
+        if envelope.message_type == FENCE_MESSAGE_TYPE:
+            raise TypeError(
+                f"{FENCE_MESSAGE_TYPE!r} has no handler: ServiceRunner answers it from the "
+                "processed-commands record"
+            )
         handler = self.registration(envelope.message_type).handler
         ctx = HandlerContext(connection=connection, envelope=envelope, service=self)
         try:

@@ -10,7 +10,10 @@ envelope the coordinator would receive::
         assert reply.outcome is Outcome.FAILURE
 
 What it does not do is Kafka's part (redelivery, ordering, dead-lettering) and the
-processed-commands record: test those against the runner with a real broker.
+processed-commands record: test those against the runner with a real broker. That includes
+tombstones: :func:`invoke` runs a compensation's handler whatever its ``compensates`` says,
+and a ``saga.fence`` (``command_envelope(Fence(), compensates=...)``, with
+:class:`~service_sdk.service.Fence`) has no handler to invoke.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def command_envelope(
     command_id: str | None = None,
     reply_to: str | None = None,
     traceparent: str | None = None,
+    compensates: str | None = None,
 ) -> Envelope:
     """The envelope the coordinator would send ``command`` in.
 
@@ -63,6 +67,7 @@ def command_envelope(
         command_id: The command id; a new one when None.
         reply_to: Where the reply goes; the runner's default reply topic when None.
         traceparent: W3C trace context.
+        compensates: For an undo (a compensation or a fence): the command id it undoes.
     """
     return Envelope(
         kind=MessageKind.COMMAND,
@@ -74,6 +79,7 @@ def command_envelope(
         attempt=attempt,
         command_id=command_id or new_message_id(),
         reply_to=reply_to,
+        compensates=compensates,
         payload=command.model_dump(mode="json"),
         traceparent=traceparent,
     )

@@ -1,9 +1,16 @@
 """The processed-commands record in the service's own PostgreSQL schema.
 
 One row per command id: ``done`` with the recorded reply (a redelivered or re-sent command is
-answered from it, the handler does not run again) or ``pending`` for a deferred command (the
-row keeps the command's envelope so the service can answer it later). A retryable rejection
-leaves no row, so a re-send runs the handler again.
+answered from it, the handler does not run again), ``pending`` for a deferred command (the
+row keeps the command's envelope so the service can answer it later), or ``fenced``: a
+tombstone, left by an undo (a compensation or a fence naming the command in ``compensates``)
+for a command that had not taken effect here. A fenced command is refused for good, its
+handler never runs. A tombstone of a command not seen yet holds the undo's envelope and type
+until the command itself arrives; then its own envelope and refusal replace them. A retryable
+rejection leaves no row, so a re-send runs the handler again.
+
+Tables created by an SDK from before tombstones allow only ``done`` and ``pending``;
+:meth:`ProcessedCommands.install` widens their status check once, in place.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from service_sdk.contract.envelope import Envelope
 __all__ = ["CommandStatus", "ProcessedCommand", "ProcessedCommands"]
 
 TABLE_NAME = "saga_processed_commands"
+_STATUS_CHECK_NAME = f"{TABLE_NAME}_status_check"
+_STATUS_CHECK = "status IN ('done', 'pending', 'fenced')"
 
 
 class CommandStatus(StrEnum):
@@ -41,6 +50,8 @@ class CommandStatus(StrEnum):
 
     DONE = "done"
     PENDING = "pending"
+    FENCED = "fenced"
+    """A tombstone: the saga gave up on the command and undid it; it is refused for good."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +60,10 @@ class ProcessedCommand:
 
     Attributes:
         command_id: The command's id.
-        status: Done (answered) or pending (deferred).
-        command: The command's envelope as received.
-        reply: The recorded reply, for done commands.
+        status: Done (answered), pending (deferred) or fenced (a tombstone).
+        command: The command's envelope as received; for a tombstone of a command not seen
+            yet, the envelope of the undo that left it.
+        reply: The recorded reply, for done commands and tombstones of commands seen here.
     """
 
     command_id: str
@@ -84,7 +96,7 @@ class ProcessedCommands:
             Column(
                 "updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()
             ),
-            CheckConstraint("status IN ('done', 'pending')", name=f"{TABLE_NAME}_status_check"),
+            CheckConstraint(_STATUS_CHECK, name=_STATUS_CHECK_NAME),
         )
 
     async def install(self, conn: AsyncConnection) -> None:
@@ -97,6 +109,31 @@ class ProcessedCommands:
         )
         await conn.execute(CreateSchema(self.schema, if_not_exists=True))
         await conn.execute(CreateTable(self.table, if_not_exists=True))
+        await self._widen_status_check(conn)
+
+    async def _widen_status_check(self, conn: AsyncConnection) -> None:
+        """Let a table created before tombstones hold ``fenced`` rows (once; a no-op after)."""
+        definition = (
+            await conn.execute(
+                text(
+                    "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c "
+                    "JOIN pg_class t ON t.oid = c.conrelid "
+                    "JOIN pg_namespace n ON n.oid = t.relnamespace "
+                    "WHERE n.nspname = :schema AND t.relname = :table AND c.conname = :name"
+                ),
+                {"schema": self.schema, "table": TABLE_NAME, "name": _STATUS_CHECK_NAME},
+            )
+        ).scalar_one_or_none()
+        if definition is not None and f"'{CommandStatus.FENCED.value}'" in definition:
+            return
+        # The schema name is validated by Service (lowercase letters, digits, underscores).
+        table = f'"{self.schema}".{TABLE_NAME}'
+        await conn.execute(
+            text(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {_STATUS_CHECK_NAME}")
+        )
+        await conn.execute(
+            text(f"ALTER TABLE {table} ADD CONSTRAINT {_STATUS_CHECK_NAME} CHECK ({_STATUS_CHECK})")
+        )
 
     async def insert_claim(self, conn: AsyncConnection, command: Envelope) -> bool:
         """Claim a command id for this transaction as ``pending``; False if already recorded.
@@ -121,6 +158,51 @@ class ProcessedCommands:
             .returning(self.table.c.command_id)
         )
         return (await conn.execute(statement)).first() is not None
+
+    async def insert_tombstone(
+        self, conn: AsyncConnection, command_id: str, holder: Envelope, reply: Envelope | None
+    ) -> bool:
+        """Record ``command_id`` as ``fenced``; False if it is already recorded.
+
+        Args:
+            command_id: The command the saga gave up on.
+            holder: What the row keeps as its command: the command's own envelope when it is
+                at hand (look-ahead), else the undo that fences it.
+            reply: The refusal, when the command's envelope is at hand; else None until the
+                command arrives (see :meth:`update_fenced`).
+        """
+        # ON CONFLICT DO NOTHING: a command claimed or answered first keeps its record (an
+        # uncommitted claim is waited for); the caller then reads that record instead.
+        statement = (
+            insert(self.table)
+            .values(
+                command_id=command_id,
+                message_type=holder.message_type,
+                status=CommandStatus.FENCED.value,
+                saga_id=holder.saga_id,
+                command=holder.model_dump(mode="json"),
+                reply=None if reply is None else reply.model_dump(mode="json"),
+            )
+            .on_conflict_do_nothing(index_elements=["command_id"])
+            .returning(self.table.c.command_id)
+        )
+        return (await conn.execute(statement)).first() is not None
+
+    async def update_fenced(
+        self, conn: AsyncConnection, command_id: str, command: Envelope, reply: Envelope
+    ) -> None:
+        """Turn a pending command into a tombstone, or complete a tombstone with the refusal
+        of the command it fences once that command has arrived."""
+        values: dict[str, Any] = {
+            "status": CommandStatus.FENCED.value,
+            "message_type": command.message_type,
+            "command": command.model_dump(mode="json"),
+            "reply": reply.model_dump(mode="json"),
+            "updated_at": func.now(),
+        }
+        await conn.execute(
+            update(self.table).where(self.table.c.command_id == command_id).values(**values)
+        )
 
     async def select_for_update(
         self, conn: AsyncConnection, command_id: str
