@@ -1,5 +1,7 @@
 """The participant runtime against real Kafka and PostgreSQL: replies, de-duplication by
-command id, rollback on rejection, dead letters, deferred replies, committed offsets."""
+command id, rollback on rejection, dead letters, deferred replies, committed offsets,
+tombstones (compensations and fences that overtake their command, the batch look-ahead) and
+heartbeats."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_sdk import (
+    FENCE_MESSAGE_TYPE,
     Command,
     CommandRejected,
     DeadLetterHeader,
@@ -33,6 +36,9 @@ from service_sdk import (
     decode_headers,
     encode_headers,
 )
+from service_sdk.contract import Heartbeat
+from service_sdk.errors import CommandFencedError
+from service_sdk.service import Fence
 from service_sdk.testing import command_envelope
 from tests.support.waiting import eventually
 
@@ -77,6 +83,22 @@ async def touch(cmd: Touch, ctx: HandlerContext) -> Touched | Deferred:
     if cmd.mode == "held":
         await GATES[cmd.key].wait()
     return Touched(key=cmd.key, run=CALLS[ctx.command_id])
+
+
+class Untouch(Command):
+    """The compensation of Touch: removes the effects of its key."""
+
+    message_type: ClassVar[str] = "sdkprobe.untouch"
+    key: str
+
+
+@SERVICE.handles(Untouch)
+async def untouch(cmd: Untouch, ctx: HandlerContext) -> dict[str, int]:
+    CALLS[ctx.command_id] += 1
+    result = await ctx.connection.execute(
+        text("DELETE FROM sdkprobe.effects WHERE key = :key"), {"key": cmd.key}
+    )
+    return {"undone": result.rowcount}
 
 
 @dataclass
@@ -172,6 +194,17 @@ class Harness:
             await consumer.stop()
         return records
 
+    async def heartbeats_until(
+        self, done: Callable[[list[Heartbeat]], bool], what: str
+    ) -> list[tuple[Any, Heartbeat]]:
+        """The heartbeat records from the start, with their heartbeats, until ``done``."""
+
+        def enough(records: list[Any]) -> bool:
+            return done([Heartbeat.model_validate_json(r.value) for r in records])
+
+        records = await self.read_until(self.topics.heartbeats, enough, what)
+        return [(r, Heartbeat.model_validate_json(r.value)) for r in records]
+
     async def replies(self, count: int) -> list[Envelope]:
         return [decode_envelope(r.value) for r in await self.read(self.topics.replies, count)]
 
@@ -253,7 +286,13 @@ async def harness(
     kafka_producer_settings: dict[str, Any],
     kafka_consumer_settings: dict[str, Any],
 ) -> AsyncIterator[Harness]:
-    await fresh_topics("sdkprobe.commands", "saga.replies", "sdkprobe.commands.dlq", partitions=2)
+    await fresh_topics(
+        "sdkprobe.commands",
+        "saga.replies",
+        "sdkprobe.commands.dlq",
+        "saga.heartbeats",
+        partitions=2,
+    )
     async with db_engine.begin() as conn:
         await conn.execute(text("CREATE SCHEMA IF NOT EXISTS sdkprobe"))
         await conn.execute(
@@ -290,6 +329,26 @@ def touch_command(
         saga_type="probe",
         step="touch",
         **options,
+    )
+
+
+def undo_command(
+    compensates: str,
+    *,
+    key: str,
+    command_id: str,
+    fence: bool = False,
+    saga_id: str = "saga-1",
+) -> Envelope:
+    """The compensation (Untouch) or fence the coordinator sends when it gives up on
+    ``compensates``."""
+    return command_envelope(
+        Fence() if fence else Untouch(key=key),
+        saga_id=saga_id,
+        saga_type="probe",
+        step="touch",
+        command_id=command_id,
+        compensates=compensates,
     )
 
 
@@ -550,3 +609,287 @@ async def test_stopped_runner_cannot_restart(harness: Harness) -> None:
     await runner.stop()
     with pytest.raises(RuntimeError, match="cannot be started again"):
         await runner.start()
+
+
+# -- tombstones ----------------------------------------------------------------------------
+
+
+async def test_compensation_before_its_command_leaves_a_tombstone(harness: Harness) -> None:
+    await harness.start_runner()
+    command = touch_command(key="late", command_id="cmd-late")
+    undo = undo_command("cmd-late", key="late", command_id="cmd-late-undo")
+    await harness.send(undo)
+
+    (answer,) = await harness.replies(1)
+    assert (answer.command_id, answer.message_type) == ("cmd-late-undo", "sdkprobe.untouch")
+    assert answer.outcome is Outcome.SUCCESS
+    assert answer.payload == {"fenced": True}
+    assert CALLS["cmd-late-undo"] == 0  # nothing to undo: the compensation did not run
+    tombstone = await harness.record("cmd-late")
+    assert tombstone.status == "fenced"
+
+    # The command arrives after all (a copy and a re-send): refused, its handler never runs.
+    await harness.send(command)
+    await harness.send(command.model_copy(update={"message_id": "late-resend", "attempt": 2}))
+    await harness.send(undo)  # a copy of the undo: answered from its record
+
+    _, first, second, again = await harness.replies(4)
+    for refusal in (first, second):
+        assert (refusal.command_id, refusal.message_type) == ("cmd-late", "sdkprobe.touch")
+        assert refusal.outcome is Outcome.FAILURE
+        assert refusal.error is not None
+        assert refusal.error.startswith("fenced:")
+        assert refusal.payload == {"fenced": True, "fenced_by": "cmd-late-undo"}
+    assert second.message_id == first.message_id
+    assert again.message_id == answer.message_id
+    assert CALLS["cmd-late"] == 0
+    assert await harness.effects("late") == 0
+    row = await harness.record("cmd-late")
+    assert (row.status, row.message_type) == ("fenced", "sdkprobe.touch")
+    assert row.reply["message_id"] == first.message_id
+    assert harness.observer.results == [
+        ("sdkprobe.untouch", "tombstoned"),
+        ("sdkprobe.touch", "fenced"),
+        ("sdkprobe.touch", "fenced"),
+        ("sdkprobe.untouch", "duplicate"),
+    ]
+
+
+async def test_compensation_after_its_command_runs_its_handler(harness: Harness) -> None:
+    await harness.start_runner()
+    await harness.send(touch_command(key="ran", command_id="cmd-ran"))
+    await harness.replies(1)
+    assert await harness.effects("ran") == 1
+
+    await harness.send(undo_command("cmd-ran", key="ran", command_id="cmd-ran-undo"))
+
+    _, answer = await harness.replies(2)
+    assert answer.command_id == "cmd-ran-undo"
+    assert (answer.outcome, answer.payload) == (Outcome.SUCCESS, {"undone": 1})
+    assert CALLS["cmd-ran-undo"] == 1
+    assert await harness.effects("ran") == 0
+    assert (await harness.record("cmd-ran")).status == "done"
+
+
+async def test_compensation_of_a_refused_command_does_not_run(harness: Harness) -> None:
+    await harness.start_runner()
+    await harness.send(touch_command("reject", key="no", command_id="cmd-no"))
+    (refused,) = await harness.replies(1)  # answered before the undo is sent: not one batch
+    await harness.send(undo_command("cmd-no", key="no", command_id="cmd-no-undo"))
+
+    _, answer = await harness.replies(2)
+    assert refused.outcome is Outcome.FAILURE
+    assert (answer.outcome, answer.payload) == (Outcome.SUCCESS, {"fenced": True})
+    assert CALLS["cmd-no-undo"] == 0
+    assert (await harness.record("cmd-no")).status == "done"  # its refusal stays as it was
+
+
+async def test_fence_reports_whether_its_command_ran(harness: Harness) -> None:
+    await harness.start_runner()
+    await harness.send(touch_command(key="done", command_id="cmd-done"))
+    await harness.replies(1)  # answered before the fence is sent: not one batch
+    await harness.send(undo_command("cmd-done", key="done", command_id="fence-1", fence=True))
+    await harness.send(undo_command("cmd-gone", key="gone", command_id="fence-2", fence=True))
+    await harness.send(touch_command(key="gone", command_id="cmd-gone"))
+
+    ran, too_late, fenced, refused = await harness.replies(4)
+    assert ran.outcome is Outcome.SUCCESS
+    assert (too_late.command_id, too_late.message_type) == ("fence-1", FENCE_MESSAGE_TYPE)
+    assert too_late.outcome is Outcome.SUCCESS
+    assert too_late.payload == {"fenced": False, "executed": "success"}
+    assert await harness.effects("done") == 1  # the effect exists and is not undone
+    assert fenced.command_id == "fence-2"
+    assert (fenced.outcome, fenced.payload) == (Outcome.SUCCESS, {"fenced": True})
+    assert refused.command_id == "cmd-gone"
+    assert refused.outcome is Outcome.FAILURE
+    assert refused.payload == {"fenced": True, "fenced_by": "fence-2"}
+    assert CALLS["cmd-gone"] == 0
+    assert await harness.effects("gone") == 0
+    assert [result for _, result in harness.observer.results] == [
+        "success",
+        "unfenceable",
+        "tombstoned",
+        "fenced",
+    ]
+
+
+async def test_command_and_its_undo_in_one_batch_never_runs(harness: Harness) -> None:
+    # A participant back from an outage finds the command, a re-send of it and the undo the
+    # saga sent when it gave up, all queued: it refuses the command instead of running it.
+    command = touch_command(key="queued", command_id="cmd-queued")
+    undo = undo_command("cmd-queued", key="queued", command_id="cmd-queued-undo")
+    await harness.send(command)
+    await harness.send(command.model_copy(update={"message_id": "queued-resend", "attempt": 2}))
+    await harness.send(undo)
+    await harness.start_runner()
+
+    first, second, answer = await harness.replies(3)
+    assert first.command_id == second.command_id == "cmd-queued"
+    assert first.outcome is second.outcome is Outcome.FAILURE
+    assert first.payload == {"fenced": True, "fenced_by": "cmd-queued-undo"}
+    assert second.message_id == first.message_id
+    assert answer.command_id == "cmd-queued-undo"
+    assert (answer.outcome, answer.payload) == (Outcome.SUCCESS, {"fenced": True})
+    assert CALLS["cmd-queued"] == CALLS["cmd-queued-undo"] == 0
+    assert await harness.effects("queued") == 0
+    assert [result for _, result in harness.observer.results] == [
+        "fenced",
+        "fenced",
+        "tombstoned",
+    ]
+
+
+async def test_deferred_command_fenced_cannot_be_answered(harness: Harness) -> None:
+    runner = await harness.start_runner()
+    command = touch_command("defer", key="wait", command_id="cmd-wait")
+    await harness.send(command)
+
+    async def deferred() -> bool:
+        row = await harness.record("cmd-wait")
+        return row is not None and row.status == "pending"
+
+    await eventually(deferred, what="the command to be deferred")
+    await harness.send(undo_command("cmd-wait", key="wait", command_id="cmd-wait-undo"))
+
+    (answer,) = await harness.replies(1)
+    assert answer.command_id == "cmd-wait-undo"
+    assert (answer.outcome, answer.payload) == (Outcome.SUCCESS, {"fenced": True})
+    assert CALLS["cmd-wait-undo"] == 0
+    assert (await harness.record("cmd-wait")).status == "fenced"
+    with pytest.raises(CommandFencedError, match="cmd-wait"):
+        await runner.complete_later("cmd-wait", {"late": True})
+    with pytest.raises(CommandFencedError):
+        await runner.reject_later("cmd-wait", "changed my mind")
+
+    await harness.send(command)  # a re-delivery gets the refusal recorded when it was fenced
+    _, refused = await harness.replies(2)
+    assert refused.command_id == "cmd-wait"
+    assert refused.outcome is Outcome.FAILURE
+    assert refused.payload == {"fenced": True, "fenced_by": "cmd-wait-undo"}
+    assert CALLS["cmd-wait"] == 1
+
+
+async def test_undos_that_break_the_contract_are_dead_lettered(harness: Harness) -> None:
+    await harness.start_runner()
+    unnamed = undo_command("x", key="f", command_id="fence-unnamed", fence=True).model_copy(
+        update={"compensates": None}
+    )
+    itself = undo_command("selfish", key="s", command_id="selfish")
+    await harness.send(unnamed)
+    await harness.send(itself)
+    await harness.send(touch_command(key="fine"))
+
+    (reply,) = await harness.replies(1)
+    assert reply.payload["key"] == "fine"
+    letters = sorted(await harness.read(harness.dlq, 2), key=lambda r: r.offset)
+    messages = [decode_headers(r.headers)[DeadLetterHeader.EXCEPTION_MESSAGE] for r in letters]
+    assert messages == [
+        "a saga.fence command without compensates",
+        "a command that compensates itself",
+    ]
+    assert [decode_headers(r.headers)[DeadLetterHeader.REASON] for r in letters] == [
+        "schema",
+        "schema",
+    ]
+
+
+async def test_a_table_from_before_tombstones_is_widened(harness: Harness) -> None:
+    async with harness.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE sdkprobe.saga_processed_commands ("
+                " command_id text PRIMARY KEY, message_type text NOT NULL,"
+                " status text NOT NULL, saga_id text NOT NULL, command jsonb NOT NULL,"
+                " reply jsonb, created_at timestamptz NOT NULL DEFAULT now(),"
+                " updated_at timestamptz NOT NULL DEFAULT now(),"
+                " CONSTRAINT saga_processed_commands_status_check"
+                " CHECK (status IN ('done', 'pending')))"
+            )
+        )
+    runner = await harness.start_runner()
+    await runner.install_schema()  # again: nothing left to change
+
+    await harness.send(undo_command("cmd-old", key="old", command_id="cmd-old-undo"))
+    (answer,) = await harness.replies(1)
+    assert answer.payload == {"fenced": True}
+    assert (await harness.record("cmd-old")).status == "fenced"
+    async with harness.engine.connect() as conn:
+        checks = await conn.execute(
+            text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = 'sdkprobe.saga_processed_commands'::regclass AND contype = 'c'"
+            )
+        )
+        definition = str(checks.scalar_one())
+    assert "'fenced'" in definition
+
+
+# -- heartbeats ----------------------------------------------------------------------------
+
+
+def _listed(beat: Heartbeat) -> list[str]:
+    return [picked.command_id for picked in beat.in_progress]
+
+
+async def test_heartbeats_list_the_commands_picked_up_and_not_answered(harness: Harness) -> None:
+    runner = await harness.start_runner(heartbeat_interval_s=0.1, handler_attempts=1)
+    await harness.send(touch_command(key="hb-quick", command_id="cmd-hb-quick"))
+    await harness.replies(1)
+    await harness.send(touch_command("boom", key="hb-boom", command_id="cmd-hb-boom"))
+    await harness.read(harness.dlq, 1)
+    GATES["hb-held"] = gate = asyncio.Event()
+    try:
+        await harness.send(touch_command("held", key="hb-held", command_id="cmd-hb-held"))
+        await harness.heartbeats_until(
+            lambda beats: any("cmd-hb-held" in _listed(beat) for beat in beats),
+            "a heartbeat listing the held command",
+        )
+    finally:
+        gate.set()
+    await harness.replies(2)
+    held_at = 0
+
+    def three_after_the_held_one(beats: list[Heartbeat]) -> bool:
+        nonlocal held_at
+        found = [i for i, beat in enumerate(beats) if "cmd-hb-held" in _listed(beat)]
+        held_at = found[0] if found else len(beats)
+        return len(beats) >= held_at + 4
+
+    records = await harness.heartbeats_until(three_after_the_held_one, "3 more heartbeats")
+
+    beats = [beat for _, beat in records]
+    assert all(record.key == b"sdkprobe" for record, _ in records)
+    assert {(beat.service, beat.instance) for beat in beats} == {("sdkprobe", runner.instance)}
+    listed = [command_id for beat in beats for command_id in _listed(beat)]
+    # Listed once each: the handler still running, and the one dead-lettered without a reply.
+    assert listed.count("cmd-hb-held") == 1
+    assert listed.count("cmd-hb-boom") == 1
+    (held,) = [p for p in beats[held_at].in_progress if p.command_id == "cmd-hb-held"]
+    assert (held.saga_id, held.saga_type, held.step, held.attempt) == (
+        "saga-1",
+        "probe",
+        "touch",
+        1,
+    )
+    # Answered before the commands after it were even picked up: never listed from then on.
+    boom_at = next(i for i, beat in enumerate(beats) if "cmd-hb-boom" in _listed(beat))
+    assert all("cmd-hb-quick" not in _listed(beat) for beat in beats[boom_at:])
+
+
+async def test_heartbeats_can_be_turned_off(harness: Harness) -> None:
+    runner = await harness.start_runner(heartbeat_interval_s=0)
+    await harness.send(touch_command(key="quiet"))
+    await harness.replies(1)
+    await runner.stop()
+    ends = await _end_offsets(harness, harness.topics.heartbeats)
+    assert sum(ends.values()) == 0
+
+
+async def _end_offsets(harness: Harness, topic: str) -> dict[Any, int]:
+    consumer = AIOKafkaConsumer(topic, **harness.consumer_settings)
+    await consumer.start()
+    try:
+        partitions = await eventually(consumer.assignment, what=f"the partitions of {topic}")
+        return dict(await consumer.end_offsets(list(partitions)))
+    finally:
+        await consumer.stop()
