@@ -35,13 +35,18 @@ from coordinator.runtime.kafka import ensure_topics
 from coordinator.runtime.outbox import OutboxRelay
 from coordinator.runtime.processor import BatchProcessor
 from coordinator.runtime.producer import ProducerHandle
+from coordinator.runtime.transient import is_transient
 from coordinator.store.database import create_engine
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Topics
+from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
 __all__ = ["Coordinator", "CoordinatorBackend"]
 
 logger = logging.getLogger(__name__)
+
+# Waiting for Kafka at start: soon at first, then every few seconds for as long as it takes.
+_CONNECT_RETRIES = RetryPolicy(initial_backoff_s=0.5, max_backoff_s=5.0)
 
 
 class Coordinator:
@@ -73,6 +78,9 @@ class Coordinator:
         self._started = False
         self._stopped = False
         self.producers = ProducerHandle(settings.kafka)
+        self._topics_ready = False
+        self._connected = False
+        self._http_task: asyncio.Task[None] | None = None
         self.store: SagaStore
         self.relay: OutboxRelay
         self.processor: BatchProcessor
@@ -121,8 +129,12 @@ class Coordinator:
             plan.append((Topics.dead_letters(topics.commands(service)), 1))
         return plan
 
-    async def start(self) -> None:
-        """Connect to PostgreSQL and Kafka and join the consumer group."""
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Build the components, serve the HTTP API (not ready yet), then connect to Kafka.
+
+        Kafka being unreachable is waited out (logged once per interval) until it answers or
+        ``stop`` is set; PostgreSQL is connected to lazily, and every loop waits it out too.
+        """
         if self._started:
             return
         self._started = True
@@ -133,9 +145,6 @@ class Coordinator:
         self.metrics.prime(
             self.registry, dead_letter_topics=(self.topics.replies, self.topics.requests)
         )
-        if settings.kafka.create_topics:
-            await ensure_topics(settings.kafka.bootstrap_servers, self.topic_plan())
-        await self.producers.start()
         self.relay = OutboxRelay(
             self.store,
             self.producers,
@@ -203,23 +212,51 @@ class Coordinator:
             services=sorted(self.registry.services()),
             liveness_window_s=settings.deadlines.liveness_window_s,
         )
-        await self.consumer.start()
-        await self.heartbeats.start()
         if settings.http.port is not None:
             self.http = HttpServer(
                 create_api(CoordinatorBackend(self), settings.http), settings.http
             )
             self.http.start()  # binds now: a taken port fails the start, not the serve
+            # Served already while Kafka may still be unreachable: /ready answers 503 then.
+            self._http_task = asyncio.create_task(self.http.run(), name="http-api")
+        try:
+            await call_with_retries(
+                self._connect,
+                _CONNECT_RETRIES,
+                retry_on=is_transient,
+                on_retry=RetryLog(
+                    logger, f"connecting to Kafka at {settings.kafka.bootstrap_servers}"
+                ),
+                stop=stop,
+            )
+        except Exception:
+            if stop is not None and stop.is_set():
+                logger.info("stopped before Kafka could be reached")
+                return
+            raise
+        self._connected = True
         logger.info(
             "coordinator started (kafka %s, group %s)",
             settings.kafka.bootstrap_servers,
             settings.kafka.group_id,
         )
 
+    async def _connect(self) -> None:
+        """Topics, the producer, the consumer groups: each step done once, kept on a retry."""
+        settings = self.settings
+        if settings.kafka.create_topics and not self._topics_ready:
+            await ensure_topics(settings.kafka.bootstrap_servers, self.topic_plan())
+            self._topics_ready = True
+        await self.producers.start()
+        await self.consumer.start()
+        await self.heartbeats.start()
+
     async def serve(self, stop: asyncio.Event) -> None:
         """Run every component until ``stop`` is set or one of them fails, then drain."""
         if not self._started:
-            await self.start()
+            await self.start(stop)
+        if not self._connected:
+            return  # stopped while still waiting for Kafka
         async with asyncio.TaskGroup() as group:
             consumer_task = group.create_task(self.consumer.run(), name="reply-consumer")
             relay_task = group.create_task(self.relay.run(), name="outbox-relay")
@@ -229,7 +266,9 @@ class Coordinator:
             admission_task = group.create_task(self.admitter.run(), name="admission")
             heartbeat_task = group.create_task(self.heartbeats.run(), name="heartbeats")
             http = self.http
-            http_task = group.create_task(http.run(), name="http-api") if http else None
+            running_http = self._http_task
+            # The group watches the server started in start(): its failure stops all.
+            http_task = group.create_task(_await(running_http)) if running_http else None
             await stop.wait()
             logger.info("coordinator draining")
             # Read-only and possibly waiting on a partition's position: no need to finish.
@@ -271,6 +310,11 @@ class Coordinator:
             return
         self._stopped = True
         if self.http is not None:
+            self.http.stop()
+            if self._http_task is not None and not self._http_task.done():
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    async with asyncio.timeout(self.settings.shutdown_grace_s):
+                        await self._http_task
             self.http.close()
         with contextlib.suppress(Exception):
             await self.consumer.stop()
@@ -291,6 +335,11 @@ class Coordinator:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def _await(task: asyncio.Task[None]) -> None:
+    """Wait for a task started elsewhere, so a TaskGroup sees how it ends."""
+    await task
 
 
 class CoordinatorBackend:

@@ -68,11 +68,13 @@ def run(
         _stop_on_signals(stop)
         collectors = CollectorRegistry()
         metrics = CoordinatorMetrics(collectors)
-        async with (
-            serve_metrics(collectors, settings.metrics),
-            Coordinator(settings, sagas, metrics=metrics) as coordinator,
-        ):
-            await coordinator.serve(stop)
+        async with serve_metrics(collectors, settings.metrics):
+            coordinator = Coordinator(settings, sagas, metrics=metrics)
+            try:
+                # Not `async with`: a start still waiting for Kafka must end on SIGTERM too.
+                await coordinator.serve(stop)
+            finally:
+                await coordinator.stop()
 
     asyncio.run(serve())
 

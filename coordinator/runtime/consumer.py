@@ -108,7 +108,11 @@ class ReplyConsumer:
             [self._topics.replies, self._topics.requests],
             listener=_DrainOnRevoke(self._lock),
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()  # a failed start still holds connections and tasks
+            raise
         self._consumer = consumer
 
     @property

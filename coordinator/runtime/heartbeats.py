@@ -79,7 +79,11 @@ class HeartbeatListener:
             heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
             max_poll_records=self._settings.max_batch,
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()  # a failed start still holds connections and tasks
+            raise
         self._consumer = consumer
 
     def _decode(self, records: Sequence[Any]) -> list[Heartbeat]:
