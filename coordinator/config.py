@@ -41,11 +41,23 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = ""
     max_batch: int = Field(default=500, ge=1, le=10_000)
     poll_timeout_ms: int = Field(default=200, ge=1)
-    session_timeout_ms: int = Field(default=10_000, ge=1_000)
-    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    session_timeout_ms: int = Field(
+        default=6_000,
+        ge=1_000,
+        description="How soon a dead coordinator's partitions move to another instance. 6 s is "
+        "the broker's default minimum (group.min.session.timeout.ms); lower it there first.",
+    )
+    heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     reply_partitions: int = Field(default=8, ge=1)
     command_partitions: int = Field(default=8, ge=1)
     create_topics: bool = True
+    max_message_bytes: int = Field(
+        default=1_000_000,
+        ge=1_024,
+        description="The largest Kafka record (body, key and headers) the coordinator "
+        "produces; keep it at or below the brokers' message.max.bytes. The HTTP API refuses "
+        "a start whose request would exceed it.",
+    )
 
 
 class DatabaseSettings(BaseModel):
@@ -124,11 +136,13 @@ class HttpSettings(BaseModel):
     """The HTTP API (``coordinator.api.app``): start, inspect, retry and abort sagas.
 
     Mutating endpoints need ``Authorization: Bearer <token>``; with no token configured they
-    are refused (403), never open. Reads, ``/health`` and ``/ready`` need no token.
+    are refused (403), never open. Reads need the token too while ``token_for_reads`` is on
+    (by default: whenever a token is configured). ``/health``, ``/ready`` and the schema are
+    open. The limits bound what one client can make the coordinator hold.
     """
 
-    # All interfaces: the coordinator runs in a container behind a service/load balancer.
-    host: str = "0.0.0.0"
+    # Loopback unless told otherwise: a container or pod sets SAGA_HTTP__HOST=0.0.0.0.
+    host: str = "127.0.0.1"
     port: int | None = Field(
         default=8080,
         ge=0,
@@ -136,6 +150,47 @@ class HttpSettings(BaseModel):
         description="None (env: empty, 'none' or 'off') disables the API; 0 picks a free port.",
     )
     token: SecretStr | None = None
+    token_for_reads: bool | None = Field(
+        default=None,
+        description="Whether reads (GET /sagas...) need the token too; None: when a token is "
+        "configured. True without a token refuses reads (403).",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1_024,
+        le=64 * 1_048_576,
+        description="The largest request body accepted (413 beyond), checked before parsing.",
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1_024,
+        le=1_048_576,
+        description="The largest request line plus headers (uvicorn's "
+        "h11_max_incomplete_event_size); the connection is refused beyond.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="A connection whose request headers are not complete this long after it "
+        "opened (or after its previous response) is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="The longest wait for the next chunk of a request body (408 beyond).",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, le=300, description="Idle keep-alive connections are closed after this."
+    )
+    max_concurrency: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Connections plus requests in progress beyond which new requests are "
+        "answered 503 (uvicorn's limit_concurrency).",
+    )
 
     @field_validator("port", mode="before")
     @classmethod
@@ -143,6 +198,13 @@ class HttpSettings(BaseModel):
         if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
             return None
         return value
+
+    @property
+    def reads_need_token(self) -> bool:
+        """Whether the read endpoints check the bearer token."""
+        if self.token_for_reads is not None:
+            return self.token_for_reads
+        return self.token is not None and bool(self.token.get_secret_value())
 
 
 class MetricsSettings(BaseModel):
@@ -154,8 +216,9 @@ class MetricsSettings(BaseModel):
         le=65_535,
         description="Port of /metrics; None (env: empty, 'none' or 'off') turns it off.",
     )
-    # All interfaces: Prometheus scrapes the pod/container from outside.
-    host: str = "0.0.0.0"
+    # Loopback unless told otherwise: where Prometheus scrapes from outside the pod or
+    # container, the deployment sets SAGA_METRICS__HOST=0.0.0.0.
+    host: str = "127.0.0.1"
     refresh_interval_s: float = Field(
         default=15.0,
         gt=0,

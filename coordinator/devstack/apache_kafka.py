@@ -108,8 +108,10 @@ def render_server_properties(
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
-        "share.coordinator.core.state.topic.replication.factor": "1",
-        "share.coordinator.core.state.topic.min.isr": "1",
+        # Tests may use sessions of a few seconds, for fast failover (the broker default: 6 s).
+        "group.min.session.timeout.ms": "1000",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
         "num.partitions": str(num_partitions),
         "auto.create.topics.enable": "true",
     }

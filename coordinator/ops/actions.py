@@ -1,7 +1,7 @@
 """Operator actions on sagas: look at one, list them, retry or abort one.
 
 Retry and abort run the pure engine on the locked saga row and persist the transition the way
-the reply consumer does (:func:`coordinator.runtime.processor.persist`: saga row with its version
+the reply consumer does (:func:`coordinator.store.persist.persist`: saga row with its version
 check, history, outbox), in one transaction. The engine records the action in the saga's
 history (``operator_action``, with actor and reason) and refuses actions that do not apply.
 

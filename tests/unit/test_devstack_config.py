@@ -53,7 +53,7 @@ class TestServerProperties:
         assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
         assert props["log.dirs"] == "/tmp/d"
         assert props["num.partitions"] == "4"
-        assert props["share.coordinator.core.state.topic.replication.factor"] == "1"
+        assert props["share.coordinator.state.topic.replication.factor"] == "1"
         assert props["transaction.state.log.min.isr"] == "1"
 
     def test_extra_properties_override(self) -> None:
