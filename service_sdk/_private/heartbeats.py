@@ -3,7 +3,10 @@
 :class:`PickupLog` is the bookkeeping (no I/O): which commands' handlers started since the
 last heartbeat that went out and have not been answered. :class:`HeartbeatPublisher` is the
 loop that sends a :class:`~service_sdk.contract.Heartbeat` every interval through an injected
-``send``, the first one at once.
+``send``, the first one at once, but only while the runner makes progress
+(:class:`~service_sdk._private.progress.Progress`): a runner whose database is down, or whose
+loop is stuck, withholds its heartbeats, so the coordinator stops counting it alive and the
+deadlines of the commands it does not pick up run out.
 
 A pickup is reported once: a heartbeat that went out clears what it listed; a heartbeat that
 failed leaves it for the next one. A command answered before a heartbeat goes out is not
@@ -20,6 +23,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 
+from service_sdk._private.progress import Progress
 from service_sdk.contract.envelope import Envelope
 from service_sdk.contract.heartbeat import Heartbeat, PickedUpCommand
 from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
@@ -91,7 +95,10 @@ class HeartbeatPublisher:
     """Sends a heartbeat at once and then every ``interval_s`` until ``stop`` is set.
 
     A failed send is retried one interval later and logged at most once per 30 s (through
-    :class:`~service_sdk.retry.RetryLog`). Cancellation ends the loop at once and propagates.
+    :class:`~service_sdk.retry.RetryLog`). While ``progress`` says the runner is not live, a
+    heartbeat due is withheld (its pickups wait for the next one that goes out); the first
+    withheld one and the first sent again after it are logged. Cancellation ends the loop at
+    once and propagates.
 
     Args:
         service: The service name.
@@ -100,6 +107,11 @@ class HeartbeatPublisher:
         send: Publishes one heartbeat; raises when it was not acknowledged.
         pickups: The pickups to report.
         stop: Set when the runner stops.
+        progress: Whether the runner makes progress; None sends every heartbeat.
+
+    Attributes:
+        sent: Heartbeats sent.
+        withheld: Heartbeats withheld because the runner made no progress.
     """
 
     def __init__(
@@ -111,6 +123,7 @@ class HeartbeatPublisher:
         send: Callable[[Heartbeat], Awaitable[None]],
         pickups: PickupLog,
         stop: asyncio.Event,
+        progress: Progress | None = None,
     ) -> None:
         if not interval_s > 0:
             raise ValueError("interval_s must be more than 0")
@@ -118,9 +131,12 @@ class HeartbeatPublisher:
         self.instance = instance
         self.interval_s = interval_s
         self.sent = 0
+        self.withheld = 0
         self._send = send
         self._pickups = pickups
         self._stop = stop
+        self._progress = progress
+        self._withholding = False
         self._retries = RetryPolicy(
             initial_backoff_s=interval_s, max_backoff_s=interval_s, multiplier=1.0
         )
@@ -135,12 +151,35 @@ class HeartbeatPublisher:
         self.sent += 1
         return heartbeat
 
+    async def beat_if_live(self) -> Heartbeat | None:
+        """Send one heartbeat (:meth:`beat`) if the runner makes progress; else None."""
+        why_not = self._progress.why_not() if self._progress is not None else None
+        if why_not is not None:
+            self.withheld += 1
+            if not self._withholding:
+                self._withholding = True
+                logger.warning(
+                    "service %s: withholding heartbeats while it makes no progress (%s)",
+                    self.service,
+                    why_not,
+                )
+            return None
+        heartbeat = await self.beat()
+        if self._withholding:
+            self._withholding = False
+            logger.info(
+                "service %s: making progress again; heartbeats resumed after %d withheld",
+                self.service,
+                self.withheld,
+            )
+        return heartbeat
+
     async def run(self) -> None:
         """Send heartbeats until ``stop`` is set."""
         while not self._stop.is_set():
             try:
                 await call_with_retries(
-                    self.beat, self._retries, on_retry=self._log, stop=self._stop
+                    self.beat_if_live, self._retries, on_retry=self._log, stop=self._stop
                 )
             except Exception:
                 if self._stop.is_set():
