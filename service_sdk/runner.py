@@ -12,8 +12,10 @@ For every batch from ``<prefix><service>.commands``, record by record in partiti
    transaction and its reply is recorded with it.
 3. Publish the reply to the command's ``reply_to`` (default ``saga.replies``), keyed by saga id.
 
-After the batch the producer is flushed and only then are the offsets committed, so a crash
-re-delivers commands (answered from the record) rather than losing replies.
+Only once Kafka acknowledged every reply and dead letter of the batch are its offsets
+committed, so a crash re-delivers commands (answered from the record) rather than losing
+replies. What Kafka did not acknowledge is published again, with backoff, until it is (or the
+runner stops: then nothing of the batch is committed and it is read again).
 
 **Tombstones.** When the coordinator gives up on a command X that may still run, it sends an
 *undo* carrying ``compensates = X``: the step's compensation, or a ``saga.fence`` for a step
@@ -47,16 +49,38 @@ started since the previous heartbeat and that are still unanswered when it is se
 still running, deferred commands, and commands dead-lettered after their handler ran. The
 coordinator reads them as "alive" (a command nobody has picked up yet is queued, not late) and
 "picked up" (the step's timeout runs from then). A failed send is retried at the next tick.
+Heartbeats mean *making progress*: while one of the runner's retry loops is failing (its
+database is unreachable, its replies are not acknowledged) or its loop has neither polled nor
+started or answered a command within ``progress_timeout_s``, heartbeats are withheld, so the
+coordinator stops counting the service alive and the deadlines of commands it does not pick
+up run out (see :mod:`service_sdk._private.progress`).
+
+**Outages.** Failures that are about reaching PostgreSQL or Kafka (:mod:`service_sdk.transient`)
+are waited out, never held against a command:
+
+- :meth:`ServiceRunner.start` does not fail while the database or the brokers are unreachable
+  (or PostgreSQL is still starting up): it returns, and the runner keeps trying in the
+  background, with backoff, until it consumes (:attr:`~ServiceRunner.ready`);
+- a command's transaction that fails because the database went away is run again once it is
+  back, without counting as a handler attempt: it is never dead-lettered for that;
+- a producer whose idempotence state the broker lost (after a long outage every send fails
+  with ``OutOfOrderSequenceNumber``) is closed and recreated (:mod:`service_sdk.producer`),
+  and what it did not deliver is published again;
+- every retry loop backs off (up to 5 s) and logs at most once per 30 s
+  (:class:`~service_sdk.retry.RetryLog`); aiokafka's own per-attempt error lines are
+  throttled likewise (:mod:`service_sdk.kafka_logs`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -70,6 +94,7 @@ from service_sdk._private import fencing
 from service_sdk._private.heartbeats import HeartbeatPublisher, PickupLog, instance_id
 from service_sdk._private.idempotency import ProcessedCommands
 from service_sdk._private.processing import CommandProcessor, log_extra
+from service_sdk._private.progress import Progress
 from service_sdk.config import KafkaConfig
 from service_sdk.contract.envelope import Command, Envelope, MessageKind, Outcome, decode_envelope
 from service_sdk.contract.headers import Header, decode_headers, encode_headers
@@ -78,9 +103,12 @@ from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
 from service_sdk.dead_letters import DeadLetterRecord
 from service_sdk.errors import ContractError, MalformedMessageError, UnknownMessageTypeError
+from service_sdk.kafka_logs import throttle_kafka_logs
 from service_sdk.observer import NoObserver, RunnerObserver
+from service_sdk.producer import ProducerFactory, ProducerHandle
 from service_sdk.retry import RetryEvent, RetryLog, RetryPolicy, call_with_retries
 from service_sdk.service import Service, reply_envelope, reply_payload
+from service_sdk.transient import is_transient, is_transient_database_error
 
 __all__ = ["RunnerObserver", "ServiceRunner"]
 
@@ -128,12 +156,25 @@ class ServiceRunner:
         group_id: Consumer group; ``"<service>-service"`` when None.
         max_batch: Most records taken per poll.
         handler_attempts: Runs of a handler raising an unexpected error before the command
-            is dead-lettered (reason ``handler_error``).
+            is dead-lettered (reason ``handler_error``). A transient database error (the
+            database restarting, say) is not counted: the command waits for the database.
         handler_backoff_s: Wait after the first failed run; doubles per further run. Also
-            the first wait while the database is unreachable (doubling up to 5 s).
+            the first wait while the database or Kafka is unreachable (doubling up to 5 s).
         heartbeat_interval_s: Seconds between heartbeats to ``saga.heartbeats``; 0 or None
             sends none (the coordinator then counts deadlines from the send).
+        progress_timeout_s: A runner that has neither polled nor started or answered a command
+            for this long makes no progress: it withholds heartbeats and is not
+            :attr:`healthy`. Default: three heartbeat intervals (30 s without heartbeats).
+            A handler running longer than this holds heartbeats back until it ends.
         observer: Metrics hooks.
+        setup: Creates the service's own tables, in the start-up transaction that creates
+            the processed-commands table (retried with it while the database is away).
+        producer_factory: Makes a new, not yet started producer; the default makes an
+            ``AIOKafkaProducer`` from ``kafka``. A producer that lost its idempotence state
+            on the broker is stopped and replaced by a new one from here.
+        throttle_kafka_logs: Attach :func:`service_sdk.kafka_logs.throttle_kafka_logs` to
+            aiokafka's loggers at start (its per-attempt connection errors at most once per
+            30 s); False leaves aiokafka's logging as it is.
 
     Attributes:
         instance: This runner's unique id in its heartbeats (``<host>-<pid>-<hex>``).
@@ -156,7 +197,11 @@ class ServiceRunner:
         handler_attempts: int = 3,
         handler_backoff_s: float = 0.2,
         heartbeat_interval_s: float | None = 2.0,
+        progress_timeout_s: float | None = None,
         observer: RunnerObserver | None = None,
+        setup: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+        producer_factory: ProducerFactory | None = None,
+        throttle_kafka_logs: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -166,35 +211,54 @@ class ServiceRunner:
             raise ValueError("handler_attempts must be at least 1")
         if handler_backoff_s < 0:
             raise ValueError("handler_backoff_s must be at least 0")
+        if progress_timeout_s is not None and not progress_timeout_s > 0:
+            raise ValueError("progress_timeout_s must be more than 0")
         self.service = service
         self.topics = topics if topics is not None else Topics()
         self.group_id = group_id if group_id is not None else f"{service.name}-service"
         self.topic = self.topics.commands(service.name)
         self._kafka = kafka
         self._engine = engine
+        self._setup = setup
         self._max_batch = max_batch
         self._handler_attempts = handler_attempts
         self._handler_backoff_s = handler_backoff_s
+        self._throttle_kafka_logs = throttle_kafka_logs
         self._handler_retries = RetryPolicy(
             initial_backoff_s=handler_backoff_s,
             max_backoff_s=math.inf,
             max_attempts=handler_attempts,
         )
-        # An unreachable database is not the command's fault: wait for it, however long.
+        # An unreachable database or broker is not the command's fault: wait for it, however
+        # long, backing off so that an outage costs neither CPU nor log lines.
         connect_backoff_s = max(handler_backoff_s, 0.05)
         self._connect_retries = RetryPolicy(
             initial_backoff_s=connect_backoff_s,
             max_backoff_s=max(connect_backoff_s, _MAX_CONNECT_BACKOFF_S),
         )
-        self._connect_log = RetryLog(logger, f"service {service.name}: connecting to the database")
+        name = f"service {service.name}"
+        self._start_log = RetryLog(logger, f"{name}: starting (database and Kafka)")
+        self._connect_log = RetryLog(logger, f"{name}: connecting to the database")
+        self._database_log = RetryLog(logger, f"{name}: a command's transaction (database)")
+        self._poll_log = RetryLog(logger, f"{name}: polling Kafka")
+        self._publish_log = RetryLog(logger, f"{name}: publishing replies")
+        self._batch_log = RetryLog(logger, f"{name}: processing a batch", exc_info=True)
         self._observer: RunnerObserver = observer if observer is not None else NoObserver()
         self._store = ProcessedCommands(service.schema)
-        self._producer: Any = None
+        self._producers = ProducerHandle(
+            producer_factory or functools.partial(AIOKafkaProducer, **kafka.producer_kwargs()),
+            name=name,
+        )
         self._consumer: Any = None
+        self._installed = False
         self._task: asyncio.Task[None] | None = None
+        self._running = False
         self._stopping = asyncio.Event()
         self._stopped = False
         self.instance = instance_id()
+        if progress_timeout_s is None:
+            progress_timeout_s = 3 * heartbeat_interval_s if heartbeat_interval_s else 30.0
+        self._progress = Progress(progress_timeout_s)
         self._pickups = PickupLog(enabled=bool(heartbeat_interval_s))
         self._processor = CommandProcessor(service, self._store, self._pickups, self.topic)
         self._heartbeats: HeartbeatPublisher | None = None
@@ -206,67 +270,94 @@ class ServiceRunner:
                 send=self._send_heartbeat,
                 pickups=self._pickups,
                 stop=self._stopping,
+                progress=self._progress,
             )
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """True while the runner consumes: started, connected to its database and Kafka, and
+        not stopped. False while :meth:`start` keeps trying in the background."""
+        return self._running and not self._stopped
+
+    @property
+    def healthy(self) -> bool:
+        """True while :attr:`ready` and making progress, which is what its heartbeats say: no
+        retry loop failing (database, publishing, polling) and a poll, a handler start or an
+        answer within ``progress_timeout_s``."""
+        return self.ready and self._progress.live()
+
     async def install_schema(self) -> None:
-        """Create ``<schema>.saga_processed_commands`` if it does not exist."""
-        async with self._engine.begin() as conn:
-            await self._store.install(conn)
+        """Create ``<schema>.saga_processed_commands`` if it does not exist (and run ``setup``).
+
+        One attempt; :meth:`start` retries it while the database is unreachable.
+        """
+        conn = await self._open_connection()
+        try:
+            async with conn.begin():
+                await self._store.install(conn)
+                if self._setup is not None:
+                    await self._setup(conn)
+        except BaseException as exc:
+            await self._discard_if_broken(conn, exc)
+            raise
+        finally:
+            await conn.close()
 
     async def start(self) -> None:
         """Install the schema, connect to Kafka, start consuming and heartbeating in a task.
 
+        Returns once the runner consumes, or as soon as a first attempt failed for a
+        transient reason (the database or Kafka unreachable): the runner then keeps trying in
+        the background, with backoff, and is not :attr:`ready` until it consumes.
+
         Raises:
             RuntimeError: The runner was stopped before (a runner is started once).
+            Exception: A failure that is not transient (a refused password, say).
         """
         if self._stopped:
             raise RuntimeError("a stopped ServiceRunner cannot be started again")
         if self._task is not None:
             return
-        await self.install_schema()
-        producer = AIOKafkaProducer(**self._kafka.producer_kwargs())
-        await producer.start()
-        consumer = AIOKafkaConsumer(
-            self.topic,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **self._kafka.consumer_kwargs(),
-        )
+        if self._throttle_kafka_logs:
+            throttle_kafka_logs()
+        started = asyncio.Event()
+        task = asyncio.create_task(self._run(started), name=f"{self.service.name}-runner")
+        self._task = task
         try:
-            await consumer.start()
+            await started.wait()
         except BaseException:
-            await producer.stop()
+            task.cancel()
+            await asyncio.wait([task])
+            self._task = None
+            await self._close_clients()
             raise
-        self._producer, self._consumer = producer, consumer
-        self._task = asyncio.create_task(self._run(), name=f"{self.service.name}-runner")
-        logger.info(
-            "service %s consuming %s as group %s", self.service.name, self.topic, self.group_id
-        )
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            self._task = None
+            raise error
 
     async def stop(self) -> None:
         """Finish the batch in hand, publish its replies, commit its offsets, close Kafka.
 
-        Idempotent. The engine is the caller's and stays open.
+        Idempotent. A runner still trying to start gives up at once. The engine is the
+        caller's and stays open.
         """
         if self._stopped:
             return
         self._stopped = True
         self._stopping.set()
         if self._task is not None:
+            if not self._running:
+                self._task.cancel()  # still connecting: nothing to finish
             # wait() rather than await: a loop that failed was logged, and the clients
             # must be closed anyway.
             await asyncio.wait([self._task])
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        await self._close_clients()
         logger.info("service %s stopped", self.service.name)
 
     async def wait(self) -> None:
-        """Wait until the consume loop ends (after :meth:`stop`, or a fatal Kafka error).
+        """Wait until the consume loop ends (after :meth:`stop`, or a fatal error).
 
         Raises:
             Exception: The error that ended the loop.
@@ -286,6 +377,36 @@ class ServiceRunner:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    async def _open(self) -> None:
+        """One attempt at what the runner needs to consume; what succeeded is kept."""
+        if not self._installed:
+            await self.install_schema()
+            self._installed = True
+        await self._producers.current()
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                self.topic,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **self._kafka.consumer_kwargs(),
+            )
+            try:
+                await consumer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                raise
+            self._consumer = consumer
+
+    async def _close_clients(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        try:
+            if consumer is not None:
+                await consumer.stop()
+        finally:
+            await self._producers.stop()
 
     # -- deferred replies ------------------------------------------------------------------
 
@@ -339,7 +460,7 @@ class ServiceRunner:
     async def _finish_later(
         self, command_id: str, build: Callable[[Envelope], Envelope]
     ) -> Envelope:
-        if self._producer is None or self._stopped:
+        if not self.ready:
             raise RuntimeError("the runner is not running")
         async with self._engine.begin() as conn:
             reply, command = await self._processor.finish_later(conn, command_id, build)
@@ -356,14 +477,49 @@ class ServiceRunner:
     # -- heartbeats ------------------------------------------------------------------------
 
     async def _send_heartbeat(self, heartbeat: Heartbeat) -> None:
-        await self._producer.send_and_wait(
-            self.topics.heartbeats, heartbeat.to_bytes(), key=self.service.name.encode()
+        await self._producers.send_and_wait(
+            self.topics.heartbeats, value=heartbeat.to_bytes(), key=self.service.name.encode()
         )
 
     # -- the consume loop ------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        """Consume until stopped; heartbeats beside it, for exactly as long."""
+    async def _run(self, started: asyncio.Event) -> None:
+        """Connect (retrying while the database or Kafka is away), then consume until stopped;
+        heartbeats beside the consume loop, for exactly as long."""
+
+        def on_retry(event: RetryEvent) -> None:
+            self._progress.failing("starting", event.error)
+            self._start_log(event)
+            started.set()  # start() returns; the runner keeps trying in the background
+
+        try:
+            await call_with_retries(
+                self._open,
+                self._connect_retries,
+                retry_on=is_transient,
+                on_retry=on_retry,
+                stop=self._stopping,
+            )
+        except BaseException as exc:
+            if self._stopping.is_set():
+                started.set()
+                if isinstance(exc, Exception):
+                    return  # stopped before it could start: its failures were logged
+                raise  # stop() cancelled the attempt; it closes the clients
+            if started.is_set() and isinstance(exc, Exception):
+                logger.exception("service %s: cannot start", self.service.name)
+            try:
+                await self._close_clients()
+            finally:
+                started.set()  # start() raises what this raises (the task ends right here)
+            raise
+        self._progress.recovered("starting")
+        self._progress.advanced()
+        self._running = True
+        started.set()
+        logger.info(
+            "service %s consuming %s as group %s", self.service.name, self.topic, self.group_id
+        )
         heartbeats: asyncio.Task[None] | None = None
         if self._heartbeats is not None:
             heartbeats = asyncio.create_task(
@@ -373,6 +529,7 @@ class ServiceRunner:
         try:
             await self._consume()
         finally:
+            self._running = False
             # A runner that no longer consumes must not look alive to the coordinator.
             if heartbeats is not None:
                 heartbeats.cancel()
@@ -385,44 +542,107 @@ class ServiceRunner:
             )
 
     async def _consume(self) -> None:
+        polling = self._progress.on_retry("polling", self._poll_log)
+        processing = self._progress.on_retry("processing", self._batch_log)
         try:
             while not self._stopping.is_set():
-                batch = await self._consumer.getmany(
-                    timeout_ms=_POLL_TIMEOUT_MS, max_records=self._max_batch
+                batch = await call_with_retries(
+                    self._poll,
+                    self._connect_retries,
+                    retry_on=is_transient,
+                    on_retry=polling,
+                    stop=self._stopping,
                 )
+                self._progress.recovered("polling")
+                self._progress.advanced()
                 if batch:
-                    await self._process_batch(batch)
+                    # An unexpected failure (a bug) takes the batch again after a backoff:
+                    # its answered commands are answered from the record.
+                    await call_with_retries(
+                        functools.partial(self._process_batch, batch),
+                        self._connect_retries,
+                        on_retry=processing,
+                        stop=self._stopping,
+                    )
+                    self._progress.recovered("processing")
         except Exception:
+            if self._stopping.is_set():
+                return  # stopping while Kafka was away: the failures were logged
             logger.exception("service %s: consume loop failed", self.service.name)
             raise
 
+    async def _poll(self) -> dict[Any, list[Any]]:
+        batch: dict[Any, list[Any]] = await self._consumer.getmany(
+            timeout_ms=_POLL_TIMEOUT_MS, max_records=self._max_batch
+        )
+        return batch
+
     async def _process_batch(self, batch: dict[Any, list[Any]]) -> None:
         done: dict[Any, int] = {}
-        sends: list[asyncio.Future[Any]] = []
+        deliveries: list[tuple[_Publication, asyncio.Future[Any]]] = []
         ahead = self._look_ahead(batch)
         try:
-            try:
-                for tp, records in batch.items():
-                    for record in records:
-                        for publication in await self._process_record(record, ahead):
-                            sends.append(await self._send(publication))
-                        done[tp] = record.offset + 1
-            except _StoppingError:
-                logger.info("service %s: stopping in the middle of a batch", self.service.name)
+            for tp, records in batch.items():
+                for record in records:
+                    for publication in await self._process_record(record, ahead):
+                        deliveries.append((publication, await self._send(publication)))
+                    done[tp] = record.offset + 1
+                    self._progress.advanced()
+        except _StoppingError:
+            logger.info("service %s: stopping in the middle of a batch", self.service.name)
+        except BaseException:
             # Every send is awaited, so that no failed future is left unretrieved.
-            results = await asyncio.gather(*sends, return_exceptions=True)
-            failures = [result for result in results if isinstance(result, BaseException)]
-            if failures:
-                raise failures[0]
-        except Exception:
-            # Nothing of this batch is committed: read it again. Answered commands are answered
-            # again from the record, so a reply is never lost, at worst published twice.
-            logger.exception("service %s: publishing failed; re-reading", self.service.name)
-            self._rewind(batch)
-            await self._pause(self._handler_backoff_s)
+            await asyncio.gather(*(future for _, future in deliveries), return_exceptions=True)
+            raise
+        if not await self._deliver(deliveries):
+            # Stopping with replies not acknowledged: nothing of this batch is committed, so it
+            # is read again and answered from the record: a reply is never lost.
             return
         if done:
             await self._commit(done)
+
+    async def _deliver(self, deliveries: list[tuple[_Publication, asyncio.Future[Any]]]) -> bool:
+        """Wait until Kafka acknowledged every publication, publishing again (with backoff,
+        on a new producer if the old one lost its state) what it did not.
+
+        Returns:
+            True when all were acknowledged; False when the runner stopped first.
+        """
+        in_flight = deliveries
+        unsent: list[_Publication] = []
+
+        async def attempt() -> None:
+            nonlocal in_flight, unsent
+            if unsent:
+                in_flight = [(publication, await self._send(publication)) for publication in unsent]
+            results = await asyncio.gather(
+                *(future for _, future in in_flight), return_exceptions=True
+            )
+            failed = [
+                (publication, result)
+                for (publication, _), result in zip(in_flight, results, strict=True)
+                if isinstance(result, BaseException)
+            ]
+            unsent, in_flight = [publication for publication, _ in failed], []
+            if failed:
+                error = failed[0][1]
+                if isinstance(error, Exception):
+                    raise error
+                raise KafkaError(f"a delivery ended without an answer: {error!r}")
+
+        try:
+            await call_with_retries(
+                attempt,
+                self._connect_retries,
+                on_retry=self._progress.on_retry("publishing", self._publish_log),
+                stop=self._stopping,
+            )
+        except Exception:
+            if self._stopping.is_set():
+                return False
+            raise  # not reached: every failure is retried until stop
+        self._progress.recovered("publishing")
+        return True
 
     def _look_ahead(self, batch: dict[Any, list[Any]]) -> dict[str, Envelope]:
         """The commands this batch's undos name: they are refused rather than run, as if
@@ -439,14 +659,6 @@ class ServiceRunner:
                     continue  # dead-lettered when its turn comes
         return fencing.fences_ahead(undos, self.service.understands)
 
-    def _rewind(self, batch: dict[Any, list[Any]]) -> None:
-        for tp, records in batch.items():
-            try:
-                self._consumer.seek(tp, records[0].offset)
-            except KafkaError as exc:
-                # The partition was revoked meanwhile; its new owner reads from the commit.
-                logger.debug("cannot rewind %s: %r", tp, exc)
-
     async def _commit(self, offsets: dict[Any, int]) -> None:
         try:
             await self._consumer.commit(offsets)
@@ -456,13 +668,13 @@ class ServiceRunner:
             logger.warning("service %s: offset commit failed: %r", self.service.name, exc)
 
     async def _send(self, publication: _Publication) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = await self._producer.send(
+        """Queue one publication; a failure to queue it is a failed future, not an error."""
+        return await self._producers.send(
             publication.topic,
             value=publication.value,
             key=publication.key,
             headers=publication.headers,
         )
-        return future
 
     async def _process_record(self, record: Any, ahead: dict[str, Envelope]) -> list[_Publication]:
         try:
@@ -511,7 +723,7 @@ class ServiceRunner:
 
         try:
             return await call_with_retries(
-                lambda: self._execute(envelope, command, undo),
+                lambda: self._execute_while_the_database_is_away(envelope, command, undo),
                 self._handler_retries,
                 retry_on=lambda exc: not isinstance(exc, _StoppingError),
                 on_retry=on_retry,
@@ -531,6 +743,26 @@ class ServiceRunner:
             )
             return [self._dead_letter(record, exc, DeadLetterReason.HANDLER_ERROR)]
 
+    async def _execute_while_the_database_is_away(
+        self, envelope: Envelope, command: Command, undo: Envelope | None
+    ) -> list[_Publication]:
+        """One handler attempt: its transaction is run again, without counting as an attempt,
+        for as long as it fails because the database is away (restarting, say)."""
+        try:
+            publications = await call_with_retries(
+                lambda: self._execute(envelope, command, undo),
+                self._connect_retries,
+                retry_on=is_transient_database_error,
+                on_retry=self._progress.on_retry("database", self._database_log),
+                stop=self._stopping,
+            )
+        except Exception as exc:
+            if self._stopping.is_set() and is_transient_database_error(exc):
+                raise _StoppingError from exc
+            raise
+        self._progress.recovered("database")
+        return publications
+
     async def _execute(
         self, envelope: Envelope, command: Command, undo: Envelope | None
     ) -> list[_Publication]:
@@ -542,6 +774,9 @@ class ServiceRunner:
         try:
             async with conn.begin():
                 answer = await self._processor.answer(conn, envelope, command, undo)
+        except BaseException as exc:
+            await self._discard_if_broken(conn, exc)
+            raise
         finally:
             await conn.close()
         self._observe(envelope, answer.result, started)
@@ -554,29 +789,32 @@ class ServiceRunner:
         """A connection; while the database is unreachable, wait (this is not the command's
         fault, so it does not count as a handler attempt) until it is back or we stop."""
         try:
-            return await call_with_retries(
+            conn = await call_with_retries(
                 self._open_connection,
                 self._connect_retries,
-                on_retry=self._connect_log,
+                on_retry=self._progress.on_retry("database connection", self._connect_log),
                 stop=self._stopping,
             )
         except Exception as exc:
             if self._stopping.is_set():
                 raise _StoppingError from exc
             raise  # not reached: every failure is retried until stop
+        self._progress.recovered("database connection")
+        return conn
 
     async def _open_connection(self) -> AsyncConnection:
         conn = self._engine.connect()
         await conn.start()
         return conn
 
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep; return True early when the runner is asked to stop."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
+    @staticmethod
+    async def _discard_if_broken(conn: AsyncConnection, exc: BaseException) -> None:
+        """Keep a connection that failed for a transient reason, or was interrupted, out of
+        the pool: asyncpg leaves one busy after an interrupted operation, and the next user
+        would fail with "another operation is in progress"."""
+        if isinstance(exc, asyncio.CancelledError) or is_transient_database_error(exc):
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
 
     def _observe(self, envelope: Envelope, result: str, started: float) -> None:
         self._observer.command_processed(envelope.message_type, result, time.monotonic() - started)
