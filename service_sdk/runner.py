@@ -116,6 +116,7 @@ logger = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_MS = 200
 _MAX_CONNECT_BACKOFF_S = 5.0
+_MIN_PROGRESS_TIMEOUT_S = 5.0
 # Kafka's legal topic names. A reply to anything else could never be published, and the
 # consumer would retry that publication forever instead of moving on.
 _TOPIC_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}")
@@ -164,7 +165,8 @@ class ServiceRunner:
             sends none (the coordinator then counts deadlines from the send).
         progress_timeout_s: A runner that has neither polled nor started or answered a command
             for this long makes no progress: it withholds heartbeats and is not
-            :attr:`healthy`. Default: three heartbeat intervals (30 s without heartbeats).
+            :attr:`healthy`. Default: three heartbeat intervals, at least 5 s (30 s without
+            heartbeats).
             A handler running longer than this holds heartbeats back until it ends.
         observer: Metrics hooks.
         setup: Creates the service's own tables, in the start-up transaction that creates
@@ -257,7 +259,12 @@ class ServiceRunner:
         self._stopped = False
         self.instance = instance_id()
         if progress_timeout_s is None:
-            progress_timeout_s = 3 * heartbeat_interval_s if heartbeat_interval_s else 30.0
+            # Well above the poll timeout: an idle runner polls every 0.2 s.
+            progress_timeout_s = (
+                max(3 * heartbeat_interval_s, _MIN_PROGRESS_TIMEOUT_S)
+                if heartbeat_interval_s
+                else 30.0
+            )
         self._progress = Progress(progress_timeout_s)
         self._pickups = PickupLog(enabled=bool(heartbeat_interval_s))
         self._processor = CommandProcessor(service, self._store, self._pickups, self.topic)

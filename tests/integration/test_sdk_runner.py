@@ -1,11 +1,14 @@
 """The participant runtime against real Kafka and PostgreSQL: replies, de-duplication by
 command id, rollback on rejection, dead letters, deferred replies, committed offsets,
-tombstones (compensations and fences that overtake their command, the batch look-ahead) and
-heartbeats."""
+tombstones (compensations and fences that overtake their command, the batch look-ahead),
+heartbeats, and outages (a producer whose idempotence state the broker lost, replies Kafka did
+not acknowledge, a database or a broker that is down or starting up)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -13,9 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service_sdk import (
     FENCE_MESSAGE_TYPE,
@@ -136,15 +140,14 @@ class Harness:
         return Topics.dead_letters(self.commands)
 
     async def start_runner(self, **options: Any) -> ServiceRunner:
-        options = {"handler_attempts": 2, "handler_backoff_s": 0.05, **options}
-        runner = ServiceRunner(
-            SERVICE,
-            kafka=self.kafka,
-            engine=self.engine,
-            topics=self.topics,
-            observer=self.observer,
+        options = {
+            "handler_attempts": 2,
+            "handler_backoff_s": 0.05,
+            "kafka": self.kafka,
+            "engine": self.engine,
             **options,
-        )
+        }
+        runner = ServiceRunner(SERVICE, topics=self.topics, observer=self.observer, **options)
         self.runners.append(runner)
         await runner.start()
         return runner
@@ -893,3 +896,356 @@ async def _end_offsets(harness: Harness, topic: str) -> dict[Any, int]:
         return dict(await consumer.end_offsets(list(partitions)))
     finally:
         await consumer.stop()
+
+
+# -- outages -------------------------------------------------------------------------------
+
+
+class FaultyProducer:
+    """A real producer that fails its first sends the way aiokafka's does: the first failure
+    in the delivery future, the later ones when queueing (its sender task has died)."""
+
+    def __init__(self, kafka: KafkaConfig, failures: list[Exception]) -> None:
+        self.real = AIOKafkaProducer(**kafka.producer_kwargs())
+        self.failures = failures
+        self.sends = 0
+        self.failed = 0
+        self.stopped = False
+
+    async def start(self) -> None:
+        await self.real.start()
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await self.real.stop()
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Any = None,
+    ) -> asyncio.Future[Any]:
+        self.sends += 1
+        if self.failures:
+            error = self.failures.pop(0)
+            self.failed += 1
+            if self.failed > 1:
+                raise error
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_exception(error)
+            return future
+        delivery: asyncio.Future[Any] = await self.real.send(
+            topic, value=value, key=key, headers=headers
+        )
+        return delivery
+
+
+class FaultyProducers:
+    """Makes a :class:`FaultyProducer` per call, failing as the next failure list says."""
+
+    def __init__(self, kafka: KafkaConfig, *failures: list[Exception]) -> None:
+        self.kafka = kafka
+        self.failures = list(failures)
+        self.made: list[FaultyProducer] = []
+
+    def __call__(self) -> FaultyProducer:
+        failures = self.failures.pop(0) if self.failures else []
+        self.made.append(FaultyProducer(self.kafka, failures))
+        return self.made[-1]
+
+
+def _lines(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.WARNING) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= level and text in record.getMessage()
+    ]
+
+
+async def test_a_producer_that_lost_its_state_is_replaced_and_the_reply_published_once(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a long outage the broker no longer knows the producer: every send fails.
+    factory = FaultyProducers(harness.kafka, [OutOfOrderSequenceNumber() for _ in range(1000)])
+    runner = await harness.start_runner(producer_factory=factory, heartbeat_interval_s=0)
+    first = touch_command(key="lost-1", command_id="cmd-lost-1")
+    await harness.send(first)
+    await harness.replies_through("lost-1")
+    await harness.send(touch_command(key="lost-2", command_id="cmd-lost-2"))
+
+    replies = await harness.replies_through("lost-2")
+
+    assert [reply.command_id for reply in replies] == ["cmd-lost-1", "cmd-lost-2"]
+    broken, _ = factory.made
+    assert broken.stopped
+    assert broken.sends == 1  # renewed at the first failure, no send loop on it
+    assert runner._producers.renewals == 1
+    assert CALLS["cmd-lost-1"] == 1
+    # Answered once: published again from memory, not re-read and re-answered.
+    assert harness.observer.results == [("sdkprobe.touch", "success")] * 2
+    assert len(_lines(caplog, "lost its idempotence state")) == 1
+
+
+async def test_unacknowledged_replies_are_published_again_with_backoff_without_re_reading(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    timeouts: list[Exception] = [KafkaTimeoutError() for _ in range(4)]
+    factory = FaultyProducers(harness.kafka, timeouts)
+    caplog.set_level(logging.DEBUG, logger="service_sdk.runner")
+    runner = await harness.start_runner(producer_factory=factory, heartbeat_interval_s=0)
+    await harness.send(touch_command(key="flaky-1", command_id="cmd-flaky-1"))
+
+    (reply,) = await harness.replies_through("flaky-1")
+
+    assert reply.command_id == "cmd-flaky-1"
+    (producer,) = factory.made  # a timeout is no reason for a new producer
+    assert producer.sends == 5
+    assert runner._producers.renewals == 0
+    # The command was answered once (no "duplicate" from re-reading it), the failing loop
+    # logged once and then at DEBUG only, after waits that grew.
+    assert harness.observer.results == [("sdkprobe.touch", "success")]
+    assert len(_lines(caplog, "publishing replies failed")) == 1
+    waits = [
+        float(line.rsplit("retrying in ", 1)[1].split("s")[0])
+        for line in _lines(caplog, "publishing replies failed", logging.DEBUG)
+    ]
+    assert waits == sorted(waits)
+    assert len(waits) == 4
+    assert waits[-1] > waits[0]
+
+
+class Forwarder:
+    """A local TCP port in front of a real server, in one of three modes:
+
+    * ``forward``: pipes connections to the server;
+    * ``refuse``: accepts and closes them at once (a server that is down, but countable);
+    * ``starting_up``: answers like PostgreSQL during recovery: SQLSTATE 57P03, "the
+      database system is starting up".
+
+    Switching mode aborts the connections it was piping.
+    """
+
+    def __init__(self, host: str, port: int, mode: str = "forward") -> None:
+        self.target = (host, port)
+        self.mode = mode
+        self.refused = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._piped: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.switch("refuse")
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def switch(self, mode: str) -> None:
+        self.mode = mode
+        for writer in list(self._piped):
+            writer.transport.abort()
+        self._piped.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.mode == "forward":
+                await self._pipe(reader, writer)
+                return
+            self.refused += 1
+            if self.mode == "starting_up":
+                await _answer_starting_up(reader, writer)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._piped.update((writer, up_writer))
+
+        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+
+        try:
+            await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+        finally:
+            self._piped.discard(writer)
+            self._piped.discard(up_writer)
+
+
+async def _answer_starting_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """What PostgreSQL answers a client while it recovers (protocol 3: no TLS, then FATAL)."""
+    while True:
+        length = int.from_bytes(await reader.readexactly(4), "big")
+        code = int.from_bytes((await reader.readexactly(length - 4))[:4], "big")
+        if code not in (80877103, 80877104):  # SSLRequest, GSSENCRequest
+            break  # the startup message
+        writer.write(b"N")
+        await writer.drain()
+    fields = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0"
+    writer.write(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+    await writer.drain()
+
+
+@pytest.fixture
+async def postgres_forwarder(harness: Harness) -> AsyncIterator[tuple[Forwarder, AsyncEngine]]:
+    """A forwarder in front of the test database, and an engine that connects through it."""
+    url = harness.engine.url
+    assert url.host is not None
+    assert url.port is not None
+    forwarder = Forwarder(url.host, url.port)
+    await forwarder.start()
+    engine = create_async_engine(url.set(host="127.0.0.1", port=forwarder.port))
+    try:
+        yield forwarder, engine
+    finally:
+        for runner in harness.runners:
+            await runner.stop()  # before its engine goes
+        await engine.dispose()
+        await forwarder.stop()
+
+
+async def test_start_waits_for_a_database_that_is_starting_up(
+    harness: Harness,
+    postgres_forwarder: tuple[Forwarder, AsyncEngine],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    forwarder, engine = postgres_forwarder
+    forwarder.switch("starting_up")
+    runner = await harness.start_runner(engine=engine)
+    assert not runner.ready
+    assert not runner.healthy
+    await harness.send(touch_command(key="db-late", command_id="cmd-db-late"))
+    await eventually(lambda: forwarder.refused >= 3, what="3 attempts to connect")
+    assert not runner.ready
+    assert runner._task is not None
+    assert not runner._task.done()
+
+    forwarder.switch("forward")
+    (reply,) = await harness.replies_through("db-late")
+
+    assert reply.outcome is Outcome.SUCCESS
+    assert runner.ready
+    assert runner.healthy
+    assert len(_lines(caplog, "starting (database and Kafka) failed")) == 1
+
+
+async def test_a_command_waits_for_its_database_and_heartbeats_pause_meanwhile(
+    harness: Harness, postgres_forwarder: tuple[Forwarder, AsyncEngine]
+) -> None:
+    forwarder, engine = postgres_forwarder
+    runner = await harness.start_runner(engine=engine, heartbeat_interval_s=0.05)
+    await harness.send(touch_command(key="db-before", command_id="cmd-db-before"))
+    await harness.replies_through("db-before")  # the pool holds a connection now
+    heartbeats = runner._heartbeats
+    assert heartbeats is not None
+    await eventually(lambda: heartbeats.sent >= 2, what="heartbeats")
+    assert runner.healthy
+
+    forwarder.switch("starting_up")  # the database restarts: its connections are gone
+    await harness.send(touch_command(key="db-during", command_id="cmd-db-during"))
+    await eventually(lambda: forwarder.refused >= 2, what="attempts to reconnect")
+    await eventually(lambda: heartbeats.withheld >= 2, what="heartbeats withheld")
+    sent, withheld = heartbeats.sent, heartbeats.withheld
+    await eventually(lambda: heartbeats.withheld >= withheld + 4, what="more withheld")
+    assert heartbeats.sent == sent
+    assert not runner.healthy
+    assert runner.ready
+
+    forwarder.switch("forward")
+    replies = await harness.replies_through("db-during")
+
+    assert replies[-1].outcome is Outcome.SUCCESS
+    assert CALLS["cmd-db-during"] == 1
+    # Waiting for the database was no handler failure, and nothing was dead-lettered.
+    assert harness.observer.failures == []
+    assert harness.observer.dead == []
+    await eventually(lambda: heartbeats.sent > sent, what="heartbeats again")
+    await eventually(lambda: runner.healthy, what="healthy again")
+
+
+async def test_start_waits_for_a_broker_that_is_down_and_logs_it_once(
+    harness: Harness, kafka: KafkaService, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
+    forwarder = Forwarder(host, int(port), mode="refuse")
+    await forwarder.start()
+    try:
+        kafka_config = dataclasses.replace(
+            harness.kafka, bootstrap_servers=f"127.0.0.1:{forwarder.port}"
+        )
+        runner = await harness.start_runner(kafka=kafka_config)
+        assert not runner.ready
+        await harness.send(touch_command(key="kafka-late", command_id="cmd-kafka-late"))
+        await eventually(lambda: forwarder.refused >= 4, what="4 attempts to bootstrap")
+        assert not runner.ready
+        assert runner._task is not None
+        assert not runner._task.done()
+
+        forwarder.switch("forward")
+        (reply,) = await harness.replies_through("kafka-late")
+        assert reply.outcome is Outcome.SUCCESS
+        assert runner.ready
+    finally:
+        for runner in harness.runners:
+            await runner.stop()
+        await forwarder.stop()
+
+    # Our line once; aiokafka's own per-attempt lines at most once each (the throttle).
+    assert len(_lines(caplog, "starting (database and Kafka) failed")) == 1
+    kafka_lines = Counter(
+        record.msg
+        for record in caplog.records
+        if record.name.startswith("aiokafka") and record.levelno >= logging.WARNING
+    )
+    assert all(count == 1 for count in kafka_lines.values()), kafka_lines
+
+
+async def test_stop_ends_a_runner_that_never_reached_kafka(harness: Harness) -> None:
+    forwarder = Forwarder("127.0.0.1", 9, mode="refuse")
+    await forwarder.start()
+    try:
+        kafka_config = dataclasses.replace(
+            harness.kafka, bootstrap_servers=f"127.0.0.1:{forwarder.port}"
+        )
+        runner = await harness.start_runner(kafka=kafka_config)
+        await eventually(lambda: forwarder.refused >= 2, what="attempts to bootstrap")
+        await runner.stop()
+        assert runner._task is not None
+        assert runner._task.done()
+        assert not runner.ready
+        with pytest.raises(RuntimeError, match="cannot be started again"):
+            await runner.start()
+    finally:
+        await forwarder.stop()
+
+
+async def test_heartbeats_pause_while_the_loop_is_stuck_in_a_handler(harness: Harness) -> None:
+    runner = await harness.start_runner(heartbeat_interval_s=0.05, progress_timeout_s=0.5)
+    heartbeats = runner._heartbeats
+    assert heartbeats is not None
+    GATES["stuck"] = gate = asyncio.Event()
+    try:
+        await harness.send(touch_command("held", key="stuck", command_id="cmd-stuck"))
+        await eventually(lambda: heartbeats.withheld >= 2, what="heartbeats withheld")
+        sent, withheld = heartbeats.sent, heartbeats.withheld
+        await eventually(lambda: heartbeats.withheld >= withheld + 4, what="more withheld")
+        assert heartbeats.sent == sent
+        assert not runner.healthy
+    finally:
+        gate.set()
+    await harness.replies_through("stuck")
+    await eventually(lambda: heartbeats.sent > sent, what="heartbeats again")
+    assert runner.healthy
