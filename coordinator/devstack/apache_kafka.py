@@ -201,7 +201,13 @@ class KafkaDistribution:
 
 
 class ApacheKafka(ScratchServer):
-    """One KRaft node (broker + controller) on loopback, data in a scratch directory."""
+    """One KRaft node (broker + controller) on loopback, data in a scratch directory.
+
+    Restartable: :meth:`halt` / :meth:`kill` and :meth:`restart` run the node again on the
+    same log directories and ports.
+    """
+
+    restartable = True
 
     def __init__(
         self,
@@ -267,14 +273,18 @@ class ApacheKafka(ScratchServer):
         )
         self._process.spawn()
         bootstrap = f"{LOOPBACK}:{port}"
+        await self._await_serving(bootstrap)
+        return bootstrap
+
+    async def _await_serving(self, address: str) -> None:
+        assert self._process is not None
         await self._wait_ready(
             wait_for_kafka(
-                bootstrap, max_wait=self.startup_timeout, is_alive=self._process.is_running
+                address, max_wait=self.startup_timeout, is_alive=self._process.is_running
             ),
             f"Apache Kafka {self.version}",
             "kafka",
         )
-        return bootstrap
 
     def _write_config(self, port: int, controller_port: int) -> Path:
         assert self._workdir is not None

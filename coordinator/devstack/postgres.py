@@ -166,7 +166,16 @@ def postgres_server_args(
 
 
 class LocalPostgres(ScratchServer):
-    """A fresh cluster in a scratch directory, served on a free loopback port (trust auth)."""
+    """A fresh cluster in a scratch directory, served on a free loopback port (trust auth).
+
+    Restartable: after :meth:`kill` (every server process SIGKILLed) :meth:`restart` runs crash
+    recovery on the same data directory. Without ``fsync`` the server also runs with
+    ``synchronous_commit=off``, so a crash loses the last commits it acknowledged; a test that
+    crashes it passes ``settings={"synchronous_commit": "on"}`` (a process crash, unlike a
+    machine crash, needs no fsync to keep what was written).
+    """
+
+    restartable = True
 
     def __init__(
         self,
@@ -219,14 +228,18 @@ class LocalPostgres(ScratchServer):
         )
         self._process.spawn()
         url = f"postgresql+asyncpg://postgres@{LOOPBACK}:{port}/postgres"
+        await self._await_serving(url)
+        return url
+
+    async def _await_serving(self, address: str) -> None:
+        assert self._process is not None
         self._version = await self._wait_ready(
             wait_for_postgres(
-                url, max_wait=self.startup_timeout, is_alive=self._process.is_running
+                address, max_wait=self.startup_timeout, is_alive=self._process.is_running
             ),
             f"PostgreSQL ({self.kind})",
             "postgres",
         )
-        return url
 
     def _os_user(self) -> OsUser | None:
         if self.run_as is not None:

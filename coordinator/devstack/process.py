@@ -175,6 +175,32 @@ class ManagedProcess:
         await _wait_exit(popen, 10.0)
         _LIVE_PROCESSES.discard(self)
 
+    async def kill(self) -> None:
+        """SIGKILL the whole process group at once, with no shutdown signal first (a crash).
+
+        Idempotent; the log file is kept.
+        """
+        popen = self._popen
+        if popen is None:
+            return
+        self._kill_group()
+        await _wait_exit(popen, 10.0)
+        _LIVE_PROCESSES.discard(self)
+
+    def fresh(self) -> ManagedProcess:
+        """A new, unspawned process with the same command, log file and settings: the way to
+        run a server again after it stopped (a ``ManagedProcess`` spawns once)."""
+        return ManagedProcess(
+            self.name,
+            self.argv,
+            log_path=self.log_path,
+            cwd=self.cwd,
+            env=self.env,
+            user=self.user,
+            stop_signal=self.stop_signal,
+            stop_timeout=self.stop_timeout,
+        )
+
     def stop_now(self, timeout: float = 5.0) -> None:
         """Synchronous :meth:`stop` for ``atexit``, where no event loop runs any more."""
         popen = self._popen
