@@ -30,8 +30,12 @@ class ChildProcess:
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        """Spawn the child in its own session, so a terminal's Ctrl-C reaches only us."""
-        with self.log_path.open("wb") as log:
+        """Spawn the child in its own session, so a terminal's Ctrl-C reaches only us.
+
+        A child started again under the same name (a restarted participant instance) appends
+        to its predecessor's log, which keeps the evidence of how that one ended.
+        """
+        with self.log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",

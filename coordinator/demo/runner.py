@@ -9,7 +9,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,6 +69,9 @@ class DemoOptions:
     """The coordinators' saga definitions (``SAGA_REGISTRY``); None: the configured one."""
     environment: tuple[tuple[str, str], ...] = ()
     """Extra environment of every child process (e.g. ``SAGA_ADMISSION__MAX_IN_FLIGHT``)."""
+    instances: Mapping[str, int] = field(default_factory=dict)
+    """Processes per participant (default one): ``{"payment": 2}`` runs the children
+    ``payment`` and ``payment-2``, two members of the payment service's consumer group."""
 
 
 @dataclass
@@ -277,14 +280,17 @@ class DemoCluster:
         for _ in range(self.options.coordinators):
             await self.start_coordinator()
         for name in PARTICIPANTS:
-            await self.start_participant(name)
+            for instance in range(1, self.options.instances.get(name, 1) + 1):
+                await self.start_participant(name, instance)
 
-    async def start_participant(self, name: str) -> ChildProcess:
-        """Start (or start again) the example participant ``name``."""
+    async def start_participant(self, name: str, instance: int = 1) -> ChildProcess:
+        """Start (or start again) instance ``instance`` of the example participant ``name``;
+        the child is called ``name`` for the first instance, ``name-<instance>`` for others."""
         args = ["participant", name]
         if self.options.handler_delay_ms:
             args += ["--handler-delay-ms", str(self.options.handler_delay_ms)]
-        child = ChildProcess(name, args, self._child_env(name), self.log_dir)
+        child_name = name if instance == 1 else f"{name}-{instance}"
+        child = ChildProcess(child_name, args, self._child_env(child_name), self.log_dir)
         await child.start()
         self.children.append(child)
         return child
