@@ -107,6 +107,9 @@ class ProducerHandle:
         Raises:
             Exception: No producer could be started (Kafka unreachable: transient).
         """
+        producer = self._producer
+        if producer is not None and producer is not self._broken:
+            return producer  # the common case, without the lock
         async with self._lock:
             if self._producer is not None and self._producer is self._broken:
                 broken, self._producer, self._broken = self._producer, None, None
