@@ -77,9 +77,10 @@ def kafka_loggers() -> Iterator[list[logging.Logger]]:
     import aiokafka.conn  # noqa: F401 (creates the aiokafka.conn logger)
 
     loggers = [logging.getLogger(KAFKA_LOGGER), logging.getLogger("aiokafka.conn")]
-    before = {logger.name: list(logger.filters) for logger in loggers}
+    every = [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)]
+    before = {logger.name: list(logger.filters) for logger in every}
     yield loggers
-    for logger in loggers:
+    for logger in every:  # the throttle is process-wide: leave no trace of this test
         logger.filters[:] = before[logger.name]
 
 
