@@ -32,6 +32,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        # Errors quote the statement, never its arguments: those are saga data.
+        hide_parameters=True,
         json_serializer=_json_dumps,
         json_deserializer=json.loads,
         connect_args={"server_settings": {"application_name": "saga-coordinator"}},
