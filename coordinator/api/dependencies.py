@@ -1,4 +1,4 @@
-"""FastAPI dependencies for what every route needs: the backend and the HTTP settings.
+"""FastAPI dependencies for what every route needs: the backend, the HTTP settings, limits.
 
 :func:`coordinator.api.app.create_api` keeps both in ``app.state``; routes take them as
 parameters (``backend: BackendDep``), so the routers are plain module-level objects.
@@ -13,13 +13,24 @@ from fastapi import Depends, FastAPI, Request
 from coordinator.api.backend import SagaBackend
 from coordinator.config import HttpSettings
 
-__all__ = ["BackendDep", "HttpSettingsDep", "bind", "get_backend", "get_settings"]
+__all__ = [
+    "BackendDep",
+    "HttpSettingsDep",
+    "MaxMessageBytesDep",
+    "bind",
+    "get_backend",
+    "get_max_message_bytes",
+    "get_settings",
+]
 
 
-def bind(app: FastAPI, backend: SagaBackend, settings: HttpSettings) -> None:
-    """Make ``backend`` and ``settings`` what :func:`get_backend` and :func:`get_settings` give."""
+def bind(
+    app: FastAPI, backend: SagaBackend, settings: HttpSettings, *, max_message_bytes: int
+) -> None:
+    """Make ``backend``, ``settings`` and ``max_message_bytes`` what the getters below give."""
     app.state.backend = backend
     app.state.http_settings = settings
+    app.state.max_message_bytes = max_message_bytes
 
 
 def get_backend(request: Request) -> SagaBackend:
@@ -34,5 +45,12 @@ def get_settings(request: Request) -> HttpSettings:
     return settings
 
 
+def get_max_message_bytes(request: Request) -> int:
+    """The largest Kafka record a start may lead to (``KafkaSettings.max_message_bytes``)."""
+    limit: int = request.app.state.max_message_bytes
+    return limit
+
+
 BackendDep = Annotated[SagaBackend, Depends(get_backend)]
 HttpSettingsDep = Annotated[HttpSettings, Depends(get_settings)]
+MaxMessageBytesDep = Annotated[int, Depends(get_max_message_bytes)]

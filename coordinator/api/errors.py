@@ -2,14 +2,26 @@
 
 ``{"error": <code>, "message": <text>, "errors": [...]}``: request validation problems are 422
 with pydantic's messages in ``errors``; the coordinator's :class:`SagaError` subclasses map to
-404/409/422; a transient database failure is 503 with ``Retry-After``; anything else is 500
-(logged, never echoed). :data:`EXCEPTION_HANDLERS` is what ``create_api`` installs.
+404/409/422; a transient database failure is 503 with ``Retry-After``; anything else is 500.
+:data:`EXCEPTION_HANDLERS` is what ``create_api`` installs.
+
+An unexpected exception is answered by :func:`unexpected_error_response`, called from the
+API's outermost middleware (:class:`coordinator.api.middleware.ErrorBoundaryMiddleware`) so
+that it is logged exactly once: a handler registered for ``Exception`` would run in
+Starlette's ``ServerErrorMiddleware``, which re-raises after answering, and uvicorn would log
+the same traceback a second time. That one log line names the request's route (not its query,
+headers or body), an error id the answer repeats, the exception types and the frames; it leaves
+out the exceptions' messages, because database drivers quote the statement's arguments (saga
+data) in theirs.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
+import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from fastapi import Request, Response
@@ -29,7 +41,7 @@ from coordinator.core.errors import (
 )
 from coordinator.runtime.transient import is_transient
 
-__all__ = ["EXCEPTION_HANDLERS", "ApiError"]
+__all__ = ["EXCEPTION_HANDLERS", "ApiError", "error_response", "unexpected_error_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +66,7 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def _error(
+def error_response(
     status: int,
     error: str,
     message: str,
@@ -62,6 +74,7 @@ def _error(
     errors: list[ErrorItem] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
+    """The JSON ``ErrorResponse`` answer."""
     body = ErrorResponse(error=error, message=message, errors=errors)
     return JSONResponse(
         body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers
@@ -91,54 +104,95 @@ _STATUS_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
+    413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
 }
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return _error(exc.status, exc.error, exc.message, headers=exc.headers)
+    return error_response(exc.status, exc.error, exc.message, headers=exc.headers)
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     items = _items(exc.errors())
-    return _error(422, "invalid_request", _summary(items), errors=items)
+    return error_response(422, "invalid_request", _summary(items), errors=items)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _STATUS_CODES.get(exc.status_code, "error")
-    return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 async def _saga_error(request: Request, exc: SagaError) -> JSONResponse:
     if isinstance(exc, SagaNotFoundError):
-        return _error(404, "saga_not_found", str(exc))
+        return error_response(404, "saga_not_found", str(exc))
     if isinstance(exc, UnknownSagaTypeError):
-        return _error(404, "unknown_saga_type", str(exc))
+        return error_response(404, "unknown_saga_type", str(exc))
     if isinstance(exc, InvalidSagaDataError):
         cause = exc.__cause__
         items = _items(cause.errors(), ("body",)) if isinstance(cause, ValidationError) else []
-        return _error(422, "invalid_saga_data", str(exc), errors=items or None)
+        return error_response(422, "invalid_saga_data", str(exc), errors=items or None)
     if isinstance(exc, InvalidOperatorActionError):
-        return _error(409, "invalid_action", str(exc))
+        return error_response(409, "invalid_action", str(exc))
     if isinstance(exc, SagaConflictError):
-        return _error(409, "conflict", f"{exc}; try again", headers={"Retry-After": "1"})
+        return error_response(409, "conflict", f"{exc}; try again", headers={"Retry-After": "1"})
     logger.error("request failed: %s", exc, extra={"saga_id": exc.saga_id, "step": exc.step})
-    return _error(500, "saga_error", str(exc))
+    return error_response(500, "saga_error", str(exc))
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+_MAX_FRAMES = 30
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and node not in found:
+        found.append(node)
+        node = node.__cause__ or node.__context__
+    return found
+
+
+def _type_name(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+def _where(exc: BaseException) -> str:
+    # The frames from the app down to where the outermost exception was raised; no messages.
+    frames = traceback.extract_tb(exc.__traceback__)[-_MAX_FRAMES:]
+    return " > ".join(f"{_short(f.filename)}:{f.lineno} {f.name}" for f in frames) or "-"
+
+
+def _short(filename: str) -> str:
+    # "coordinator/store/saga_store.py" -> "store/saga_store.py": enough to find the file.
+    return "/".join(PurePath(filename).parts[-2:])
+
+
+def unexpected_error_response(exc: Exception, route: str) -> JSONResponse:
+    """Answer an exception no handler took: 503 when transient, else 500; log it once.
+
+    Args:
+        exc: The exception.
+        route: What was asked, for the log (``"GET /sagas/{saga_id}"``: the route's template,
+            so neither ids nor query values are logged).
+    """
+    chain = _chain(exc)
+    types = " <- ".join(_type_name(e) for e in chain)
     if is_transient(exc):
-        logger.warning("request failed for a transient reason: %r", exc)
-        return _error(
+        logger.warning("%s failed for a transient reason: %s", route, types)
+        return error_response(
             503,
             "unavailable",
             "the database is unavailable; try again",
             headers={"Retry-After": "1"},
         )
-    logger.error("request failed", exc_info=exc)
-    return _error(500, "internal_error", "internal error; see the coordinator's log")
+    error_id = uuid.uuid4().hex[:16]
+    logger.error("%s failed (error id %s): %s at %s", route, error_id, types, _where(exc))
+    return error_response(
+        500, "internal_error", f"internal error {error_id}; see the coordinator's log"
+    )
 
 
 EXCEPTION_HANDLERS: Mapping[
@@ -148,6 +202,5 @@ EXCEPTION_HANDLERS: Mapping[
     RequestValidationError: _invalid_request,
     StarletteHTTPException: _http_error,
     SagaError: _saga_error,
-    Exception: _unexpected,
 }
 """The app's exception handlers, by exception class (FastAPI's ``exception_handlers``)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.api.validation import CleanText
 from coordinator.core.state import SagaStatus
 
 __all__ = [
@@ -125,8 +126,8 @@ class ActionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    reason: str = Field(min_length=1, max_length=1_000)
-    actor: str | None = Field(
+    reason: CleanText = Field(min_length=1, max_length=1_000)
+    actor: CleanText | None = Field(
         default=None, min_length=1, max_length=200, description=f"Default: `{DEFAULT_ACTOR}`."
     )
 

@@ -4,6 +4,14 @@ The server is one more task of the coordinator's ``TaskGroup``: :meth:`HttpServe
 the listening socket (so a taken port fails the coordinator's start, and port 0 resolves to a
 real one), :meth:`HttpServer.run` serves until :meth:`HttpServer.stop`, which lets in-flight
 requests finish. Signals stay with the CLI: uvicorn's own handlers are not installed.
+
+Connections are bounded by :class:`~coordinator.config.HttpSettings`: the request line and
+headers may take ``max_header_bytes`` (h11's incomplete-event limit: 400 beyond),
+``max_concurrency`` connections plus requests in progress are served (503 beyond), an idle
+keep-alive connection is closed after ``keep_alive_timeout_s``. uvicorn has no timeout for
+reading a request's headers, so a client could hold a connection open by sending them a byte at
+a time (slowloris); :func:`_h11_protocol` adds one, ``header_timeout_s``. The body's pace is
+bounded by the API's middleware (``body_timeout_s``, :mod:`coordinator.api.middleware`).
 """
 
 from __future__ import annotations
@@ -15,13 +23,56 @@ import socket
 from collections.abc import Generator
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from coordinator.config import HttpSettings
 
 __all__ = ["HttpServer"]
 
 logger = logging.getLogger(__name__)
+
+
+def _h11_protocol(header_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request headers take too long.
+
+    The clock starts when the connection opens and again after each response; when it runs
+    out while h11 still waits for a complete request (``IDLE``), the connection is closed. A
+    request whose headers arrived in time is never cut, however long the app takes.
+    """
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            self._disarm_header_timer()
+            if not self.transport.is_closing():
+                self._header_timer = self.loop.call_later(header_timeout_s, self._headers_late)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutH11Protocol
 
 
 class _Server(uvicorn.Server):
@@ -44,7 +95,8 @@ class HttpServer:
 
     Args:
         app: The ASGI application (``coordinator.api.app.create_api``).
-        settings: Host and port; ``port=0`` picks a free port (see :attr:`port`).
+        settings: Host and port (``port=0`` picks a free port, see :attr:`port`) and the
+            connection limits.
         shutdown_grace_s: How long in-flight requests may take once stopping.
     """
 
@@ -62,6 +114,11 @@ class HttpServer:
             lifespan="off",
             timeout_graceful_shutdown=max(1, round(shutdown_grace_s)),
             server_header=False,
+            # Always h11 (also where httptools is installed): the limits below are h11's.
+            http=_h11_protocol(settings.header_timeout_s),
+            h11_max_incomplete_event_size=settings.max_header_bytes,
+            timeout_keep_alive=settings.keep_alive_timeout_s,
+            limit_concurrency=settings.max_concurrency,
         )
         self._server = _Server(self._config)
         self._socket: socket.socket | None = None

@@ -315,7 +315,7 @@ async def test_the_bearer_scheme_is_case_insensitive(api: httpx.AsyncClient) -> 
 
 async def test_get_returns_the_saga_and_its_history(api: httpx.AsyncClient) -> None:
     await api.post("/sagas/order", params={"saga_id": "o-1"}, json=ORDER, headers=AUTH)
-    response = await api.get("/sagas/o-1")
+    response = await api.get("/sagas/o-1", headers=AUTH)
     assert response.status_code == 200
     body = response.json()
     assert body["saga"]["saga_id"] == "o-1"
@@ -326,7 +326,7 @@ async def test_get_returns_the_saga_and_its_history(api: httpx.AsyncClient) -> N
 
 
 async def test_get_of_an_unknown_saga_is_404(api: httpx.AsyncClient) -> None:
-    response = await api.get("/sagas/nope")
+    response = await api.get("/sagas/nope", headers=AUTH)
     assert response.status_code == 404
     assert response.json()["error"] == "saga_not_found"
 
@@ -335,14 +335,16 @@ async def test_list_passes_filters_and_pages(api: httpx.AsyncClient, backend: Fa
     for n in range(3):
         await api.post("/sagas/order", params={"saga_id": f"o-{n}"}, json=ORDER, headers=AUTH)
     response = await api.get(
-        "/sagas", params={"status": "RUNNING", "saga_type": "order", "limit": 2, "offset": 0}
+        "/sagas",
+        params={"status": "RUNNING", "saga_type": "order", "limit": 2, "offset": 0},
+        headers=AUTH,
     )
     assert response.status_code == 200
     body = response.json()
     assert [s["saga_id"] for s in body["items"]] == ["o-0", "o-1"]
     assert (body["limit"], body["offset"], body["next_offset"]) == (2, 0, 2)
     assert backend.calls[-1] == ("list", (SagaStatus.RUNNING, "order", 2, 0))
-    last = (await api.get("/sagas", params={"limit": 2, "offset": 2})).json()
+    last = (await api.get("/sagas", params={"limit": 2, "offset": 2}, headers=AUTH)).json()
     assert ([s["saga_id"] for s in last["items"]], last["next_offset"]) == (["o-2"], None)
 
 
@@ -361,7 +363,7 @@ async def test_list_passes_filters_and_pages(api: httpx.AsyncClient, backend: Fa
 async def test_list_rejects_bad_query_parameters(
     api: httpx.AsyncClient, params: dict[str, Any], where: list[str]
 ) -> None:
-    response = await api.get("/sagas", params=params)
+    response = await api.get("/sagas", params=params, headers=AUTH)
     assert response.status_code == 422
     body = response.json()
     assert body["errors"][0]["loc"] == where
@@ -369,7 +371,7 @@ async def test_list_rejects_bad_query_parameters(
 
 
 async def test_the_status_error_names_the_allowed_values(api: httpx.AsyncClient) -> None:
-    message = (await api.get("/sagas", params={"status": "DONE"})).json()["message"]
+    message = (await api.get("/sagas", params={"status": "DONE"}, headers=AUTH)).json()["message"]
     assert all(s.value in message for s in SagaStatus)
 
 
@@ -473,7 +475,7 @@ async def test_the_served_schema_is_the_committed_one(api: httpx.AsyncClient) ->
     )
 
 
-def test_the_schema_documents_auth_on_mutations_only() -> None:
+def test_the_schema_documents_auth_on_every_saga_endpoint() -> None:
     schema = openapi_document()
     secured = {
         (path, method)
@@ -482,6 +484,8 @@ def test_the_schema_documents_auth_on_mutations_only() -> None:
         if operation.get("security")
     }
     assert secured == {
+        ("/sagas", "get"),
+        ("/sagas/{saga_id}", "get"),
         ("/sagas/{saga_type}", "post"),
         ("/sagas/{saga_id}/retry", "post"),
         ("/sagas/{saga_id}/abort", "post"),

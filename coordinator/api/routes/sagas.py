@@ -1,19 +1,32 @@
 """Sagas: start one, read one, list them, retry or abort one.
 
-Reads need no token; the mutating endpoints (start, retry, abort) sit on a router guarded by
-the bearer token (:mod:`coordinator.api.auth`). Both are combined in :data:`router`.
+The mutating endpoints (start, retry, abort) sit on a router guarded by the bearer token, the
+reads on one guarded while reads need it (:mod:`coordinator.api.auth`); both are combined in
+:data:`router`. What each parameter accepts is in :mod:`coordinator.api.validation`.
+
+A start is checked before anything is written: its saga id's alphabet, its data's strings and
+depth, and the size of the Kafka record it makes (``max_message_bytes``, 413 beyond). A start of
+an existing saga id with different data answers 409 (:mod:`coordinator.api.idempotency`).
 """
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from pydantic import AfterValidator
 
-from coordinator.api.auth import TokenFirstRoute, require_token
-from coordinator.api.dependencies import BackendDep
+from coordinator.api.auth import (
+    ReadTokenFirstRoute,
+    TokenFirstRoute,
+    require_read_token,
+    require_token,
+)
+from coordinator.api.dependencies import BackendDep, MaxMessageBytesDep
 from coordinator.api.errors import ApiError
+from coordinator.api.idempotency import started_with, starts_alike
 from coordinator.api.models import (
     DEFAULT_ACTOR,
     ActionRequest,
@@ -25,16 +38,23 @@ from coordinator.api.models import (
     SagaView,
     StartResponse,
 )
+from coordinator.api.validation import (
+    MAX_ID_LENGTH,
+    MAX_LIST_LIMIT,
+    MAX_OFFSET,
+    SAGA_ID_PATTERN,
+    SagaData,
+    check_text,
+)
 from coordinator.core.errors import UnknownSagaTypeError
 from coordinator.core.state import SagaStatus
+from coordinator.observability.tracing import ensure_traceparent
+from coordinator.ops.client import start_request
 
 __all__ = ["router"]
 
-_MAX_ID = 200  # the envelope's limit on saga ids and types
-_MAX_LIST = 1_000
-
 _COMMON: dict[int | str, dict[str, Any]] = {422: {"model": ErrorResponse}}
-_MUTATING: dict[int | str, dict[str, Any]] = {
+_GUARDED: dict[int | str, dict[str, Any]] = {
     **_COMMON,
     401: {"model": ErrorResponse, "description": "No or wrong bearer token."},
     403: {"model": ErrorResponse, "description": "No API token is configured."},
@@ -45,50 +65,97 @@ _ACTION: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "The action does not apply now."},
 }
 
-SagaIdPath = Annotated[str, Path(min_length=1, max_length=_MAX_ID)]
+SagaIdPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="Any printable characters (no control characters).",
+    ),
+    AfterValidator(check_text),
+]
 DryRun = Annotated[
     bool, Query(description="Rehearse the action in a rolled-back transaction; change nothing.")
 ]
 
-_reads = APIRouter(tags=["sagas"], responses=_COMMON)
+_reads = APIRouter(
+    tags=["sagas"],
+    route_class=ReadTokenFirstRoute,
+    dependencies=[Depends(require_read_token)],
+    responses=_GUARDED,
+)
 _writes = APIRouter(
     tags=["sagas"],
     route_class=TokenFirstRoute,
     dependencies=[Depends(require_token)],
-    responses=_MUTATING,
+    responses=_GUARDED,
 )
+
+
+def _record_bytes(
+    saga_type: str, data: Mapping[str, Any], saga_id: str | None, traceparent: str | None
+) -> int:
+    # The start request as it would travel on saga.requests (body, key, headers): the first
+    # command and the saga's events carry the same data, so this is the record to fit.
+    envelope = start_request(
+        saga_type,
+        data,
+        saga_id=saga_id,
+        source="http-api",
+        traceparent=ensure_traceparent(traceparent),
+    )
+    headers = envelope.headers()
+    return (
+        len(envelope.to_bytes())
+        + len(envelope.key())
+        + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+    )
+
+
+_NEW_ID_DOC = f"`{SAGA_ID_PATTERN}`: letters, digits and `. _ : @ -`."
 
 
 @_writes.post(
     "/sagas/{saga_type}",
     status_code=202,
     response_model=StartResponse,
-    responses={404: {"model": ErrorResponse, "description": "Unknown saga type."}},
+    responses={
+        404: {"model": ErrorResponse, "description": "Unknown saga type."},
+        409: {
+            "model": ErrorResponse,
+            "description": "The saga id exists and was started with different data.",
+        },
+        413: {
+            "model": ErrorResponse,
+            "description": "The body, or the Kafka message it makes, is too large.",
+        },
+    },
     summary="Start a saga",
 )
 async def start_saga(
     backend: BackendDep,
-    saga_type: Annotated[str, Path(min_length=1, max_length=_MAX_ID)],
+    max_message_bytes: MaxMessageBytesDep,
+    saga_type: Annotated[
+        str, Path(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(check_text)
+    ],
     data: Annotated[
-        dict[str, Any],
+        SagaData,
         Body(description="The saga's data, validated against its definition's data model."),
     ],
     response: Response,
     saga_id: Annotated[
         str | None,
         Query(
-            min_length=1,
-            max_length=_MAX_ID,
-            description="The saga's id; starting the same id again starts it once.",
+            pattern=SAGA_ID_PATTERN,
+            description="The saga's id; starting the same id again starts it once. " + _NEW_ID_DOC,
         ),
     ] = None,
     idempotency_key: Annotated[
         str | None,
         Header(
             alias="Idempotency-Key",
-            min_length=1,
-            max_length=_MAX_ID,
-            description="Used as the saga id when `saga_id` is not given.",
+            pattern=SAGA_ID_PATTERN,
+            description="Used as the saga id when `saga_id` is not given. " + _NEW_ID_DOC,
         ),
     ] = None,
     traceparent: Annotated[
@@ -97,16 +164,31 @@ async def start_saga(
     ] = None,
 ) -> StartResponse:
     """Start a saga of `saga_type` with the body as its data. Idempotent per saga id:
-    the first start wins and a repeat answers 202 with the same id."""
+    the first start wins; a repeat with the same body answers 202 with the same id, one
+    with a different body 409."""
     if saga_id is not None and idempotency_key is not None and saga_id != idempotency_key:
         raise ApiError(
             422, "invalid_request", "saga_id and Idempotency-Key differ; give one, or equal"
         )
     if saga_type not in backend.saga_types():
         raise UnknownSagaTypeError(f"unknown saga type {saga_type!r}")
-    started = await backend.start_saga(
-        saga_type, data, saga_id=saga_id or idempotency_key, traceparent=traceparent
-    )
+    wanted = saga_id or idempotency_key
+    size = _record_bytes(saga_type, data, wanted, traceparent)
+    if size > max_message_bytes:
+        raise ApiError(
+            413,
+            "message_too_large",
+            f"the saga's data makes a {size}-byte Kafka message; the limit is "
+            f"{max_message_bytes} bytes (SAGA_KAFKA__MAX_MESSAGE_BYTES)",
+        )
+    started = await backend.start_saga(saga_type, data, saga_id=wanted, traceparent=traceparent)
+    if wanted is not None and not starts_alike(started_with(await backend.show(started)), data):
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            f"saga {started!r} already exists with different data; a repeated start must "
+            "send the same body (or use a new saga id)",
+        )
     location = f"/sagas/{urllib.parse.quote(started, safe='')}"
     response.headers["Location"] = location
     return StartResponse(saga_id=started, saga_type=saga_type, location=location)
@@ -166,10 +248,14 @@ async def list_sagas(
     backend: BackendDep,
     status: Annotated[SagaStatus | None, Query(description="Only sagas in this status.")] = None,
     saga_type: Annotated[
-        str | None, Query(min_length=1, max_length=_MAX_ID, description="Only this type.")
+        str | None,
+        Query(min_length=1, max_length=MAX_ID_LENGTH, description="Only this type."),
+        AfterValidator(check_text),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=_MAX_LIST)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description="Deeper pages: filter instead.")
+    ] = 0,
 ) -> SagaPage:
     """Sagas newest first, optionally of one status and/or type."""
     found = await backend.list_sagas(status=status, saga_type=saga_type, limit=limit, offset=offset)
