@@ -49,7 +49,7 @@ def run(
 ) -> None:
     """Run a coordinator instance until SIGTERM/SIGINT, then drain and exit.
 
-    Its HTTP API listens on SAGA_HTTP__HOST:SAGA_HTTP__PORT (0.0.0.0:8080; port "off"
+    Its HTTP API listens on SAGA_HTTP__HOST:SAGA_HTTP__PORT (127.0.0.1:8080; port "off"
     disables it); mutating endpoints need SAGA_HTTP__TOKEN as a bearer token.
     """
     from prometheus_client import CollectorRegistry
@@ -113,6 +113,11 @@ def main() -> None:
 from coordinator.cli.demo import demo as _demo  # noqa: E402
 
 app.command("demo")(_demo)
+
+# saga bench
+from coordinator.cli.bench import bench as _bench  # noqa: E402
+
+app.command("bench")(_bench)
 
 # Last, so the operators' commands (show, list, retry, abort) follow the ones above in --help.
 from coordinator.cli.sagas import register as _register_sagas  # noqa: E402
