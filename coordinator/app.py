@@ -214,7 +214,12 @@ class Coordinator:
         )
         if settings.http.port is not None:
             self.http = HttpServer(
-                create_api(CoordinatorBackend(self), settings.http), settings.http
+                create_api(
+                    CoordinatorBackend(self),
+                    settings.http,
+                    max_message_bytes=settings.kafka.max_message_bytes,
+                ),
+                settings.http,
             )
             self.http.start()  # binds now: a taken port fails the start, not the serve
             # Served already while Kafka may still be unreachable: /ready answers 503 then.

@@ -146,12 +146,12 @@ class MetricsServer:
 
     Args:
         registry: The metrics to serve.
-        host: The address to bind; ``0.0.0.0`` for every interface.
+        host: The address to bind (loopback by default); ``0.0.0.0`` for every interface.
         port: The port; 0 picks a free one (read :attr:`port` after :meth:`start`).
     """
 
     def __init__(
-        self, registry: CollectorRegistry, *, host: str = "0.0.0.0", port: int = 9464
+        self, registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 9464
     ) -> None:
         self._registry = registry
         self._host = host

@@ -26,6 +26,8 @@ def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": settings.idempotent,
         "linger_ms": 2,
+        # The same limit the API and the outbox check messages against.
+        "max_request_size": settings.max_message_bytes,
     }
     return kwargs
 
