@@ -152,7 +152,11 @@ def bench(
     participants, then runs each load level --runs times, interleaved, each run with fresh
     orders and the ledger check.
     """
+    from service_sdk.kafka_logs import throttle_kafka_logs
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    # A broker electing leaders for new topics makes aiokafka warn once per retry.
+    throttle_kafka_logs()
     try:
         from coordinator.demo.bench import BenchOptions
         from coordinator.demo.bench_report import Load
@@ -273,7 +277,7 @@ def table(report: BenchReport) -> Table:
     from coordinator.demo.bench_report import DRIVER, TOTAL, spread
 
     result = Table(title="saga bench", show_header=True, header_style="bold")
-    result.add_column("metric")
+    result.add_column("metric", no_wrap=True)
     for level in report.levels:
         result.add_column(level.load.label, justify="right")
     bare = report.baseline_metrics() if report.baselines else None
@@ -292,7 +296,7 @@ def table(report: BenchReport) -> Table:
         bare_cell = cell(bare.get(metric)) if bare is not None and metric in bare else ""
         row(name, [cell(lv.metrics[metric]) for lv in levels], bare_cell)
     if bare is not None:
-        row("÷ pingpong sagas/s", [cell(lv.ratio) for lv in levels], "1")
+        row("÷ pingpong", [cell(lv.ratio) for lv in levels], "1")
     roles = list(dict.fromkeys(role for lv in levels for role in lv.cpu_s))
     names = {role: f"  {role}*" if role == DRIVER else f"  {role}" for role in roles}
     result.add_section()

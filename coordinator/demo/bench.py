@@ -426,6 +426,7 @@ async def run_bench(options: BenchOptions, console: Console) -> BenchReport:
                 runs=options.runs,
                 fail_rate=options.fail_rate,
                 kafka=servers.kafka,
+                idempotent=servers.infra.idempotent,
                 postgres=servers.postgres,
                 fsync=await cluster.server_setting("fsync"),
                 synchronous_commit=await cluster.server_setting("synchronous_commit"),

@@ -209,6 +209,8 @@ class BenchReport:
     fail_rate: float
     kafka: str
     """e.g. ``apache 4.1.1 at 127.0.0.1:40123 (started here), idempotent producer on``."""
+    idempotent: bool
+    """Whether every producer (coordinator, participants, load generator) was idempotent."""
     postgres: str
     fsync: str
     """``SHOW fsync`` of the server the sagas ran on, as it answered."""
@@ -244,6 +246,7 @@ class BenchReport:
             "runs": self.runs,
             "fail_rate": self.fail_rate,
             "kafka": self.kafka,
+            "idempotent": self.idempotent,
             "postgres": self.postgres,
             "fsync": self.fsync,
             "synchronous_commit": self.synchronous_commit,

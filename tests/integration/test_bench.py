@@ -37,6 +37,7 @@ async def test_a_small_closed_loop_reports_every_figure_and_a_correct_ledger(
     assert report["ok"] is True
     assert report["fsync"] in ("on", "off")  # the session server's own setting, reported
     assert report["kafka"].startswith("external")
+    assert report["idempotent"] is kafka.supports_idempotence
     (level,) = report["levels"]
     assert level["load"] == {"window": 10}
     assert level["ledger_ok"] is True
