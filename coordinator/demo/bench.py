@@ -72,6 +72,7 @@ __all__ = ["BenchOptions", "WindowBook", "due_starts", "run_bench"]
 KafkaChoice = Literal["apache", "embedded", "external"]
 TERMINAL_EVENTS = frozenset({"saga.completed", "saga.compensated", "saga.failed"})
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+STARTUP_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,10 @@ async def _servers(options: BenchOptions, console: Console) -> AsyncIterator[_Se
         idempotent = True if options.idempotent is None else options.idempotent
         kafka = ExternalKafka(options.bootstrap_servers, supports_idempotence=idempotent)
     elif options.kafka == "apache":
-        kafka = ApacheKafka()
+        # Generous: a JVM starting on a busy machine, where benchmarks tend to be run.
+        kafka = ApacheKafka(startup_timeout=STARTUP_TIMEOUT_S)
     else:
-        kafka = EmbeddedKafka()
+        kafka = EmbeddedKafka(startup_timeout=STARTUP_TIMEOUT_S)
     postgres: PostgresService
     if options.database_url is not None:
         postgres = ExternalPostgres(options.database_url)
@@ -189,7 +191,7 @@ async def _servers(options: BenchOptions, console: Console) -> AsyncIterator[_Se
             binaries = PostgresBinaries.find("embedded")
         except PrerequisiteMissingError:
             binaries = PostgresBinaries.find("debian")
-        postgres = LocalPostgres(binaries, fsync=options.fsync)
+        postgres = LocalPostgres(binaries, fsync=options.fsync, startup_timeout=STARTUP_TIMEOUT_S)
     console.log(f"starting Kafka ({kafka.kind}) and PostgreSQL ({postgres.kind})")
     async with DevStack(kafka, postgres):
         idempotent = kafka.supports_idempotence
