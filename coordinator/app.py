@@ -9,6 +9,7 @@ from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,10 +32,10 @@ from coordinator.runtime.dead_letters import DeadLetterPublisher
 from coordinator.runtime.deadlines import DeadlineScanner
 from coordinator.runtime.heartbeats import HeartbeatListener
 from coordinator.runtime.housekeeping import Housekeeper
-from coordinator.runtime.kafka import ensure_topics
+from coordinator.runtime.kafka import ensure_topics, explain_start_failure
 from coordinator.runtime.outbox import OutboxRelay
 from coordinator.runtime.processor import BatchProcessor
-from coordinator.runtime.producer import ProducerHandle
+from coordinator.runtime.producer import coordinator_producers
 from coordinator.runtime.transient import is_transient
 from coordinator.store.database import create_engine
 from coordinator.store.saga_store import SagaStore
@@ -77,7 +78,7 @@ class Coordinator:
         self._engine: AsyncEngine | None = None
         self._started = False
         self._stopped = False
-        self.producers = ProducerHandle(settings.kafka)
+        self.producers = coordinator_producers(settings.kafka)
         self._topics_ready = False
         self._connected = False
         self._http_task: asyncio.Task[None] | None = None
@@ -252,7 +253,13 @@ class Coordinator:
         if settings.kafka.create_topics and not self._topics_ready:
             await ensure_topics(settings.kafka.bootstrap_servers, self.topic_plan())
             self._topics_ready = True
-        await self.producers.start()
+        try:
+            await self.producers.current()
+        except KafkaError as exc:
+            failure = explain_start_failure(settings.kafka, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         await self.consumer.start()
         await self.heartbeats.start()
 

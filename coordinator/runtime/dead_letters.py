@@ -7,11 +7,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from coordinator.runtime.producer import ProducerHandle
-from coordinator.runtime.transient import needs_new_producer
 from service_sdk.contract import Header, decode_headers
 from service_sdk.dead_letters import DeadLetterRecord
 
@@ -50,17 +48,11 @@ class DeadLetterPublisher:
             KafkaError: A send failed; the caller retries (a producer whose idempotence state
                 the broker lost is renewed first).
         """
-        producer = await self._producers.current()
-        try:
-            await self._send(producer, letters)
-        except Exception as exc:
-            if needs_new_producer(exc):
-                await self._producers.renew(producer)
-            raise
+        await self._send(letters)
         if self._on_published is not None:
             self._on_published(letters)
 
-    async def _send(self, producer: AIOKafkaProducer, letters: Sequence[RejectedRecord]) -> None:
+    async def _send(self, letters: Sequence[RejectedRecord]) -> None:
         sends = []
         for letter in letters:
             record = letter.record
@@ -86,6 +78,8 @@ class DeadLetterPublisher:
                 },
             )
             sends.append(
-                await producer.send(dead.topic, dead.value, key=dead.key, headers=dead.headers)
+                await self._producers.send(
+                    dead.topic, value=dead.value, key=dead.key, headers=dead.headers
+                )
             )
         await asyncio.gather(*sends)

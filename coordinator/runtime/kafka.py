@@ -13,7 +13,13 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError
 
 from coordinator.config import KafkaSettings
 
-__all__ = ["create_producer", "ensure_topics", "producer_kwargs", "start_producer"]
+__all__ = [
+    "create_producer",
+    "ensure_topics",
+    "explain_start_failure",
+    "producer_kwargs",
+    "start_producer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +32,6 @@ def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": settings.idempotent,
         "linger_ms": 2,
-        # The same limit the API and the outbox check messages against.
-        "max_request_size": settings.max_message_bytes,
     }
     return kwargs
 
@@ -48,15 +52,23 @@ async def start_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         await producer.start()
     except KafkaError as exc:
         await producer.stop()
-        if settings.idempotent and isinstance(exc, UnknownError):
-            # Brokers without InitProducerId (such as the embedded one) answer this way.
-            raise UnknownError(
-                f"the broker at {settings.bootstrap_servers} refused the idempotent "
-                "producer; if it does not support idempotence (the embedded broker does not), "
-                "set SAGA_KAFKA__IDEMPOTENT=false"
-            ) from exc
-        raise
+        failure = explain_start_failure(settings, exc)
+        if failure is exc:
+            raise
+        raise failure from exc
     return producer
+
+
+def explain_start_failure(settings: KafkaSettings, exc: KafkaError) -> KafkaError:
+    """``exc``, or a clearer error when the broker refused the idempotent producer."""
+    if settings.idempotent and isinstance(exc, UnknownError):
+        # Brokers without InitProducerId (such as the embedded one) answer this way.
+        return UnknownError(
+            f"the broker at {settings.bootstrap_servers} refused the idempotent "
+            "producer; if it does not support idempotence (the embedded broker does not), "
+            "set SAGA_KAFKA__IDEMPOTENT=false"
+        )
+    return exc
 
 
 async def ensure_topics(

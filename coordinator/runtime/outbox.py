@@ -8,9 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidTopicError,
     MessageSizeTooLargeError,
@@ -24,7 +22,6 @@ from coordinator.core.clock import Clock
 from coordinator.core.state import HistoryEntry, HistoryKind
 from coordinator.observability.tracing import record_publishes
 from coordinator.runtime.producer import ProducerHandle
-from coordinator.runtime.transient import needs_new_producer
 from coordinator.store.records import OutboxRecord
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Header, encode_headers
@@ -119,13 +116,12 @@ class OutboxRelay:
         Raises:
             Exception: Publishing or the database failed; unsent rows stay pending.
         """
-        producer = await self._producers.current()
         async with self._store.engine.begin() as conn:
             rows = await self._store.claim_outbox(conn, limit=self._settings.batch_size)
             if not rows:
                 return 0
             started_ns = time.time_ns()
-            outcomes = await self._send(producer, rows)
+            outcomes = await self._send(rows)
             ended_ns = time.time_ns()
             sent = [row for row, error in zip(rows, outcomes, strict=True) if error is None]
             unsendable = [
@@ -135,7 +131,7 @@ class OutboxRelay:
             ]
             failed = [error for error in outcomes if error is not None and not _unsendable(error)]
             if unsendable:
-                await self._set_aside(conn, producer, unsendable)
+                await self._set_aside(conn, unsendable)
             record_publishes(sent, start_ns=started_ns, end_ns=ended_ns)
             sent_at = self._clock.now()
             done = [row.id for row in sent] + [row.id for row, _ in unsendable]
@@ -145,42 +141,30 @@ class OutboxRelay:
         if sent and self._on_published is not None:
             self._on_published(sent, (ended_ns - started_ns) / 1e9, sent_at)
         if failed:
-            if any(needs_new_producer(error) for error in failed):
-                await self._producers.renew(producer)
-            raise failed[0]
+            raise failed[0]  # a producer that lost its state is renewed by the next send
         return len(rows)
 
-    async def _send(
-        self, producer: AIOKafkaProducer, rows: Sequence[OutboxRecord]
-    ) -> list[Exception | None]:
+    async def _send(self, rows: Sequence[OutboxRecord]) -> list[Exception | None]:
         """Send every row (in id order) and wait for the acks; each row's error or None."""
-        pending: list[asyncio.Future[Any] | Exception] = []
-        for row in rows:
-            try:
-                pending.append(
-                    await producer.send(
-                        row.topic, row.value, key=row.key, headers=encode_headers(row.headers)
-                    )
-                )
-            except Exception as exc:  # refused before it left, e.g. larger than the limit
-                pending.append(exc)
+        # A record refused before it left (e.g. larger than the limit) comes back as a failed
+        # future, like one the broker refused.
+        pending = [
+            await self._producers.send(
+                row.topic, value=row.value, key=row.key, headers=encode_headers(row.headers)
+            )
+            for row in rows
+        ]
         outcomes: list[Exception | None] = []
-        for item in pending:
-            if isinstance(item, Exception):
-                outcomes.append(item)
-                continue
+        for delivery in pending:
             try:
-                await item
+                await delivery
                 outcomes.append(None)
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
 
     async def _set_aside(
-        self,
-        conn: AsyncConnection,
-        producer: AIOKafkaProducer,
-        unsendable: Sequence[tuple[OutboxRecord, Exception]],
+        self, conn: AsyncConnection, unsendable: Sequence[tuple[OutboxRecord, Exception]]
     ) -> None:
         """Dead-letter rows Kafka will never take and say so in their sagas' histories."""
         sends = []
@@ -197,7 +181,9 @@ class OutboxRelay:
                 _OutboxAsRecord(row), group=None, exc=error, reason=UNSENDABLE_REASON
             )
             sends.append(
-                await producer.send(dead.topic, dead.value, key=dead.key, headers=dead.headers)
+                await self._producers.send(
+                    dead.topic, value=dead.value, key=dead.key, headers=dead.headers
+                )
             )
         await asyncio.gather(*sends)
         await self._store.insert_history(
