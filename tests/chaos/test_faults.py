@@ -6,8 +6,8 @@ and shipping) as children, on an Apache Kafka node and a PostgreSQL server this 
 for itself, because it kills and restarts them (the session fixtures' servers are shared by
 other tests). While orders arrive at a steady rate:
 
-- a coordinator is SIGKILLed every ~8 s and started again 2 s later (three times; each time
-  once the group is whole again, which on a busy machine stretches the cadence);
+- a coordinator is SIGKILLed every ~8 s and started again 2 s later (three times; each once
+  the previous failover is over and two members are in the group);
 - a payment instance is SIGKILLed and started again;
 - a coordinator is SIGTERMed once (and started again);
 - PostgreSQL is SIGKILLed (every server process, as when its machine dies) and restarted on its
@@ -65,6 +65,7 @@ COORDINATORS = 3
 SESSION_TIMEOUT_MS = 3000
 KAFKA_OUTAGE_S = 60.0
 SIGKILL_ROUNDS = 3
+MIN_IN_FLIGHT = 50
 SIGKILL_BOUND_S = 10.0
 SIGTERM_BOUND_S = 5.0
 
@@ -262,6 +263,8 @@ class Scenario:
     failovers: list[Failover] = field(default_factory=list)
     gone: list[ChildProcess] = field(default_factory=list)
     """Children taken away on purpose (their logs stay in the cluster's log directory)."""
+    fault_at: dict[str, float] = field(default_factory=dict)
+    """When a server was taken down (wall clock), by server."""
     back_at: dict[str, float] = field(default_factory=dict)
     """When a restarted server answered again (wall clock), by server."""
     sigterm_exit: int | None = None
@@ -283,31 +286,41 @@ class Scenario:
         await asyncio.sleep(max(until - time.monotonic(), 0))
 
 
+async def stable_members(bootstrap_servers: str, group_id: str, count: int) -> bool:
+    """Whether ``group_id`` is stable with ``count`` members."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    group = response.groups[0]
+    return bool(group[2] == "Stable" and len(group[5]) == count)
+
+
 def running_coordinators(cluster: DemoCluster) -> list[ChildProcess]:
     return [
         c for c in cluster.children if c.name.startswith("coordinator-") and c.returncode is None
     ]
 
 
-async def group_complete(
-    watch: GroupWatch,
-    members: int,
-    expected: frozenset[TopicPartition],
-    unlike: frozenset[str] = frozenset(),
+async def group_ready(
+    watch: GroupWatch, expected: frozenset[TopicPartition], losing: frozenset[str] = frozenset()
 ) -> frozenset[str]:
-    """Wait until the group is stable with ``members`` members owning every partition, and
-    (after a victim's replacement started) with other members than ``unlike``; return them."""
+    """Wait until the group is stable, owns every partition with at least two members (a kill
+    leaves a survivor), and no longer holds all of ``losing`` (the members when the last
+    victim went: its failover is over); return its members."""
 
-    def complete() -> frozenset[str]:  # empty while not complete
+    def ready() -> frozenset[str]:  # empty while not ready
         snap = watch.latest()
-        if snap is None or snap.state != "Stable" or len(snap.members) != members:
+        if snap is None or snap.state != "Stable" or len(snap.members) < 2:
             return frozenset()
         ids = frozenset(snap.members)
-        if ids == unlike or not frozenset().union(*snap.members.values()) >= expected:
+        if (losing and losing <= ids) or not frozenset().union(*snap.members.values()) >= expected:
             return frozenset()
         return ids
 
-    return await eventually(complete, timeout=120, what=f"a stable group of {members} coordinators")
+    return await eventually(ready, timeout=120, what="a stable group of two or more coordinators")
 
 
 async def run_faults(
@@ -323,13 +336,13 @@ async def run_faults(
         cluster.children.remove(child)  # so the cluster's waits do not take it for a crash
         scenario.gone.append(child)
 
-    # Coordinators SIGKILLed every ~8 s (once the group is whole again: on a busy machine a
-    # new coordinator process takes a while to join), each started again 2 s later.
+    # Coordinators SIGKILLed every ~8 s, each started again 2 s later. A kill waits until the
+    # previous failover is over and two members are in the group (on a busy machine a new
+    # coordinator process takes a while to join).
     members = frozenset[str]()
     for round_ in range(SIGKILL_ROUNDS):
         await scenario.at(5 + 8 * round_)
-        alive = len(running_coordinators(cluster))  # fewer if one died on its own
-        members = await group_complete(watch, alive, expected, unlike=members)
+        members = await group_ready(watch, expected, members)
         victim = running_coordinators(cluster)[0]
         failover = Failover("SIGKILL", victim.name, time.monotonic())
         victim.kill()
@@ -341,7 +354,7 @@ async def run_faults(
         scenario.log(f"started {started.name}")
 
     # One payment instance SIGKILLed; the other serves its partitions until it is back.
-    await scenario.at(30, gap=4)
+    await scenario.at(27, gap=3)
     payment = cluster.child("payment-2")
     payment.kill()
     take_away(payment)
@@ -349,11 +362,20 @@ async def run_faults(
     await asyncio.sleep(3)
     await cluster.start_participant("payment", 2)
     scenario.log("started payment-2 again")
+    # Back in its group before anything else fails (a participant starting while PostgreSQL
+    # is down is another scenario).
+    payment_group = f"{cluster.settings.kafka.topic_prefix}payment-service"
+    await eventually(
+        lambda: stable_members(kafka.bootstrap_servers, payment_group, 2),
+        timeout=120,
+        interval=0.5,
+        what="both payment instances in their group",
+    )
+    scenario.log("payment-2 is back in its group")
 
     # A coordinator SIGTERMed: it drains and leaves the group.
-    await scenario.at(37, gap=4)
-    alive = len(running_coordinators(cluster))
-    members = await group_complete(watch, alive, expected, unlike=members)
+    await scenario.at(33, gap=3)
+    members = await group_ready(watch, expected, members)
     victim = running_coordinators(cluster)[0]
     failover = Failover("SIGTERM", victim.name, time.monotonic())
     stopping = asyncio.create_task(victim.stop(grace_s=30))
@@ -367,11 +389,10 @@ async def run_faults(
     started = await cluster.start_coordinator()
     scenario.log(f"started {started.name}")
 
-    # PostgreSQL crashes (every server process SIGKILLed) and comes back on its data directory;
-    # not before the SIGTERM's replacement joined, so the failovers are measured apart.
-    await scenario.at(44, gap=5)
-    alive = len(running_coordinators(cluster))
-    members = await group_complete(watch, alive, expected, unlike=members)
+    # PostgreSQL crashes (every server process SIGKILLed) and comes back on its data directory.
+    await scenario.at(40, gap=4)
+    await group_ready(watch, expected, members)
+    scenario.fault_at["postgres"] = time.time()
     await postgres.kill()
     scenario.log("SIGKILL PostgreSQL (the whole process group)")
     await asyncio.sleep(2)
@@ -381,9 +402,11 @@ async def run_faults(
         f"PostgreSQL restarted (crash recovery), answering after {postgres.restart_seconds:.1f} s"
     )
 
-    # Kafka stopped for a minute, then started on the same log directories and port.
-    await scenario.at(52, gap=8)
+    # Kafka stopped for a minute, then started on the same log directories and port. Orders
+    # keep coming: the shop holds them while Kafka is down.
+    await scenario.at(47, gap=6)
     kafka_up.clear()
+    scenario.fault_at["kafka"] = time.time()
     scenario.log("stopping Kafka")
     await kafka.halt()
     scenario.log("Kafka stopped")
@@ -464,6 +487,16 @@ async def quiescent(cluster: DemoCluster) -> None:
     for name in PARTICIPANTS:
         service_group = f"{cluster.settings.kafka.topic_prefix}{name}-service"
         await committed_to_end(bootstrap, service_group, topics.commands(name))
+
+
+def in_flight_at(cluster: DemoCluster, statuses: StatusMap, at: float) -> int:
+    """How many sagas were submitted before ``at`` (wall clock) and ended after it."""
+    return sum(
+        1
+        for saga_id, (status, ended) in statuses.items()
+        if cluster.submitted_at.get(saga_id, at) < at
+        and (status not in TERMINAL or ended is None or ended.timestamp() > at)
+    )
 
 
 def first_terminal_after(statuses: StatusMap, after: float) -> float | None:
@@ -556,12 +589,16 @@ def _postgres_binaries() -> PostgresBinaries:
         return PostgresBinaries.find("debian")
 
 
-def _print_summary(summary: DemoSummary, scenario: Scenario, statuses: StatusMap) -> None:
+def _print_summary(
+    cluster: DemoCluster, summary: DemoSummary, scenario: Scenario, statuses: StatusMap
+) -> None:
     print("\n=== faults: summary ===")
     for line in scenario.events:
         print(line)
     for failover in scenario.failovers:
         print(failover.line())
+    for server, down in scenario.fault_at.items():
+        print(f"sagas in flight when {server} went down: {in_flight_at(cluster, statuses, down)}")
     for server, back in scenario.back_at.items():
         first = first_terminal_after(statuses, back)
         shown = "n/a" if first is None else f"{first:.2f} s"
@@ -623,7 +660,17 @@ async def test_sagas_end_as_planned_through_crashes_of_every_component() -> None
                 await watching
 
         stack.push_async_callback(stop_watching)
-        await group_complete(watch, COORDINATORS, expected)
+
+        def whole() -> bool:
+            snap = watch.latest()
+            return (
+                snap is not None
+                and snap.state == "Stable"
+                and len(snap.members) == COORDINATORS
+                and frozenset().union(*snap.members.values()) >= expected
+            )
+
+        await eventually(whole, timeout=120, what="every coordinator in the group")
 
         kafka_up = asyncio.Event()
         kafka_up.set()
@@ -644,7 +691,7 @@ async def test_sagas_end_as_planned_through_crashes_of_every_component() -> None
         summary = await cluster.summarize(statuses)
         for failover in scenario.failovers:
             measure_failover(failover, watch.snapshots, expected)
-        _print_summary(summary, scenario, statuses)
+        _print_summary(cluster, summary, scenario, statuses)
 
         # Every verdict is taken, so one run shows everything that went wrong.
         failures: list[str] = []
@@ -659,6 +706,9 @@ async def test_sagas_end_as_planned_through_crashes_of_every_component() -> None
             )
         if summary.ledger_problems or not summary.ledger_ok:
             failures.append(f"ledger when the last saga ended: {summary.ledger_problems}")
+        for server, down in scenario.fault_at.items():
+            if in_flight_at(cluster, statuses, down) < MIN_IN_FLIGHT:
+                failures.append(f"few sagas in flight when {server} went down: proves little")
         if scenario.sigterm_exit != 0:
             failures.append(f"the SIGTERMed coordinator exited with {scenario.sigterm_exit}")
         for failover in scenario.failovers:
