@@ -124,11 +124,12 @@ async def run_participant(
     pace.delay_s = handler_delay_s
     engine = create_engine(settings.database.url, pool_size=5)
     try:
-        async with engine.begin() as conn:
-            await module.install(conn)
         registry = CollectorRegistry()
         runner = ServiceRunner(
             module.service,
+            # Its tables are created in the runner's start-up transaction, which waits out a
+            # database that is down or still recovering instead of crashing.
+            setup=module.install,
             kafka=KafkaConfig(
                 bootstrap_servers=settings.kafka.bootstrap_servers,
                 idempotent=settings.kafka.idempotent,
