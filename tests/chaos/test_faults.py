@@ -286,8 +286,8 @@ class Scenario:
         await asyncio.sleep(max(until - time.monotonic(), 0))
 
 
-async def stable_members(bootstrap_servers: str, group_id: str, count: int) -> bool:
-    """Whether ``group_id`` is stable with ``count`` members."""
+async def stable_members(bootstrap_servers: str, group_id: str) -> frozenset[str]:
+    """The members of ``group_id`` if it is stable, else none."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
@@ -295,7 +295,7 @@ async def stable_members(bootstrap_servers: str, group_id: str, count: int) -> b
     finally:
         await admin.close()
     group = response.groups[0]
-    return bool(group[2] == "Stable" and len(group[5]) == count)
+    return frozenset(m[0] for m in group[5]) if group[2] == "Stable" else frozenset()
 
 
 def running_coordinators(cluster: DemoCluster) -> list[ChildProcess]:
@@ -355,6 +355,8 @@ async def run_faults(
 
     # One payment instance SIGKILLed; the other serves its partitions until it is back.
     await scenario.at(27, gap=3)
+    payment_group = f"{cluster.settings.kafka.topic_prefix}payment-service"
+    before = await stable_members(kafka.bootstrap_servers, payment_group)
     payment = cluster.child("payment-2")
     payment.kill()
     take_away(payment)
@@ -364,13 +366,12 @@ async def run_faults(
     scenario.log("started payment-2 again")
     # Back in its group before anything else fails (a participant starting while PostgreSQL
     # is down is another scenario).
-    payment_group = f"{cluster.settings.kafka.topic_prefix}payment-service"
-    await eventually(
-        lambda: stable_members(kafka.bootstrap_servers, payment_group, 2),
-        timeout=120,
-        interval=0.5,
-        what="both payment instances in their group",
-    )
+
+    async def payment_back() -> bool:
+        members = await stable_members(kafka.bootstrap_servers, payment_group)
+        return len(members) == 2 and members != before
+
+    await eventually(payment_back, timeout=120, interval=0.5, what="payment-2 in its group")
     scenario.log("payment-2 is back in its group")
 
     # A coordinator SIGTERMed: it drains and leaves the group.
