@@ -20,7 +20,9 @@ gone member assigned to a live one ("reassigned"), and to the moment the committ
 all of those partitions that had work moved on ("progressed"). Targets: under 5 s after a
 SIGKILL (the session timeout is 3 s), under 1 s after a SIGTERM; the asserts are generous.
 
-The fault schedule is the scenario, so it is timed; every verdict waits for facts.
+The fault schedule is the scenario, so it is timed; every verdict waits for facts. Every verdict
+is taken before the test fails, and then ``diagnostics.txt`` in the cluster's log directory
+holds the history and outbox rows of sagas that went wrong (the servers' logs are copied there).
 """
 
 from __future__ import annotations
