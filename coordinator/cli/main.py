@@ -18,6 +18,7 @@ from coordinator.cli.options import (
     VerboseOpt,
 )
 from coordinator.observability.logs import LogFormat, configure_logging
+from service_sdk.kafka_logs import throttle_kafka_logs
 
 __all__ = ["app", "main"]
 
@@ -62,6 +63,8 @@ def run(
     if metrics_port is not None:
         settings.metrics.port = metrics_port
     sagas = registry_from(settings)
+    # During a Kafka outage aiokafka logs every reconnect attempt: one line per interval.
+    throttle_kafka_logs()
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -296,16 +296,17 @@ def _on_deadline(d: TransitionDraft, event: DeadlineFired) -> None:
         return
     compensation = inst.status is SagaStatus.COMPENSATING
     step = d.definition.step(event.step)
-    if inst.picked_up_at is None and event.participant_alive:
-        # Queued behind other work at a participant that is alive: a capacity matter, not a
-        # failure of this command. Look again one timeout later.
+    if inst.picked_up_at is None and (event.participant_alive or event.command_unsent):
+        # Not sent yet (Kafka unreachable), or queued behind other work at a participant that
+        # is alive: a capacity or transport matter, not a failure of this command. Look again
+        # one timeout later.
         deadline = d.now + awaited_timeout(step, compensation=compensation)
         d.update(deadline_at=deadline)
         d.record(
             HistoryKind.DEADLINE_POSTPONED,
             event.step,
             **detail,
-            waiting_for="pickup",
+            waiting_for="send" if event.command_unsent else "pickup",
             deadline_at=deadline.isoformat(),
         )
         return

@@ -170,6 +170,9 @@ class DeadlineFired:
     participant_alive: bool = False
     """The command's service sent a heartbeat recently. A command it has not picked up yet is
     then waiting in a queue: its deadline is postponed instead of counted as a failure."""
+    command_unsent: bool = False
+    """The awaited command is still in the outbox (Kafka was unreachable): it cannot have been
+    answered, so its deadline is postponed too."""
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.config import DeadlineSettings
 from coordinator.core.clock import Clock
@@ -79,13 +81,7 @@ class DeadlineScanner:
             due = await self._store.claim_due_deadlines(
                 conn, now, self._settings.batch_size, saga_types=self._registry.names()
             )
-            alive = (
-                await self._heartbeats.select_live_services(
-                    conn, now - timedelta(seconds=self._settings.liveness_window_s)
-                )
-                if due
-                else set()
-            )
+            alive, unsent = await self._waiting_facts(conn, due, now)
             for instance in due:
                 if instance.current_step is None or instance.command_id is None:
                     continue
@@ -103,6 +99,7 @@ class DeadlineScanner:
                     instance.attempt,
                     self._random_unit(),
                     participant_alive=instance.service in alive,
+                    command_unsent=instance.saga_id in unsent,
                 )
                 transitions.append(
                     apply(self._registry.get(instance.saga_type), instance, event, now)
@@ -130,6 +127,26 @@ class DeadlineScanner:
         if transitions and self._on_commit is not None:
             self._on_commit(transitions)
         return len(due)
+
+    async def _waiting_facts(
+        self, conn: AsyncConnection, due: Sequence[SagaInstance], now: datetime
+    ) -> tuple[Collection[str], set[str]]:
+        """The services alive now, and the due sagas whose awaited command is still unsent.
+
+        When no service at all was heard from within the window but some were before, the
+        silence is most likely this coordinator's own (Kafka unreachable, heartbeats not
+        read): every service counts as alive then, and nothing is counted against them.
+        """
+        if not due:
+            return set(), set()
+        since = now - timedelta(seconds=self._settings.liveness_window_s)
+        alive: Collection[str] = await self._heartbeats.select_live_services(conn, since)
+        if not alive and await self._heartbeats.any_heard_from(conn):
+            alive = self._registry.services()
+        unsent = await self._store.select_sagas_with_unsent_outbox(
+            conn, [instance.saga_id for instance in due]
+        )
+        return alive, unsent
 
     async def run(self) -> None:
         """Scan every ``scan_interval_s`` (at once again after a full batch) until stopped."""

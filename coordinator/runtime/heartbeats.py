@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
 from coordinator.config import KafkaSettings
@@ -157,7 +158,12 @@ class HeartbeatListener:
                 if self._stopping.is_set():
                     return  # uncommitted: the next owner reads these heartbeats again
                 raise
-            await consumer.commit()
+            try:
+                await consumer.commit()
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group rebalanced meanwhile: the new owner reads these again, which only
+                # repeats liveness and pickups (both idempotent).
+                logger.info("heartbeat offsets not committed after a rebalance: %s", exc)
             if transitions and self._on_commit is not None:
                 self._on_commit(transitions)
 

@@ -42,6 +42,11 @@ class HeartbeatStore:
         )
         return set((await conn.execute(stmt)).scalars().all())
 
+    async def any_heard_from(self, conn: AsyncConnection) -> bool:
+        """Whether any participant instance is on record (heartbeats are in use at all)."""
+        stmt = sa.select(sa.literal(1)).select_from(participant_heartbeat).limit(1)
+        return (await conn.execute(stmt)).first() is not None
+
     async def count_live_instances(self, conn: AsyncConnection, since: datetime) -> dict[str, int]:
         """Instances per service heard from at or after ``since``."""
         stmt = (

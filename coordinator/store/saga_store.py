@@ -459,6 +459,20 @@ class SagaStore:
         result = await conn.execute(stmt, rows)
         return list(result.scalars().all())
 
+    async def select_sagas_with_unsent_outbox(
+        self, conn: AsyncConnection, saga_ids: Collection[str]
+    ) -> set[str]:
+        """Those of ``saga_ids`` that have an outbox row not yet published."""
+        if not saga_ids:
+            return set()
+        stmt = (
+            sa.select(outbox.c.saga_id)
+            .where(outbox.c.sent_at.is_(None))
+            .where(outbox.c.saga_id == sa.any_(_text_array("ids", saga_ids)))
+            .distinct()
+        )
+        return set((await conn.execute(stmt)).scalars().all())
+
     async def claim_outbox(
         self, conn: AsyncConnection, *, limit: int, ids: Sequence[int] | None = None
     ) -> list[OutboxRecord]:

@@ -17,6 +17,7 @@ from coordinator.config import DeadlineSettings, Settings
 from coordinator.core.definition import RetryPolicy, SagaDefinition, SagaRegistry
 from coordinator.core.state import HistoryKind, SagaInstance
 from coordinator.demo.runner import DemoCluster, DemoOptions, Infrastructure
+from coordinator.store.heartbeats import HeartbeatStore
 from coordinator.store.records import HistoryRecord
 from saga_defs.order import OrderData, OrderItem, OrderSaga
 from service_sdk.contract import Envelope, Heartbeat, PickedUpCommand, Topics
@@ -210,3 +211,30 @@ async def test_admission_caps_the_sagas_in_flight_and_lets_the_queue_go_in_order
         in_flight += change
         peak = max(peak, in_flight)
     assert peak <= cap, f"{peak} sagas were in flight at once (cap {cap})"
+
+
+async def test_when_every_participant_falls_silent_at_once_the_coordinator_counts_nothing(
+    coordinator_settings: Settings, running_coordinator: Any, topic_reader: Any
+) -> None:
+    # Heartbeats were heard before, but none from anyone lately: most likely this
+    # coordinator's own Kafka is away, so the silence is not held against the participants.
+    settings = coordinator_settings.model_copy(
+        update={"deadlines": DeadlineSettings(scan_interval_s=0.2, liveness_window_s=2.0)}
+    )
+    topics = Topics(settings.kafka.topic_prefix)
+    async with (
+        running_coordinator(settings, REGISTRY) as coordinator,
+        topic_reader(topics.commands("inventory")) as inventory,
+    ):
+        long_ago = coordinator.clock.now() - timedelta(hours=1)
+        async with coordinator.store.engine.begin() as conn:
+            await HeartbeatStore().upsert(conn, [("inventory", "inventory-old")], long_ago)
+        saga_id = await coordinator.client.start("order", ORDER, saga_id="silent-all")
+        await inventory.envelopes(1)
+
+        async def postponed() -> list[HistoryRecord] | None:
+            history = await _history(coordinator, saga_id)
+            return history if _kinds(history, HistoryKind.DEADLINE_POSTPONED) else None
+
+        history = await eventually(postponed, what="a postponed deadline")
+    assert _kinds(history, HistoryKind.DEADLINE_MISSED) == []

@@ -1260,3 +1260,14 @@ def test_engine_invariants_hold_for_any_input_sequence(actions: list[tuple[Any, 
         else:
             assert (after.current_step, after.command_id, after.deadline_at) == (None, None, None)
         inst = after
+
+
+def test_a_deadline_of_a_command_still_in_the_outbox_is_postponed() -> None:
+    # Kafka was unreachable: the command was never sent, so nobody can have answered it.
+    inst = awaiting("charge_payment")
+    later = NOW + timedelta(seconds=31)
+    t = step_apply(inst, replace(deadline(inst), command_unsent=True), later)
+    assert kinds(t) == [HistoryKind.DEADLINE_POSTPONED]
+    assert t.history[0].detail["waiting_for"] == "send"
+    assert t.commands == ()
+    assert t.instance.attempt == 1
