@@ -26,6 +26,7 @@ TABLES = {
     "inbox",
     "outbox",
     "dead_letter_replay",
+    "participant_heartbeat",
     "alembic_version",
 }
 
