@@ -174,23 +174,43 @@ async def test_admission_caps_the_sagas_in_flight_and_lets_the_queue_go_in_order
         ),
     )
     cluster = DemoCluster(options, infra, Console(quiet=True))
+    peak = 0
+
+    async def sample_in_flight() -> None:
+        # What the database holds, read again and again while the run lasts.
+        nonlocal peak
+        while True:
+            async with cluster.engine.connect() as conn:
+                in_flight = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM saga.saga_instance WHERE saga_id = ANY(:ids) "
+                        "AND status IN ('RUNNING', 'COMPENSATING')"
+                    ),
+                    {"ids": cluster.order_ids},
+                )
+            peak = max(peak, int(in_flight or 0))
+            await asyncio.sleep(0.02)
+
     try:
         await cluster.prepare()
         await cluster.start()
         await cluster.wait_ready()
-        await cluster.submit()
-        summary = await cluster.summarize(await cluster.wait(progress=False))
+        sampler = asyncio.create_task(sample_in_flight())
+        try:
+            await cluster.submit()
+            summary = await cluster.summarize(await cluster.wait(progress=False))
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         async with cluster.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT h.saga_id, h.kind, h.at, i.completed_at "
-                        "FROM saga.saga_history h JOIN saga.saga_instance i USING (saga_id) "
-                        "WHERE h.saga_id = ANY(:ids) AND h.kind IN ('queued', 'started')"
-                    ),
-                    {"ids": cluster.order_ids},
-                )
-            ).all()
+            queued = await conn.scalar(
+                text(
+                    "SELECT count(DISTINCT saga_id) FROM saga.saga_history "
+                    "WHERE saga_id = ANY(:ids) AND kind = 'queued'"
+                ),
+                {"ids": cluster.order_ids},
+            )
     finally:
         await cluster.close()
     assert summary.ledger_problems == []
@@ -200,17 +220,8 @@ async def test_admission_caps_the_sagas_in_flight_and_lets_the_queue_go_in_order
         0,
         0,
     )
-    queued = {r.saga_id for r in rows if r.kind == "queued"}
     assert queued, "no start had to wait: the cap was never reached"
-    # In flight = from 'started' (admission) to the terminal status: never more than the cap.
-    spans = [(r.at, r.completed_at) for r in rows if r.kind == "started"]
-    assert len(spans) == 60
-    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    in_flight = peak = 0
-    for _, change in events:
-        in_flight += change
-        peak = max(peak, in_flight)
-    assert peak <= cap, f"{peak} sagas were in flight at once (cap {cap})"
+    assert 0 < peak <= cap, f"{peak} sagas were in flight at once (cap {cap})"
 
 
 async def test_when_every_participant_falls_silent_at_once_the_coordinator_counts_nothing(
