@@ -318,6 +318,8 @@ async def test_due_sagas_of_a_type_the_scanner_does_not_run_do_not_hold_back_the
             known = await hub.store.select_saga(conn, "new")
         assert known is not None
         assert known.deadline_at is not None
+        # Sent, so the deadlines are for commands a participant could have answered.
+        await outbox_sent(hub.store)
         _past(clock, known.deadline_at)
         scanner = DeadlineScanner(
             hub.store,
