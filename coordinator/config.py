@@ -47,7 +47,11 @@ class KafkaSettings(BaseModel):
         description="How soon a dead coordinator's partitions move to another instance. 6 s is "
         "the broker's default minimum (group.min.session.timeout.ms); lower it there first.",
     )
-    heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    heartbeat_interval_ms: int = Field(
+        default=300,
+        ge=100,
+        description="How soon the other coordinators learn of a rebalance (a SIGTERM handover).",
+    )
     reply_partitions: int = Field(default=8, ge=1)
     command_partitions: int = Field(default=8, ge=1)
     create_topics: bool = True
