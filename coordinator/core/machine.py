@@ -11,9 +11,10 @@ Rules worth knowing before reading the code:
   duplicate (already answered), late (for the step the saga gave up on) or stale reply.
 * Compensation (:mod:`coordinator.core.compensation`) undoes ``completed_steps`` in reverse.
   The step in flight when the saga gave up (deadline or retries exhausted, aborted, or an
-  unusable success reply) is *in doubt*: it is undone first, by its compensation or, without
-  one, by a fence, both naming the command they undo so the participant refuses it if it has
-  not run it yet. The saga is terminal only once that undo is answered: it never ends while a
+  unusable success reply: its payload fails the step's model, or it is a participant's
+  stand-in for a reply Kafka would never take) is *in doubt*: it is undone first, by its
+  compensation or, without one, by a fence, both naming the command they undo so the
+  participant refuses it if it has not run it yet. The saga is terminal only once that undo is answered: it never ends while a
   command it sent could still take effect. A late reply of that step changes nothing.
 * A deadline of a command no participant has picked up yet is postponed while the command's
   service is alive (heartbeats): queueing is a capacity matter, not a failure. Once picked up,
@@ -64,7 +65,7 @@ from coordinator.core.state import (
     Transition,
     command_id_for,
 )
-from service_sdk.contract import Outcome
+from service_sdk.contract import Outcome, undeliverable_reason
 
 __all__ = ["apply", "start_saga"]
 
@@ -177,6 +178,9 @@ def _on_reply(d: TransitionDraft, reply: ReplyReceived) -> None:
     }
     if reply.error is not None:
         seen["error"] = reply.error
+    if (undeliverable := undeliverable_reason(reply.payload)) is not None:
+        # A participant's stand-in for a reply Kafka would never take (see the marker).
+        seen["undeliverable"] = undeliverable
     awaited = (
         reply.step is not None
         and reply.step == inst.current_step
@@ -224,6 +228,13 @@ def _forward_reply(
     d: TransitionDraft, step: Step[Any], reply: ReplyReceived, seen: dict[str, Any]
 ) -> None:
     if reply.outcome is Outcome.SUCCESS:
+        if "undeliverable" in seen:
+            # The effect happened, but its result can never be delivered, whatever the
+            # payload model would accept: undo it with the rest.
+            _fail_step(
+                d, step, f"reply undeliverable: {seen['undeliverable']}", in_doubt=True, **seen
+            )
+            return
         data = d.fold(step, reply.payload)
         if isinstance(data, str):
             # The effect happened; only its reply is unusable: undo it with the rest.

@@ -24,10 +24,16 @@ from service_sdk.contract.headers import DeadLetterHeader, Header, decode_header
 from service_sdk.contract.heartbeat import Heartbeat, PickedUpCommand
 from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
+from service_sdk.contract.undeliverable import (
+    UNDELIVERABLE_KEY,
+    undeliverable_payload,
+    undeliverable_reason,
+)
 
 __all__ = [
     "FENCE_MESSAGE_TYPE",
     "SPEC_VERSION",
+    "UNDELIVERABLE_KEY",
     "Command",
     "ContractError",
     "DeadLetterHeader",
@@ -46,4 +52,6 @@ __all__ = [
     "decode_headers",
     "encode_headers",
     "new_message_id",
+    "undeliverable_payload",
+    "undeliverable_reason",
 ]

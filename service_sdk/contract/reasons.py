@@ -34,3 +34,6 @@ class DeadLetterReason(StrEnum):
     """A start request whose data fails the saga's data model."""
     PROCESSING_ERROR = "processing_error"
     """Applying the message failed for a reason tied to that message alone."""
+    UNSENDABLE = "unsendable"
+    """Kafka refuses the record for good (larger than the producer's max request size, or an
+    invalid topic): a coordinator's outbox row or a participant's reply, never published."""

@@ -40,6 +40,7 @@ from coordinator.core.state import (
 )
 from saga_defs.order import OrderSaga
 from service_sdk import FENCE_MESSAGE_TYPE, Command, Outcome
+from service_sdk.contract import UNDELIVERABLE_KEY, undeliverable_payload, undeliverable_reason
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SAGA_ID = "saga-1"
@@ -383,6 +384,66 @@ def test_invalid_success_payload_fails_the_step_and_undoes_it_first() -> None:
     done = step_apply(done, answer(done, payload={})).instance
     assert done.status is SagaStatus.COMPENSATED
     assert done.compensated_steps == ("charge_payment", "reserve_inventory")
+
+
+def test_an_undeliverable_success_is_undone_with_the_steps_before_it() -> None:
+    # schedule_shipping's model would fold the payload in; the marker wins over any model.
+    inst = awaiting("charge_payment")
+    marker = undeliverable_payload(
+        "MessageSizeTooLargeError: 2 MB", size=2_000_000, dead_letter_id="d"
+    )
+    t = step_apply(inst, answer(inst, payload={**SUCCESS_PAYLOADS["charge_payment"], **marker}))
+
+    failed = t.history[0]
+    assert failed.kind is HistoryKind.STEP_FAILED
+    assert failed.detail["in_doubt"] is True
+    assert failed.detail["undeliverable"] == "MessageSizeTooLargeError: 2 MB"
+    assert t.instance.failure_reason == (
+        "charge_payment: reply undeliverable: MessageSizeTooLargeError: 2 MB"
+    )
+    assert t.instance.data.get("charge_id") is None  # not folded in
+    (refund,) = t.commands
+    assert (refund.command_id, refund.compensates) == (
+        comp("charge_payment"),
+        fwd("charge_payment"),
+    )
+    done = step_apply(t.instance, answer(t.instance, payload={})).instance
+    done = step_apply(done, answer(done, payload={})).instance
+    assert done.status is SagaStatus.COMPENSATED
+    assert done.compensated_steps == ("charge_payment", "reserve_inventory")
+
+
+def test_an_undeliverable_success_of_a_step_that_takes_any_payload_is_still_undone() -> None:
+    inst = start_saga(_Exploding, "s", StartSaga("m", {}), NOW).instance
+    # "one" folds nothing (no on_success): an empty payload would be a fine success.
+    marker = undeliverable_payload("InvalidTopicError", size=None, dead_letter_id=None)
+    t = apply(
+        _Exploding,
+        inst,
+        ReplyReceived("m1", "one", inst.command_id, 1, Outcome.SUCCESS, marker),
+        NOW,
+    )
+    assert t.instance.status is SagaStatus.COMPENSATING
+    assert t.instance.in_doubt_step == "one"
+    assert t.instance.failure_reason == "one: reply undeliverable: InvalidTopicError"
+
+
+def test_an_undeliverable_failure_is_a_failure_and_says_why_in_history() -> None:
+    inst = awaiting("charge_payment")
+    marker = undeliverable_payload("too large", size=5, dead_letter_id="d")
+    t = step_apply(inst, answer(inst, Outcome.FAILURE, payload=marker, error="declined"))
+    assert t.history[0].kind is HistoryKind.STEP_FAILED
+    assert t.history[0].detail["in_doubt"] is False
+    assert t.history[0].detail["undeliverable"] == "too large"
+    assert t.instance.failure_reason == "charge_payment: declined"
+
+
+def test_a_real_payload_is_not_taken_for_the_marker() -> None:
+    assert undeliverable_reason({"charge_id": "ch-1"}) is None
+    assert undeliverable_reason({UNDELIVERABLE_KEY: "yes"}) == "undeliverable"
+    assert undeliverable_reason(undeliverable_payload("x" * 900, size=1, dead_letter_id=None)) == (
+        "x" * 500
+    )
 
 
 # --- duplicates and stale replies ----------------------------------------------------------
