@@ -30,6 +30,10 @@ class KafkaConfig:
         session_timeout_ms: Consumer group session timeout; aiokafka's default when None.
         heartbeat_interval_ms: Consumer heartbeat interval; aiokafka's default when None.
         rebalance_timeout_ms: Consumer rebalance timeout; aiokafka's default when None.
+        max_request_size: The largest record the producer sends (key, body and headers; keep
+            it at or below the brokers' ``message.max.bytes``). A reply larger than this is
+            dead-lettered and answered by a small stand-in (see
+            :mod:`service_sdk.contract.undeliverable`).
     """
 
     bootstrap_servers: str
@@ -44,6 +48,7 @@ class KafkaConfig:
     session_timeout_ms: int | None = None
     heartbeat_interval_ms: int | None = None
     rebalance_timeout_ms: int | None = None
+    max_request_size: int = 1_048_576
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments every aiokafka client (producer, consumer, admin) takes."""
@@ -69,7 +74,12 @@ class KafkaConfig:
         Replies are acknowledged by all in-sync replicas either way (aiokafka's default of
         ``acks=1`` loses a reply when the leader dies right after answering).
         """
-        return {**self.client_kwargs(), "acks": "all", "enable_idempotence": self.idempotent}
+        return {
+            **self.client_kwargs(),
+            "acks": "all",
+            "enable_idempotence": self.idempotent,
+            "max_request_size": self.max_request_size,
+        }
 
     def consumer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``AIOKafkaConsumer`` (group id, offsets and commits are the

@@ -129,6 +129,7 @@ class DeadLetterRecord:
         exc: BaseException,
         reason: str,
         max_bytes: int = MAX_RECORD_BYTES,
+        drop_value: bool = False,
     ) -> DeadLetterRecord:
         """The dead letter of an aiokafka ``ConsumerRecord``.
 
@@ -136,6 +137,7 @@ class DeadLetterRecord:
         replaced), so a replay publishes exactly what was first received. A dead letter that
         would be larger than ``max_bytes`` sheds the stack trace, then most of the exception
         message, and as a last resort the body (``saga_dlt-value-dropped`` gives its size).
+        ``drop_value`` drops the body from the start: a record Kafka refused for its size.
         """
         added = dead_letter_headers(
             {},
@@ -158,6 +160,9 @@ class DeadLetterRecord:
             # Kafka allows a record with neither key nor value, but aiokafka refuses to send
             # one; an empty body is the same to every consumer of a dead letter.
             value = b""
+        if drop_value and value:
+            added[DeadLetterHeader.VALUE_DROPPED] = str(len(value))
+            value = None
         headers = [*original, *encode_headers(added)]
         # Shed what matters least first; the body goes only when nothing else makes it fit.
         for shed in ("stacktrace", "message", "value"):

@@ -67,8 +67,10 @@ DEAD_LETTER_REASONS = (
     DeadLetterReason.SCHEMA,
     DeadLetterReason.UNKNOWN_TYPE,
     DeadLetterReason.HANDLER_ERROR,
+    DeadLetterReason.UNSENDABLE,
 )
-"""The reasons :class:`~service_sdk.ServiceRunner` dead-letters a command with."""
+"""The reasons :class:`~service_sdk.ServiceRunner` dead-letters a command (or, ``unsendable``,
+the reply to one: counted against the commands topic) with."""
 
 
 class ServiceMetrics:

@@ -78,7 +78,6 @@ import contextlib
 import functools
 import logging
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,9 +94,10 @@ from service_sdk._private.heartbeats import HeartbeatPublisher, PickupLog, insta
 from service_sdk._private.idempotency import ProcessedCommands
 from service_sdk._private.processing import CommandProcessor, log_extra
 from service_sdk._private.progress import Progress
+from service_sdk._private.undeliverable import TOPIC_NAME, Screened, UndeliverableReplies
 from service_sdk.config import KafkaConfig
 from service_sdk.contract.envelope import Command, Envelope, MessageKind, Outcome, decode_envelope
-from service_sdk.contract.headers import Header, decode_headers, encode_headers
+from service_sdk.contract.headers import Header, decode_headers
 from service_sdk.contract.heartbeat import Heartbeat
 from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
@@ -117,9 +117,6 @@ logger = logging.getLogger(__name__)
 _POLL_TIMEOUT_MS = 200
 _MAX_CONNECT_BACKOFF_S = 5.0
 _MIN_PROGRESS_TIMEOUT_S = 5.0
-# Kafka's legal topic names. A reply to anything else could never be published, and the
-# consumer would retry that publication forever instead of moving on.
-_TOPIC_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}")
 
 
 def _record_extra(record: Any) -> dict[str, Any]:
@@ -268,6 +265,9 @@ class ServiceRunner:
         self._progress = Progress(progress_timeout_s)
         self._pickups = PickupLog(enabled=bool(heartbeat_interval_s))
         self._processor = CommandProcessor(service, self._store, self._pickups, self.topic)
+        self._undeliverable = UndeliverableReplies(
+            self._store, self.topics, self.group_id, kafka.max_request_size
+        )
         self._heartbeats: HeartbeatPublisher | None = None
         if heartbeat_interval_s:
             self._heartbeats = HeartbeatPublisher(
@@ -471,7 +471,10 @@ class ServiceRunner:
             raise RuntimeError("the runner is not running")
         async with self._engine.begin() as conn:
             reply, command = await self._processor.finish_later(conn, command_id, build)
-        await (await self._send(self._reply_publication(reply, command)))
+            screened = await self._undeliverable.screen(conn, command, reply)
+        for publication in self._publications(screened):
+            await (await self._send(publication))
+        reply = screened.reply
         self._pickups.answered(command_id)
         logger.info(
             "deferred command %s answered: %s",
@@ -697,7 +700,8 @@ class ServiceRunner:
                     record, ContractError("command without command_id"), DeadLetterReason.SCHEMA
                 )
             ]
-        if envelope.reply_to and not _TOPIC_NAME.fullmatch(envelope.reply_to):
+        # A reply to anything but a legal topic name could never be published.
+        if envelope.reply_to and not TOPIC_NAME.fullmatch(envelope.reply_to):
             error = ContractError(f"reply_to {envelope.reply_to!r} is not a valid topic name")
             return [self._dead_letter(record, error, DeadLetterReason.SCHEMA)]
         if (undo_error := fencing.contract_error(envelope)) is not None:
@@ -781,16 +785,21 @@ class ServiceRunner:
         try:
             async with conn.begin():
                 answer = await self._processor.answer(conn, envelope, command, undo)
+                screened: Screened | None = None
+                if answer.reply is not None:
+                    # Before the commit: a reply Kafka would never take is recorded as its
+                    # stand-in, so a redelivered command gets the same answer.
+                    screened = await self._undeliverable.screen(conn, envelope, answer.reply)
         except BaseException as exc:
             await self._discard_if_broken(conn, exc)
             raise
         finally:
             await conn.close()
         self._observe(envelope, answer.result, started)
-        if answer.reply is None:
+        if screened is None:
             return []
         self._pickups.answered(command_id)
-        return [self._reply_publication(answer.reply, envelope)]
+        return self._publications(screened)
 
     async def _connect(self) -> AsyncConnection:
         """A connection; while the database is unreachable, wait (this is not the command's
@@ -826,13 +835,16 @@ class ServiceRunner:
     def _observe(self, envelope: Envelope, result: str, started: float) -> None:
         self._observer.command_processed(envelope.message_type, result, time.monotonic() - started)
 
-    def _reply_publication(self, reply: Envelope, command: Envelope) -> _Publication:
-        return _Publication(
-            topic=command.reply_to or self.topics.replies,
-            key=reply.key(),
-            value=reply.to_bytes(),
-            headers=encode_headers(reply.headers()),
-        )
+    def _publications(self, screened: Screened) -> list[_Publication]:
+        """A reply's publication, after the dead letter of the reply it stands in for."""
+        published = [_Publication(screened.topic, screened.key, screened.value, screened.headers)]
+        if (letter := screened.dead_letter) is not None:
+            # Counted against the commands topic, like the runner's other dead letters.
+            self._observer.dead_lettered(self.topic, DeadLetterReason.UNSENDABLE)
+            published.insert(
+                0, _Publication(letter.topic, letter.key, letter.value, letter.headers)
+            )
+        return published
 
     def _dead_letter(
         self, record: Any, exc: BaseException, reason: DeadLetterReason

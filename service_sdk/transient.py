@@ -20,7 +20,9 @@ Kafka errors are transient when aiokafka marks them retriable (leader moves, tim
 unreachable brokers), and when the idempotent producer lost its state on the broker
 (``OutOfOrderSequenceNumber``, ``UnknownProducerId``, ``ProducerFenced``,
 ``InvalidProducerIdMapping``, typically after a long broker outage): those need a new
-producer (:func:`needs_new_producer`), and then the same send goes through.
+producer (:func:`needs_new_producer`), and then the same send goes through. The opposite: a
+record Kafka refuses for good (too large, invalid topic; :func:`is_unsendable`) never goes
+through, however often it is sent.
 
 Example::
 
@@ -39,21 +41,27 @@ from collections.abc import Iterator
 
 from aiokafka.errors import (
     InvalidProducerIdMapping,
+    InvalidTopicError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
     UnknownProducerId,
 )
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 __all__ = [
+    "NEVER_SENDABLE",
     "PRODUCER_STATE_LOST",
     "error_chain",
     "is_transient",
     "is_transient_database_error",
+    "is_unsendable",
     "needs_new_producer",
 ]
 
@@ -65,6 +73,15 @@ PRODUCER_STATE_LOST: tuple[type[KafkaError], ...] = (
 )
 """The errors of an idempotent producer whose state the broker no longer has: fatal for that
 producer (every later send fails the same way), harmless for a new one."""
+
+NEVER_SENDABLE: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+)
+"""Kafka's refusals of one record for good (larger than the producer's ``max_request_size``
+or the broker's ``message.max.bytes``, or an invalid topic): no retry can ever send it."""
 
 _TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03"})
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08"})
@@ -154,3 +171,13 @@ def needs_new_producer(exc: BaseException) -> bool:
         exc: Any exception; its whole chain is looked at.
     """
     return any(isinstance(node, PRODUCER_STATE_LOST) for node in error_chain(exc))
+
+
+def is_unsendable(exc: BaseException) -> bool:
+    """True when Kafka will never take the record that failed (:data:`NEVER_SENDABLE`): set it
+    aside (dead-letter it) instead of retrying, or it holds up everything behind it.
+
+    Args:
+        exc: Any exception; its whole chain is looked at.
+    """
+    return any(isinstance(node, NEVER_SENDABLE) for node in error_chain(exc))

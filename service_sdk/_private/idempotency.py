@@ -235,6 +235,15 @@ class ProcessedCommands:
             update(self.table).where(self.table.c.command_id == command_id).values(**values)
         )
 
+    async def update_reply(self, conn: AsyncConnection, command_id: str, reply: Envelope) -> None:
+        """Replace a recorded reply, keeping the command's status (a stand-in for a reply
+        Kafka would never take); nothing happens when no reply is recorded."""
+        await conn.execute(
+            update(self.table)
+            .where(self.table.c.command_id == command_id, self.table.c.reply.is_not(None))
+            .values(reply=reply.model_dump(mode="json"), updated_at=func.now())
+        )
+
     async def delete(self, conn: AsyncConnection, command_id: str) -> None:
         """Forget a command, so that a re-send runs its handler again."""
         await conn.execute(delete(self.table).where(self.table.c.command_id == command_id))

@@ -209,6 +209,7 @@ def test_producer_kwargs_always_ask_all_replicas() -> None:
         "security_protocol": "PLAINTEXT",
         "acks": "all",
         "enable_idempotence": True,
+        "max_request_size": 1_048_576,
     }
     plain = KafkaConfig("k:9092", idempotent=False, client_id="inv").producer_kwargs()
     assert (plain["acks"], plain["enable_idempotence"], plain["client_id"]) == ("all", False, "inv")
