@@ -1,0 +1,281 @@
+"""A participant's reply larger than its producer may send (real Kafka + PostgreSQL).
+
+The reply is dead-lettered, the command is answered by a small stand-in, and the coordinator
+undoes that step with the one before it; the participant goes on answering later commands,
+and a redelivered command gets the stand-in again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator.app import Coordinator
+from coordinator.config import Settings
+from coordinator.core.definition import Compensation, SagaDefinition, SagaRegistry, Step
+from coordinator.core.state import HistoryKind, SagaInstance, SagaStatus
+from service_sdk import (
+    Command,
+    Envelope,
+    HandlerContext,
+    KafkaConfig,
+    Service,
+    ServiceRunner,
+    Topics,
+    decode_envelope,
+    encode_headers,
+)
+from service_sdk.contract import (
+    UNDELIVERABLE_KEY,
+    DeadLetterHeader,
+    Outcome,
+    decode_headers,
+    undeliverable_reason,
+)
+from tests.support.waiting import eventually
+
+BIG_REPLY_CHARS = 1_200_000
+"""More than the producer's default max_request_size (1 MiB)."""
+PATIENT = timedelta(seconds=120)
+
+
+class Reserve(Command):
+    message_type: ClassVar[str] = "archive.reserve"
+    label: str
+
+
+class Release(Command):
+    message_type: ClassVar[str] = "archive.release"
+    label: str
+
+
+class Fetch(Command):
+    message_type: ClassVar[str] = "archive.fetch"
+    label: str
+    big: bool
+
+
+class Discard(Command):
+    message_type: ClassVar[str] = "archive.discard"
+    label: str
+
+
+class ArchiveData(BaseModel):
+    label: str
+    big: bool
+    reservation: str | None = None
+    blob: str | None = None
+
+
+def _reserved(data: ArchiveData, reply: Mapping[str, Any]) -> ArchiveData:
+    return data.model_copy(update={"reservation": reply["reservation"]})
+
+
+def _fetched(data: ArchiveData, reply: Mapping[str, Any]) -> ArchiveData:
+    # Takes any payload: only the marker tells the coordinator that this one is unusable.
+    return data.model_copy(update={"blob": str(reply.get("blob", ""))[:10]})
+
+
+class ArchiveSaga(SagaDefinition[ArchiveData]):
+    """Reserve, then fetch; each undone by its compensation. Deadlines no test reaches."""
+
+    name = "archive"
+    data_model = ArchiveData
+    steps = (
+        Step[ArchiveData](
+            name="reserve",
+            service="archive",
+            command=Reserve,
+            build=lambda d: Reserve(label=d.label),
+            on_success=_reserved,
+            compensation=Compensation[ArchiveData](
+                Release, lambda d: Release(label=d.label), timeout=PATIENT
+            ),
+            timeout=PATIENT,
+        ),
+        Step[ArchiveData](
+            name="fetch",
+            service="archive",
+            command=Fetch,
+            build=lambda d: Fetch(label=d.label, big=d.big),
+            on_success=_fetched,
+            compensation=Compensation[ArchiveData](
+                Discard, lambda d: Discard(label=d.label), timeout=PATIENT
+            ),
+            timeout=PATIENT,
+        ),
+    )
+
+
+archive = Service("archive", schema="archive_svc")
+
+
+async def _effect(ctx: HandlerContext, label: str, action: str) -> None:
+    await ctx.connection.execute(
+        text("INSERT INTO archive_svc.effects (label, action) VALUES (:label, :action)"),
+        {"label": label, "action": action},
+    )
+
+
+@archive.handles(Reserve)
+async def reserve(command: Reserve, ctx: HandlerContext) -> dict[str, Any]:
+    await _effect(ctx, command.label, "reserve")
+    return {"reservation": f"r-{command.label}"}
+
+
+@archive.handles(Release)
+async def release(command: Release, ctx: HandlerContext) -> None:
+    await _effect(ctx, command.label, "release")
+
+
+@archive.handles(Fetch)
+async def fetch(command: Fetch, ctx: HandlerContext) -> dict[str, Any]:
+    await _effect(ctx, command.label, "fetch")
+    return {"blob": "x" * (BIG_REPLY_CHARS if command.big else 10)}
+
+
+@archive.handles(Discard)
+async def discard(command: Discard, ctx: HandlerContext) -> None:
+    await _effect(ctx, command.label, "discard")
+
+
+async def _install(conn: AsyncConnection) -> None:
+    await conn.execute(
+        text(
+            "CREATE TABLE IF NOT EXISTS archive_svc.effects ("
+            "id bigserial PRIMARY KEY, label text NOT NULL, action text NOT NULL)"
+        )
+    )
+
+
+async def _finished(coordinator: Coordinator, saga_id: str) -> SagaInstance:
+    async def terminal() -> SagaInstance:
+        async with coordinator.store.engine.connect() as conn:
+            saga = await coordinator.store.select_saga(conn, saga_id)
+        assert saga is not None
+        assert saga.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED), (
+            f"{saga_id} is {saga.status.value}"
+        )
+        return saga
+
+    return await eventually(terminal, timeout=60, what=f"saga {saga_id} to end")
+
+
+async def _effects(engine: AsyncEngine, label: str) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT action FROM archive_svc.effects WHERE label = :label ORDER BY id"),
+            {"label": label},
+        )
+        return [row.action for row in rows]
+
+
+async def test_an_oversized_reply_is_dead_lettered_and_its_step_undone_with_the_earlier_ones(
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    db_engine: AsyncEngine,
+    kafka: Any,
+    producer: Any,
+) -> None:
+    settings = coordinator_settings
+    prefix = settings.kafka.topic_prefix
+    topics = Topics(prefix)
+    runner = ServiceRunner(
+        archive,
+        kafka=KafkaConfig(
+            kafka.bootstrap_servers,
+            idempotent=kafka.supports_idempotence,
+            session_timeout_ms=settings.kafka.session_timeout_ms,
+            heartbeat_interval_ms=500,
+        ),
+        engine=db_engine,
+        topics=topics,
+        group_id=f"{prefix}archive",
+        setup=_install,
+    )
+    async with (
+        running_coordinator(settings, SagaRegistry([ArchiveSaga])) as coordinator,
+        runner,
+        topic_reader(topics.replies) as replies,
+        topic_reader(topics.dead_letters(topics.replies)) as dead_letters,
+        topic_reader(topics.commands("archive")) as commands,
+    ):
+        big = await coordinator.client.start(
+            "archive", ArchiveData(label="big", big=True), saga_id="big"
+        )
+        undone = await _finished(coordinator, big)
+        (letter,) = await dead_letters.records(1)
+        # Later commands to the same participant are still answered.
+        small = await coordinator.client.start(
+            "archive", ArchiveData(label="small", big=False), saga_id="small"
+        )
+        done = await _finished(coordinator, small)
+        async with coordinator.store.engine.connect() as conn:
+            history = await coordinator.store.select_history(conn, big)
+
+        # A redelivered command is answered from the record: the same stand-in again.
+        sent = [decode_envelope(r.value) for r in await commands.published()]
+        (fetch_command,) = [
+            c for c in sent if c.saga_id == big and c.message_type == Fetch.message_type
+        ]
+        await producer.send_and_wait(
+            topics.commands("archive"),
+            fetch_command.to_bytes(),
+            key=fetch_command.key(),
+            headers=encode_headers(fetch_command.headers()),
+        )
+
+        found: list[Envelope] = []
+
+        async def answered_twice() -> list[Envelope]:
+            found.extend(
+                decode_envelope(r.value)
+                for r in await replies.published()
+                if decode_headers(r.headers).get("ce_sagacommandid") == fetch_command.command_id
+            )
+            assert len(found) >= 2, f"{len(found)} answer(s) to the fetch command"
+            return found
+
+        answers = await eventually(answered_twice, what="the redelivered command's answer")
+
+    assert undone.status is SagaStatus.COMPENSATED
+    assert undone.compensated_steps == ("fetch", "reserve")
+    assert await _effects(db_engine, "big") == ["reserve", "fetch", "discard", "release"]
+    (failed,) = [h for h in history if h.kind == HistoryKind.STEP_FAILED.value]
+    assert failed.step == "fetch"
+    assert failed.detail["in_doubt"] is True
+    assert "MessageSizeTooLargeError" in failed.detail["undeliverable"]
+    assert undone.failure_reason is not None
+    assert "reply undeliverable" in undone.failure_reason
+
+    headers = decode_headers(letter.headers)
+    assert headers[DeadLetterHeader.REASON] == "unsendable"
+    assert int(headers[DeadLetterHeader.VALUE_DROPPED]) > BIG_REPLY_CHARS
+    assert headers["ce_sagaid"] == big
+    assert headers["ce_sagaoutcome"] == "success"
+    assert letter.value is None
+
+    assert done.status is SagaStatus.COMPLETED
+    assert await _effects(db_engine, "small") == ["reserve", "fetch"]
+
+    first, again = answers[:2]
+    assert first == again
+    assert first.outcome is Outcome.SUCCESS
+    assert list(first.payload) == [UNDELIVERABLE_KEY]
+    assert (
+        first.payload[UNDELIVERABLE_KEY]["dead_letter_id"]
+        == (headers[DeadLetterHeader.DEAD_LETTER_ID])
+    )
+    async with db_engine.connect() as conn:
+        recorded = await conn.scalar(
+            text("SELECT reply FROM archive_svc.saga_processed_commands WHERE command_id = :id"),
+            {"id": fetch_command.command_id},
+        )
+    assert undeliverable_reason(recorded["payload"]) is not None
+    assert len(str(recorded)) < 2_000
