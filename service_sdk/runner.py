@@ -66,6 +66,10 @@ are waited out, never held against a command:
 - a producer whose idempotence state the broker lost (after a long outage every send fails
   with ``OutOfOrderSequenceNumber``) is closed and recreated (:mod:`service_sdk.producer`),
   and what it did not deliver is published again;
+- a reply Kafka will never take (larger than ``KafkaConfig.max_request_size`` or the topic's
+  ``max.message.bytes``, or bound for an invalid topic) is not retried: it is dead-lettered and
+  the command answered by a small stand-in recorded in its place
+  (:mod:`service_sdk._private.undeliverable`), so the batch behind it goes on;
 - every retry loop backs off (up to 5 s) and logs at most once per 30 s
   (:class:`~service_sdk.retry.RetryLog`); aiokafka's own per-attempt error lines are
   throttled likewise (:mod:`service_sdk.kafka_logs`).
@@ -80,7 +84,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -94,7 +98,12 @@ from service_sdk._private.heartbeats import HeartbeatPublisher, PickupLog, insta
 from service_sdk._private.idempotency import ProcessedCommands
 from service_sdk._private.processing import CommandProcessor, log_extra
 from service_sdk._private.progress import Progress
-from service_sdk._private.undeliverable import TOPIC_NAME, Screened, UndeliverableReplies
+from service_sdk._private.undeliverable import (
+    TOPIC_NAME,
+    Screened,
+    UndeliverableReplies,
+    without_body,
+)
 from service_sdk.config import KafkaConfig
 from service_sdk.contract.envelope import Command, Envelope, MessageKind, Outcome, decode_envelope
 from service_sdk.contract.headers import Header, decode_headers
@@ -108,7 +117,7 @@ from service_sdk.observer import NoObserver, RunnerObserver
 from service_sdk.producer import ProducerFactory, ProducerHandle
 from service_sdk.retry import RetryEvent, RetryLog, RetryPolicy, call_with_retries
 from service_sdk.service import Service, reply_envelope, reply_payload
-from service_sdk.transient import is_transient, is_transient_database_error
+from service_sdk.transient import is_transient, is_transient_database_error, is_unsendable
 
 __all__ = ["RunnerObserver", "ServiceRunner"]
 
@@ -140,6 +149,10 @@ class _Publication:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes | None]]
+    answering: Envelope | None = None
+    """For a reply: the command it answers (a reply Kafka refuses is set aside)."""
+    reply: Envelope | None = None
+    dead_letter: bool = False
 
 
 class ServiceRunner:
@@ -472,7 +485,7 @@ class ServiceRunner:
         async with self._engine.begin() as conn:
             reply, command = await self._processor.finish_later(conn, command_id, build)
             screened = await self._undeliverable.screen(conn, command, reply)
-        for publication in self._publications(screened):
+        for publication in self._publications(screened, command):
             await (await self._send(publication))
         reply = screened.reply
         self._pickups.answered(command_id)
@@ -613,7 +626,8 @@ class ServiceRunner:
 
     async def _deliver(self, deliveries: list[tuple[_Publication, asyncio.Future[Any]]]) -> bool:
         """Wait until Kafka acknowledged every publication, publishing again (with backoff,
-        on a new producer if the old one lost its state) what it did not.
+        on a new producer if the old one lost its state) what it did not. What Kafka refuses
+        for good (a reply over the broker's size limit, say) is set aside and replaced.
 
         Returns:
             True when all were acknowledged; False when the runner stopped first.
@@ -623,22 +637,28 @@ class ServiceRunner:
 
         async def attempt() -> None:
             nonlocal in_flight, unsent
-            if unsent:
-                in_flight = [(publication, await self._send(publication)) for publication in unsent]
-            results = await asyncio.gather(
-                *(future for _, future in in_flight), return_exceptions=True
-            )
-            failed = [
-                (publication, result)
-                for (publication, _), result in zip(in_flight, results, strict=True)
-                if isinstance(result, BaseException)
-            ]
-            unsent, in_flight = [publication for publication, _ in failed], []
-            if failed:
-                error = failed[0][1]
-                if isinstance(error, Exception):
-                    raise error
-                raise KafkaError(f"a delivery ended without an answer: {error!r}")
+            while True:
+                if unsent:
+                    in_flight = [(p, await self._send(p)) for p in unsent]
+                results = await asyncio.gather(
+                    *(future for _, future in in_flight), return_exceptions=True
+                )
+                failed = [
+                    (publication, result)
+                    for (publication, _), result in zip(in_flight, results, strict=True)
+                    if isinstance(result, BaseException)
+                ]
+                unsent, in_flight = [publication for publication, _ in failed], []
+                if not failed:
+                    return
+                replaced = await self._set_aside_refused(failed)
+                if not replaced:
+                    error = failed[0][1]
+                    if isinstance(error, Exception):
+                        raise error
+                    raise KafkaError(f"a delivery ended without an answer: {error!r}")
+                # Send the replacements (and retry the rest) at once: nothing waits for Kafka.
+                unsent = [r for p in unsent for r in replaced.get(id(p), [p])]
 
         try:
             await call_with_retries(
@@ -653,6 +673,45 @@ class ServiceRunner:
             raise  # not reached: every failure is retried until stop
         self._progress.recovered("publishing")
         return True
+
+    async def _set_aside_refused(
+        self, failed: Sequence[tuple[_Publication, BaseException]]
+    ) -> dict[int, list[_Publication]]:
+        """What replaces each publication Kafka refused for good (by ``id``): a reply becomes
+        its dead letter and a stand-in (recorded in its place), a dead letter loses its body.
+        Other failures are not in the result: they are retried."""
+        replaced: dict[int, list[_Publication]] = {}
+        for publication, error in failed:
+            if not is_unsendable(error):
+                continue
+            if publication.answering is not None and publication.reply is not None:
+                command, reply = publication.answering, publication.reply
+                conn = await self._connect()
+                try:
+                    async with conn.begin():
+                        screened = await self._undeliverable.set_aside(conn, command, reply, error)
+                except BaseException as exc:
+                    await self._discard_if_broken(conn, exc)
+                    raise
+                finally:
+                    await conn.close()
+                replaced[id(publication)] = self._publications(screened, command)
+            elif publication.dead_letter and publication.value is not None:
+                logger.error(
+                    "service %s: a dead letter to %s refused (%s); dropping its %d-byte body",
+                    self.service.name,
+                    publication.topic,
+                    error,
+                    len(publication.value),
+                )
+                replaced[id(publication)] = [
+                    replace(
+                        publication,
+                        value=None,
+                        headers=without_body(publication.value, publication.headers),
+                    )
+                ]
+        return replaced
 
     def _look_ahead(self, batch: dict[Any, list[Any]]) -> dict[str, Envelope]:
         """The commands this batch's undos name: they are refused rather than run, as if
@@ -799,7 +858,7 @@ class ServiceRunner:
         if screened is None:
             return []
         self._pickups.answered(command_id)
-        return self._publications(screened)
+        return self._publications(screened, envelope)
 
     async def _connect(self) -> AsyncConnection:
         """A connection; while the database is unreachable, wait (this is not the command's
@@ -835,16 +894,26 @@ class ServiceRunner:
     def _observe(self, envelope: Envelope, result: str, started: float) -> None:
         self._observer.command_processed(envelope.message_type, result, time.monotonic() - started)
 
-    def _publications(self, screened: Screened) -> list[_Publication]:
+    def _publications(self, screened: Screened, command: Envelope) -> list[_Publication]:
         """A reply's publication, after the dead letter of the reply it stands in for."""
-        published = [_Publication(screened.topic, screened.key, screened.value, screened.headers)]
-        if (letter := screened.dead_letter) is not None:
-            # Counted against the commands topic, like the runner's other dead letters.
-            self._observer.dead_lettered(self.topic, DeadLetterReason.UNSENDABLE)
-            published.insert(
-                0, _Publication(letter.topic, letter.key, letter.value, letter.headers)
-            )
-        return published
+        letter = screened.dead_letter
+        if letter is None:
+            return [
+                _Publication(
+                    screened.topic,
+                    screened.key,
+                    screened.value,
+                    screened.headers,
+                    answering=command,
+                    reply=screened.reply,
+                )
+            ]
+        # Counted against the commands topic, like the runner's other dead letters.
+        self._observer.dead_lettered(self.topic, DeadLetterReason.UNSENDABLE)
+        return [
+            _Publication(letter.topic, letter.key, letter.value, letter.headers, dead_letter=True),
+            _Publication(screened.topic, screened.key, screened.value, screened.headers),
+        ]
 
     def _dead_letter(
         self, record: Any, exc: BaseException, reason: DeadLetterReason
@@ -864,5 +933,9 @@ class ServiceRunner:
         )
         self._observer.dead_lettered(record.topic, reason)
         return _Publication(
-            topic=letter.topic, key=letter.key, value=letter.value, headers=letter.headers
+            topic=letter.topic,
+            key=letter.key,
+            value=letter.value,
+            headers=letter.headers,
+            dead_letter=True,
         )

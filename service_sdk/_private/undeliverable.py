@@ -2,7 +2,8 @@
 
 A reply larger than the producer's ``max_request_size`` (or bound for an invalid topic) fails
 on every send; retried, it would hold up its runner's batch for good. Instead, inside the
-command's transaction, before anything is committed:
+command's transaction, before anything is committed (or, when the broker refuses a reply that
+passed this check, e.g. over the topic's ``max.message.bytes``, in a transaction of its own):
 
 1. the reply becomes a dead letter on ``<replies topic>.dlq`` (reason ``unsendable``) with its
    headers and, for a size refusal, without its body (``saga_dlt-value-dropped`` gives the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka.errors import InvalidTopicError, MessageSizeTooLargeError
@@ -31,8 +33,16 @@ from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
 from service_sdk.contract.undeliverable import undeliverable_payload
 from service_sdk.dead_letters import DeadLetterRecord
+from service_sdk.transient import error_chain
 
-__all__ = ["TOPIC_NAME", "Screened", "UndeliverableReplies", "reply_fault"]
+__all__ = [
+    "TOPIC_NAME",
+    "Screened",
+    "UndeliverableReplies",
+    "is_invalid_topic",
+    "reply_fault",
+    "without_body",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,19 @@ TOPIC_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}")
 """Kafka's legal topic names."""
 
 _MAX_ERROR_CHARS = 1_000
+
+
+def is_invalid_topic(error: BaseException) -> bool:
+    """True when Kafka refused a record for its topic (rather than for its size)."""
+    return any(isinstance(node, InvalidTopicError) for node in error_chain(error))
+
+
+def without_body(
+    value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> list[tuple[str, bytes | None]]:
+    """The headers of a dead letter whose body (``value``) is dropped: its size stated."""
+    kept = [(name, v) for name, v in headers if name != DeadLetterHeader.VALUE_DROPPED]
+    return [*kept, (DeadLetterHeader.VALUE_DROPPED, str(len(value or b"")).encode())]
 
 
 def reply_fault(
@@ -143,10 +166,24 @@ class UndeliverableReplies:
         )
         if error is None:
             return screened
-        topic = screened.topic
-        if isinstance(error, InvalidTopicError):
+        return await self.set_aside(conn, command, reply, error)
+
+    async def set_aside(
+        self, conn: AsyncConnection, command: Envelope, reply: Envelope, error: BaseException
+    ) -> Screened:
+        """Dead-letter ``reply``, which Kafka refused for good with ``error``, and record its
+        stand-in as the answer to ``command``; returns the stand-in to publish.
+
+        Args:
+            conn: In a transaction (the command's, or one of its own after a refused send).
+            command: The command answered.
+            reply: Its refused answer.
+            error: Kafka's refusal (:func:`~service_sdk.transient.is_unsendable`).
+        """
+        topic = command.reply_to or self._topics.replies
+        if is_invalid_topic(error) or not TOPIC_NAME.fullmatch(topic):
             topic = self._topics.replies
-            screened = Screened.of(reply, topic)
+        screened = Screened.of(reply, topic)
         size = len(screened.value)
         letter = DeadLetterRecord.from_consumer_record(
             _ReplyAsRecord(screened),
@@ -154,7 +191,8 @@ class UndeliverableReplies:
             exc=error,
             reason=DeadLetterReason.UNSENDABLE,
             max_bytes=self._max_bytes,
-            drop_value=isinstance(error, MessageSizeTooLargeError),
+            # A refusal for its size: the body would not fit in the dead letter either.
+            drop_value=not is_invalid_topic(error),
         )
         letter_id = dict(letter.headers).get(DeadLetterHeader.DEAD_LETTER_ID)
         reason = str(error)  # aiokafka's errors say their name: "[Error 10] MessageSizeTooLarge..."

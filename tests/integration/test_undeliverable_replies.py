@@ -1,4 +1,6 @@
-"""A participant's reply larger than its producer may send (real Kafka + PostgreSQL).
+"""A participant's reply larger than Kafka takes (real Kafka + PostgreSQL): over its producer's
+``max_request_size`` (found before the commit), or over the topic's ``max.message.bytes`` (the
+broker refuses it after the commit).
 
 The reply is dead-lettered, the command is answered by a small stand-in, and the coordinator
 undoes that step with the one before it; the participant goes on answering later commands,
@@ -11,6 +13,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, ClassVar
 
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -39,8 +43,10 @@ from service_sdk.contract import (
 )
 from tests.support.waiting import eventually
 
-BIG_REPLY_CHARS = 1_200_000
-"""More than the producer's default max_request_size (1 MiB)."""
+OVER_THE_PRODUCER_LIMIT = 1_200_000
+"""Characters: more than the producer's default max_request_size (1 MiB)."""
+BROKER_LIMIT = 100_000
+"""The replies topic's max.message.bytes in the broker case, far below the producer's."""
 PATIENT = timedelta(seconds=120)
 
 
@@ -57,7 +63,7 @@ class Release(Command):
 class Fetch(Command):
     message_type: ClassVar[str] = "archive.fetch"
     label: str
-    big: bool
+    size: int
 
 
 class Discard(Command):
@@ -67,7 +73,7 @@ class Discard(Command):
 
 class ArchiveData(BaseModel):
     label: str
-    big: bool
+    size: int
     reservation: str | None = None
     blob: str | None = None
 
@@ -102,7 +108,7 @@ class ArchiveSaga(SagaDefinition[ArchiveData]):
             name="fetch",
             service="archive",
             command=Fetch,
-            build=lambda d: Fetch(label=d.label, big=d.big),
+            build=lambda d: Fetch(label=d.label, size=d.size),
             on_success=_fetched,
             compensation=Compensation[ArchiveData](
                 Discard, lambda d: Discard(label=d.label), timeout=PATIENT
@@ -136,7 +142,7 @@ async def release(command: Release, ctx: HandlerContext) -> None:
 @archive.handles(Fetch)
 async def fetch(command: Fetch, ctx: HandlerContext) -> dict[str, Any]:
     await _effect(ctx, command.label, "fetch")
-    return {"blob": "x" * (BIG_REPLY_CHARS if command.big else 10)}
+    return {"blob": "x" * command.size}
 
 
 @archive.handles(Discard)
@@ -175,7 +181,14 @@ async def _effects(engine: AsyncEngine, label: str) -> list[str]:
         return [row.action for row in rows]
 
 
+@pytest.mark.parametrize(
+    ("size", "broker_limit"),
+    [(OVER_THE_PRODUCER_LIMIT, None), (3 * BROKER_LIMIT, BROKER_LIMIT)],
+    ids=["over-the-producer-limit", "refused-by-the-broker"],
+)
 async def test_an_oversized_reply_is_dead_lettered_and_its_step_undone_with_the_earlier_ones(
+    size: int,
+    broker_limit: int | None,
     coordinator_settings: Settings,
     running_coordinator: Any,
     topic_reader: Any,
@@ -186,6 +199,14 @@ async def test_an_oversized_reply_is_dead_lettered_and_its_step_undone_with_the_
     settings = coordinator_settings
     prefix = settings.kafka.topic_prefix
     topics = Topics(prefix)
+    if broker_limit is not None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            limited = {"max.message.bytes": str(broker_limit)}
+            await admin.create_topics([NewTopic(topics.replies, 4, 1, topic_configs=limited)])
+        finally:
+            await admin.close()
     runner = ServiceRunner(
         archive,
         kafka=KafkaConfig(
@@ -207,13 +228,13 @@ async def test_an_oversized_reply_is_dead_lettered_and_its_step_undone_with_the_
         topic_reader(topics.commands("archive")) as commands,
     ):
         big = await coordinator.client.start(
-            "archive", ArchiveData(label="big", big=True), saga_id="big"
+            "archive", ArchiveData(label="big", size=size), saga_id="big"
         )
         undone = await _finished(coordinator, big)
         (letter,) = await dead_letters.records(1)
         # Later commands to the same participant are still answered.
         small = await coordinator.client.start(
-            "archive", ArchiveData(label="small", big=False), saga_id="small"
+            "archive", ArchiveData(label="small", size=10), saga_id="small"
         )
         done = await _finished(coordinator, small)
         async with coordinator.store.engine.connect() as conn:
@@ -256,7 +277,7 @@ async def test_an_oversized_reply_is_dead_lettered_and_its_step_undone_with_the_
 
     headers = decode_headers(letter.headers)
     assert headers[DeadLetterHeader.REASON] == "unsendable"
-    assert int(headers[DeadLetterHeader.VALUE_DROPPED]) > BIG_REPLY_CHARS
+    assert int(headers[DeadLetterHeader.VALUE_DROPPED]) > size
     assert headers["ce_sagaid"] == big
     assert headers["ce_sagaoutcome"] == "success"
     assert letter.value is None
