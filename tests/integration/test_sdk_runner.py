@@ -299,7 +299,10 @@ async def harness(
     async with db_engine.begin() as conn:
         await conn.execute(text("CREATE SCHEMA IF NOT EXISTS sdkprobe"))
         await conn.execute(
-            text("CREATE TABLE sdkprobe.effects (id serial PRIMARY KEY, key text, command_id text)")
+            text(
+                "CREATE TABLE sdkprobe.effects (id serial PRIMARY KEY, key text, command_id text,"
+                " xid bigint NOT NULL DEFAULT txid_current())"
+            )
         )
     producer = AIOKafkaProducer(**kafka_producer_settings)
     await producer.start()
@@ -503,6 +506,35 @@ async def test_failing_handler_is_dead_lettered_and_the_next_command_runs(
     assert await harness.record("cmd-boom") is None
     assert harness.observer.failures == [1, 2, 3]
     assert harness.observer.dead == ["handler_error"]
+
+
+async def test_a_batch_is_answered_in_few_transactions_and_a_failure_stays_alone(
+    harness: Harness,
+) -> None:
+    # Queued before the runner starts, so that they arrive in one poll.
+    oks = [touch_command(key=f"b{i}", command_id=f"cmd-b{i}") for i in range(12)]
+    poison = touch_command("boom", key="b-boom", command_id="cmd-b-boom")
+    for command in (*oks[:6], poison, *oks[6:]):
+        await harness.send(command)
+    await harness.start_runner(handler_attempts=2)
+
+    replies = await harness.replies(12)
+    assert sorted(reply.payload["key"] for reply in replies) == sorted(
+        c.payload["key"] for c in oks
+    )
+    (letter,) = await harness.read(harness.dlq, 1)
+    assert letter.value == poison.to_bytes()
+    async with harness.engine.connect() as conn:
+        rows = (
+            await conn.execute(text("SELECT key, xid FROM sdkprobe.effects WHERE key LIKE 'b%'"))
+        ).all()
+    assert sorted(key for key, _ in rows) == sorted(f"b{i}" for i in range(12))
+    # One commit for the commands before the failing one and one for those after it (a few
+    # more if Kafka handed them over in several polls), not one per command.
+    assert len({xid for _, xid in rows}) <= 4
+    assert CALLS["cmd-b-boom"] == 2  # its run in the shared transaction was attempt 1
+    assert harness.observer.failures == [1, 2]
+    assert all(CALLS[c.command_id] == 1 for c in oks)
 
 
 async def test_contract_violations_are_dead_lettered(harness: Harness) -> None:
