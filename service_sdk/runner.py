@@ -661,36 +661,26 @@ class ServiceRunner:
     async def _execute_together(
         self, works: Sequence[_Work]
     ) -> tuple[dict[int, list[_Publication]], tuple[int, Exception] | None]:
-        """Answer commands in ONE transaction, each in a SAVEPOINT: one commit (one WAL
-        flush) instead of one per command.
+        """Answer commands in ONE transaction: one commit (one WAL flush) and a few
+        statements for all of them (see ``CommandProcessor.answer_batch``).
 
         Returns:
             The publications of the commands committed, by ``id()`` of their work item; and
-            the first command that failed (its index and error) when one did: its savepoint is
-            rolled back, the commands before it are committed, those after it are not run.
+            the first command that failed (its index and error) when one did: nothing of it
+            is committed, the commands before it are, those after it are not run.
             When the transaction as a whole fails (the database went away), nothing is
             committed and both are empty.
         """
         started = time.monotonic()
-        answers: list[Answer] = []
-        failure: tuple[int, Exception] | None = None
         try:
             conn = await self._open_connection()
         except Exception:
             return {}, None
         try:
             async with conn.begin():
-                for index, work in enumerate(works):
-                    try:
-                        async with conn.begin_nested():
-                            answers.append(
-                                await self._processor.answer(
-                                    conn, work.envelope, work.command, work.undo
-                                )
-                            )
-                    except Exception as exc:
-                        failure = (index, exc)
-                        break
+                answers, failure = await self._processor.answer_batch(
+                    conn, [(work.envelope, work.command, work.undo) for work in works]
+                )
         except Exception as exc:
             await self._discard_if_broken(conn, exc)
             logger.debug("service %s: shared transaction failed: %r", self.service.name, exc)

@@ -284,8 +284,9 @@ class Service:
         Raises:
             TypeError: The command is a ``saga.fence``: it has no handler, the runner answers
                 it from the processed-commands record.
-            Exception: Whatever the handler raised other than ``CommandRejected``; its
-                writes are rolled back to the savepoint.
+            Exception: Whatever the handler raised other than ``CommandRejected``, or the
+                error of making its result a reply; its writes are rolled back to the
+                savepoint.
         """
         if envelope.message_type == FENCE_MESSAGE_TYPE:
             raise TypeError(
@@ -296,10 +297,11 @@ class Service:
         ctx = HandlerContext(connection=connection, envelope=envelope, service=self)
         try:
             if connection is None:
-                result = await handler(command, ctx)
-            else:
-                async with connection.begin_nested():
-                    result = await handler(command, ctx)
+                return self._answer(envelope, await handler(command, ctx))
+            # The reply is made inside the savepoint too: a result that cannot be a reply
+            # takes the handler's writes with it, like any error of the handler.
+            async with connection.begin_nested():
+                return self._answer(envelope, await handler(command, ctx))
         except CommandRejected as rejected:
             outcome = Outcome.RETRYABLE if rejected.retryable else Outcome.FAILURE
             return reply_envelope(
@@ -309,6 +311,8 @@ class Service:
                 payload=dict(rejected.data),
                 error=rejected.reason,
             )
+
+    def _answer(self, envelope: Envelope, result: Any) -> Envelope | Deferred:
         if isinstance(result, Deferred):
             return result
         return reply_envelope(envelope, self.name, Outcome.SUCCESS, payload=reply_payload(result))

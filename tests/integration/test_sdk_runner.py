@@ -49,7 +49,7 @@ from tests.support.waiting import eventually
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService, TopicFactory
 
-Mode = Literal["ok", "reject", "retry", "boom", "defer", "held"]
+Mode = Literal["ok", "reject", "retry", "boom", "defer", "held", "bad"]
 
 SERVICE = Service("sdkprobe", schema="sdkprobe")
 CALLS: Counter[str] = Counter()
@@ -86,6 +86,8 @@ async def touch(cmd: Touch, ctx: HandlerContext) -> Touched | Deferred:
         return ctx.defer()
     if cmd.mode == "held":
         await GATES[cmd.key].wait()
+    if cmd.mode == "bad":
+        return 42  # type: ignore[return-value]  # not a reply: an error after the handler
     return Touched(key=cmd.key, run=CALLS[ctx.command_id])
 
 
@@ -535,6 +537,21 @@ async def test_a_batch_is_answered_in_few_transactions_and_a_failure_stays_alone
     assert CALLS["cmd-b-boom"] == 2  # its run in the shared transaction was attempt 1
     assert harness.observer.failures == [1, 2]
     assert all(CALLS[c.command_id] == 1 for c in oks)
+
+
+async def test_a_result_that_is_no_reply_leaves_no_effect_in_a_batch(harness: Harness) -> None:
+    bad = touch_command("bad", key="c-bad", command_id="cmd-c-bad")
+    for command in (touch_command(key="c0"), bad, touch_command(key="c1")):
+        await harness.send(command)
+    await harness.start_runner(handler_attempts=1)
+
+    replies = await harness.replies(2)
+    assert sorted(reply.payload["key"] for reply in replies) == ["c0", "c1"]
+    (letter,) = await harness.read(harness.dlq, 1)
+    assert decode_headers(letter.headers)[DeadLetterHeader.EXCEPTION_FQCN] == "builtins.TypeError"
+    assert CALLS["cmd-c-bad"] == 1
+    assert await harness.effects("c-bad") == 0
+    assert await harness.record("cmd-c-bad") is None
 
 
 async def test_contract_violations_are_dead_lettered(harness: Harness) -> None:
