@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service_sdk import (
@@ -518,9 +518,17 @@ async def test_a_batch_is_answered_in_few_transactions_and_a_failure_stays_alone
     poison = touch_command("boom", key="b-boom", command_id="cmd-b-boom")
     for command in (*oks[:6], poison, *oks[6:]):
         await harness.send(command)
-    await harness.start_runner(handler_attempts=2)
+    sent: list[str] = []
 
-    replies = await harness.replies(12)
+    def record(*args: Any) -> None:
+        sent.append(args[2])
+
+    event.listen(harness.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await harness.start_runner(handler_attempts=2)
+        replies = await harness.replies(12)
+    finally:
+        event.remove(harness.engine.sync_engine, "before_cursor_execute", record)
     assert sorted(reply.payload["key"] for reply in replies) == sorted(
         c.payload["key"] for c in oks
     )
@@ -537,6 +545,8 @@ async def test_a_batch_is_answered_in_few_transactions_and_a_failure_stays_alone
     assert CALLS["cmd-b-boom"] == 2  # its run in the shared transaction was attempt 1
     assert harness.observer.failures == [1, 2]
     assert all(CALLS[c.command_id] == 1 for c in oks)
+    # Savepoints of one name: three statement texts (each prepared once), not two per command.
+    assert len({text for text in sent if "SAVEPOINT" in text}) <= 3
 
 
 async def test_a_result_that_is_no_reply_leaves_no_effect_in_a_batch(harness: Harness) -> None:
