@@ -5,7 +5,10 @@ For every batch from ``<prefix><service>.commands``, record by record in partiti
 1. Decode the envelope; a record that is not a valid command of this service goes to
    ``<topic>.dlq`` with ``kafka_dlt-*`` headers, and the consumer moves on. ``saga.fence`` is
    valid for every service: it needs no handler.
-2. In one PostgreSQL transaction, claim the command id in ``<schema>.saga_processed_commands``.
+2. In one PostgreSQL transaction for the whole batch (one commit, so one WAL flush, however
+   many commands; should anything in it fail, it is rolled back as a whole and the commands
+   are answered one by one, each in a transaction of its own), claim each command id in
+   ``<schema>.saga_processed_commands``.
    A command already answered gets its recorded reply again (same message id, so the
    coordinator's inbox drops it); a deferred one gets nothing; a fenced one (a tombstone) gets
    its refusal, and its handler never runs. Otherwise the handler runs in a SAVEPOINT of that
@@ -96,7 +99,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service_sdk._private import fencing
 from service_sdk._private.heartbeats import HeartbeatPublisher, PickupLog, instance_id
 from service_sdk._private.idempotency import ProcessedCommands
-from service_sdk._private.processing import CommandProcessor, log_extra
+from service_sdk._private.processing import Answer, CommandProcessor, log_extra
 from service_sdk._private.progress import Progress
 from service_sdk._private.undeliverable import (
     TOPIC_NAME,
@@ -141,6 +144,15 @@ def _record_extra(record: Any) -> dict[str, Any]:
 
 class _StoppingError(Exception):
     """The runner is stopping while waiting for the database."""
+
+
+@dataclass(frozen=True)
+class _Work:
+    """A command of the batch that passed screening, with the undo queued behind it."""
+
+    envelope: Envelope
+    command: Command
+    undo: Envelope | None
 
 
 @dataclass(frozen=True)
@@ -604,13 +616,26 @@ class ServiceRunner:
         done: dict[Any, int] = {}
         deliveries: list[tuple[_Publication, asyncio.Future[Any]]] = []
         ahead = self._look_ahead(batch)
+        planned = [
+            (tp, record, self._screen(record, ahead))
+            for tp, records in batch.items()
+            for record in records
+        ]
         try:
-            for tp, records in batch.items():
-                for record in records:
-                    for publication in await self._process_record(record, ahead):
-                        deliveries.append((publication, await self._send(publication)))
-                    done[tp] = record.offset + 1
-                    self._progress.advanced()
+            answered = await self._answer_batch(
+                [(record, work) for _, record, work in planned if isinstance(work, _Work)]
+            )
+            for tp, record, work in planned:
+                if not isinstance(work, _Work):
+                    publications = work
+                elif id(work) in answered:
+                    publications = answered[id(work)]
+                else:
+                    publications = await self._execute_with_retries(record, work)
+                for publication in publications:
+                    deliveries.append((publication, await self._send(publication)))
+                done[tp] = record.offset + 1
+                self._progress.advanced()
         except _StoppingError:
             logger.info("service %s: stopping in the middle of a batch", self.service.name)
         except BaseException:
@@ -623,6 +648,73 @@ class ServiceRunner:
             return
         if done:
             await self._commit(done)
+
+    async def _answer_batch(
+        self, works: Sequence[tuple[Any, _Work]]
+    ) -> dict[int, list[_Publication]]:
+        """Answer the batch's commands together, a transaction for many; returns the
+        publications of those answered, by ``id()`` of their work item.
+
+        A command that fails in a shared transaction is answered alone (its first attempt
+        spent), then the commands after it are taken together again. Those not answered here
+        (the shared transaction itself failed) are left to the caller to answer one by one.
+        """
+        answered: dict[int, list[_Publication]] = {}
+        pending = list(works)
+        while len(pending) > 1:
+            committed, failure = await self._execute_together([work for _, work in pending])
+            answered.update(committed)
+            if failure is None:
+                break
+            index, error = failure
+            record, work = pending[index]
+            answered[id(work)] = await self._execute_with_retries(
+                record, work, None if is_transient_database_error(error) else error
+            )
+            pending = pending[index + 1 :]
+        return answered
+
+    async def _execute_together(
+        self, works: Sequence[_Work]
+    ) -> tuple[dict[int, list[_Publication]], tuple[int, Exception] | None]:
+        """Answer commands in ONE transaction: one commit (one WAL flush) and a few
+        statements for all of them (see ``CommandProcessor.answer_batch``).
+
+        Returns:
+            The publications of the commands committed, by ``id()`` of their work item; and
+            the first command that failed (its index and error) when one did: nothing of it
+            is committed, the commands before it are, those after it are not run.
+            When the transaction as a whole fails (the database went away), nothing is
+            committed and both are empty.
+        """
+        started = time.monotonic()
+        try:
+            conn = await self._open_connection()
+        except Exception:
+            return {}, None
+        try:
+            async with conn.begin():
+                answers, failure = await self._processor.answer_batch(
+                    conn, [(work.envelope, work.command, work.undo) for work in works]
+                )
+                screened = [
+                    await self._screen_reply(conn, work.envelope, answer)
+                    for work, answer in zip(works, answers, strict=False)
+                ]
+        except Exception as exc:
+            await self._discard_if_broken(conn, exc)
+            logger.debug("service %s: shared transaction failed: %r", self.service.name, exc)
+            return {}, None
+        except BaseException as exc:
+            await self._discard_if_broken(conn, exc)
+            raise
+        finally:
+            await conn.close()
+        committed = {
+            id(work): self._answered(work.envelope, answer, reply, started)
+            for work, answer, reply in zip(works, answers, screened, strict=False)
+        }
+        return committed, failure
 
     async def _deliver(self, deliveries: list[tuple[_Publication, asyncio.Future[Any]]]) -> bool:
         """Wait until Kafka acknowledged every publication, publishing again (with backoff,
@@ -745,7 +837,8 @@ class ServiceRunner:
             headers=publication.headers,
         )
 
-    async def _process_record(self, record: Any, ahead: dict[str, Envelope]) -> list[_Publication]:
+    def _screen(self, record: Any, ahead: dict[str, Envelope]) -> _Work | list[_Publication]:
+        """The command ``record`` holds, ready to run; or its dead letter when it is none."""
         try:
             envelope = decode_envelope(record.value)
         except MalformedMessageError as exc:
@@ -771,30 +864,41 @@ class ServiceRunner:
             return [self._dead_letter(record, exc, DeadLetterReason.UNKNOWN_TYPE)]
         except ValidationError as exc:
             return [self._dead_letter(record, exc, DeadLetterReason.SCHEMA)]
-        undo = fencing.fenced_by(ahead, envelope)
-        return await self._execute_with_retries(record, envelope, command, undo)
+        return _Work(envelope, command, fencing.fenced_by(ahead, envelope))
 
     async def _execute_with_retries(
-        self, record: Any, envelope: Envelope, command: Command, undo: Envelope | None
+        self, record: Any, work: _Work, failed_once: Exception | None = None
     ) -> list[_Publication]:
+        """Run ``work`` in its own transaction until it succeeds or its attempts are spent
+        (then dead-letter it); ``failed_once`` is a first attempt that failed already."""
+        envelope, command, undo = work.envelope, work.command, work.undo
         extra = log_extra(envelope)
+        done = 0 if failed_once is None else 1
 
-        def on_retry(event: RetryEvent) -> None:
+        def failed(attempt: int, error: Exception) -> None:
             # Logged every time: each line is about one command, not about a failing loop.
-            self._observer.handler_failed(envelope.message_type, event.attempt)
+            self._observer.handler_failed(envelope.message_type, attempt)
             logger.warning(
                 "%s failed (attempt %d of %d): %r",
                 envelope.message_type,
-                event.attempt,
+                attempt,
                 self._handler_attempts,
-                event.error,
+                error,
                 extra=extra,
             )
 
+        def on_retry(event: RetryEvent) -> None:
+            failed(done + event.attempt, event.error)
+
         try:
+            if failed_once is not None:
+                if self._handler_attempts == 1:
+                    raise failed_once
+                failed(1, failed_once)
+                await asyncio.sleep(self._handler_retries.backoff_s(1))
             return await call_with_retries(
                 lambda: self._execute_while_the_database_is_away(envelope, command, undo),
-                self._handler_retries,
+                replace(self._handler_retries, max_attempts=self._handler_attempts - done),
                 retry_on=lambda exc: not isinstance(exc, _StoppingError),
                 on_retry=on_retry,
             )
@@ -838,26 +942,38 @@ class ServiceRunner:
     ) -> list[_Publication]:
         """One command in one transaction; ``undo`` is a later undo of it in the same batch."""
         command_id = envelope.command_id
-        assert command_id is not None  # checked by _process_record
+        assert command_id is not None  # checked by _screen
         conn = await self._connect()
         started = time.monotonic()
         try:
             async with conn.begin():
                 answer = await self._processor.answer(conn, envelope, command, undo)
-                screened: Screened | None = None
-                if answer.reply is not None:
-                    # Before the commit: a reply Kafka would never take is recorded as its
-                    # stand-in, so a redelivered command gets the same answer.
-                    screened = await self._undeliverable.screen(conn, envelope, answer.reply)
+                screened = await self._screen_reply(conn, envelope, answer)
         except BaseException as exc:
             await self._discard_if_broken(conn, exc)
             raise
         finally:
             await conn.close()
+        return self._answered(envelope, answer, screened, started)
+
+    async def _screen_reply(
+        self, conn: AsyncConnection, envelope: Envelope, answer: Answer
+    ) -> Screened | None:
+        """Before the commit: a reply Kafka would never take is recorded as its stand-in, so a
+        redelivered command gets the same answer. None when there is no reply."""
+        if answer.reply is None:
+            return None
+        return await self._undeliverable.screen(conn, envelope, answer.reply)
+
+    def _answered(
+        self, envelope: Envelope, answer: Answer, screened: Screened | None, started: float
+    ) -> list[_Publication]:
+        """After the commit of ``answer``: observe it and build its reply's publications."""
         self._observe(envelope, answer.result, started)
         if screened is None:
             return []
-        self._pickups.answered(command_id)
+        assert envelope.command_id is not None
+        self._pickups.answered(envelope.command_id)
         return self._publications(screened, envelope)
 
     async def _connect(self) -> AsyncConnection:

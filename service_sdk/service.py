@@ -24,9 +24,10 @@ cannot be registered. Likewise, a compensation naming the command it undoes in
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
@@ -284,8 +285,9 @@ class Service:
         Raises:
             TypeError: The command is a ``saga.fence``: it has no handler, the runner answers
                 it from the processed-commands record.
-            Exception: Whatever the handler raised other than ``CommandRejected``; its
-                writes are rolled back to the savepoint.
+            Exception: Whatever the handler raised other than ``CommandRejected``, or the
+                error of making its result a reply; its writes are rolled back to the
+                savepoint.
         """
         if envelope.message_type == FENCE_MESSAGE_TYPE:
             raise TypeError(
@@ -296,10 +298,11 @@ class Service:
         ctx = HandlerContext(connection=connection, envelope=envelope, service=self)
         try:
             if connection is None:
-                result = await handler(command, ctx)
-            else:
-                async with connection.begin_nested():
-                    result = await handler(command, ctx)
+                return self._answer(envelope, await handler(command, ctx))
+            # The reply is made inside the savepoint too: a result that cannot be a reply
+            # takes the handler's writes with it, like any error of the handler.
+            async with _savepoint(connection):
+                return self._answer(envelope, await handler(command, ctx))
         except CommandRejected as rejected:
             outcome = Outcome.RETRYABLE if rejected.retryable else Outcome.FAILURE
             return reply_envelope(
@@ -309,9 +312,33 @@ class Service:
                 payload=dict(rejected.data),
                 error=rejected.reason,
             )
+
+    def _answer(self, envelope: Envelope, result: Any) -> Envelope | Deferred:
         if isinstance(result, Deferred):
             return result
         return reply_envelope(envelope, self.name, Outcome.SUCCESS, payload=reply_payload(result))
+
+
+_SAVEPOINT = "saga_sdk_handler"
+
+
+@contextlib.asynccontextmanager
+async def _savepoint(connection: AsyncConnection) -> AsyncIterator[None]:
+    """A SAVEPOINT of one fixed name, released or rolled back before the next is taken.
+
+    SQLAlchemy's ``begin_nested`` numbers its savepoints (``sa_savepoint_1``, ``_2``, ...), so
+    in a transaction answering a batch of commands every savepoint statement has a new text:
+    asyncpg prepares each (a round trip) and PostgreSQL parses each. These three texts are
+    prepared once per connection. A handler's own ``begin_nested`` still works inside it.
+    """
+    await connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+    try:
+        yield
+    except BaseException:
+        await connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        await connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        raise
+    await connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
 
 
 def reply_payload(result: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -21,8 +21,12 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """An asyncpg engine for ``url``.
 
     A plain ``postgresql://`` URL is given the asyncpg driver, so operators can paste the URL
-    they use with psql. Connections are pinged when checked out, so a pool survives a database
-    restart or failover with one failed ping per stale connection instead of a failed batch.
+    they use with psql.
+
+    Connections are not pinged when checked out (a round trip per transaction, ~1 in 10 of the
+    coordinator's): after a database restart the first statement on a stale connection fails
+    with a disconnect, SQLAlchemy discards that connection and every pooled one older than it,
+    and the caller's transient-error retry runs the batch again on a fresh connection.
     """
     sa_url = make_url(url)
     if sa_url.drivername in ("postgresql", "postgres"):
@@ -31,7 +35,6 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         sa_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         # Errors quote the statement, never its arguments: those are saga data.
         hide_parameters=True,
         json_serializer=_json_dumps,

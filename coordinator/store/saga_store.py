@@ -10,6 +10,7 @@ takes one statement per thousand.)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -209,6 +210,105 @@ _UPDATE_SAGAS = (
 )
 
 
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as JSON values (timestamps as ISO strings) for ``jsonb_to_recordset``."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _unnest(*columns: tuple[str, Any]) -> Any:
+    """``unnest(:a, :b, ...) WITH ORDINALITY AS r(a, b, ..., ordinal)``: rows from one array
+    parameter per column, so a statement has the same text (one prepared statement) for any
+    number of rows."""
+    arrays = [sa.bindparam(name, type_=ARRAY(type_)) for name, type_ in columns]
+    return (
+        sa.func.unnest(*arrays)
+        .table_valued(
+            *(sa.column(name, type_) for name, type_ in columns), with_ordinality="ordinal"
+        )
+        .render_derived(name="r")
+    )
+
+
+# The statements below write a whole batch in one round trip, each with a constant text
+# (asyncpg prepares it once per connection; a multi-row VALUES list differs with every row
+# count and would be parsed and planned again and again).
+_inbox_rows = _unnest(("message_ids", sa.Text), ("saga_ids", sa.Text))
+_INSERT_INBOX = (
+    pg_insert(inbox)
+    .from_select(
+        ["message_id", "saga_id", "processed_at"],
+        sa.select(
+            _inbox_rows.c.message_ids,
+            _inbox_rows.c.saga_ids,
+            sa.bindparam("now", type_=inbox.c.processed_at.type),
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=[inbox.c.message_id])
+    .returning(inbox.c.message_id)
+)
+
+_INSERTED_COLUMNS = tuple(c.name for c in saga_instance.c if c.name != "version")
+_saga_rows = (
+    sa.func.jsonb_to_recordset(sa.bindparam("sagas", type_=JSONB))
+    .table_valued(*(sa.column(name, saga_instance.c[name].type) for name in _INSERTED_COLUMNS))
+    .render_derived(name="v", with_types=True)
+)
+# ON CONFLICT DO NOTHING: saga ids are chosen by the requester and a start request can be
+# redelivered; the first one wins.
+_INSERT_SAGAS = (
+    pg_insert(saga_instance)
+    .from_select(
+        [*_INSERTED_COLUMNS, "version"],
+        sa.select(*(_saga_rows.c[name] for name in _INSERTED_COLUMNS), sa.literal(1)),
+    )
+    .on_conflict_do_nothing(index_elements=[saga_instance.c.saga_id])
+    .returning(saga_instance.c.saga_id)
+)
+
+_HISTORY_COLUMNS = ("saga_id", "kind", "step", "message_id", "detail")
+_history_rows = (
+    sa.func.jsonb_to_recordset(sa.bindparam("rows", type_=JSONB))
+    .table_valued(*(sa.column(name, saga_history.c[name].type) for name in _HISTORY_COLUMNS))
+    .render_derived(name="h", with_types=True)
+)
+_INSERT_HISTORY = sa.insert(saga_history).from_select(
+    [*_HISTORY_COLUMNS, "at"],
+    sa.select(
+        *(_history_rows.c[name] for name in _HISTORY_COLUMNS),
+        sa.bindparam("now", type_=saga_history.c.at.type),
+    ),
+)
+
+_outbox_rows = _unnest(
+    ("saga_ids", sa.Text),
+    ("topics", sa.Text),
+    ("keys", sa.LargeBinary),
+    ("values", sa.LargeBinary),
+    ("headers", sa.Text),
+    ("message_ids", sa.Text),
+)
+_INSERT_OUTBOX = (
+    sa.insert(outbox)
+    .from_select(
+        ["saga_id", "topic", "key", "value", "headers", "message_id", "created_at"],
+        sa.select(
+            _outbox_rows.c.saga_ids,
+            _outbox_rows.c.topics,
+            _outbox_rows.c["keys"],
+            _outbox_rows.c["values"],
+            sa.cast(_outbox_rows.c.headers, JSONB),
+            _outbox_rows.c.message_ids,
+            sa.bindparam("now", type_=outbox.c.created_at.type),
+        ).order_by(_outbox_rows.c.ordinal),
+    )
+    .returning(outbox.c.id)
+)
+
+
 class SagaStore:
     """Reads and writes saga instances, their history, the inbox and the outbox."""
 
@@ -233,13 +333,14 @@ class SagaStore:
             return set()
         _aware(now, "now")
         # ON CONFLICT DO NOTHING: a message id seen before is a redelivery, not an error.
-        stmt = (
-            pg_insert(inbox)
-            .on_conflict_do_nothing(index_elements=[inbox.c.message_id])
-            .returning(inbox.c.message_id)
+        result = await conn.execute(
+            _INSERT_INBOX,
+            {
+                "message_ids": [m for m, _ in entries],
+                "saga_ids": [s for _, s in entries],
+                "now": now,
+            },
         )
-        rows = [{"message_id": m, "saga_id": s, "processed_at": now} for m, s in entries]
-        result = await conn.execute(stmt, rows)
         return set(result.scalars().all())
 
     # -- saga instances ------------------------------------------------------------------
@@ -256,13 +357,8 @@ class SagaStore:
             return set()
         # ON CONFLICT DO NOTHING: saga ids are chosen by the requester and a start request can
         # be redelivered; the first one wins.
-        stmt = (
-            pg_insert(saga_instance)
-            .on_conflict_do_nothing(index_elements=[saga_instance.c.saga_id])
-            .returning(saga_instance.c.saga_id)
-        )
-        rows = [{**saga_to_row(instance), "version": 1} for instance in instances]
-        result = await conn.execute(stmt, rows)
+        rows = [_json_row(saga_to_row(instance)) for instance in instances]
+        result = await conn.execute(_INSERT_SAGAS, {"sagas": rows})
         return set(result.scalars().all())
 
     async def select_sagas_for_update(
@@ -409,7 +505,6 @@ class SagaStore:
         values = [
             {
                 "saga_id": saga_id,
-                "at": now,
                 "kind": entry.kind.value,
                 "step": entry.step,
                 "message_id": entry.message_id,
@@ -417,7 +512,7 @@ class SagaStore:
             }
             for saga_id, entry in rows
         ]
-        await conn.execute(sa.insert(saga_history), values)
+        await conn.execute(_INSERT_HISTORY, {"rows": values, "now": now})
 
     async def select_history(self, conn: AsyncConnection, saga_id: str) -> list[HistoryRecord]:
         """The saga's history, oldest first."""
@@ -441,23 +536,22 @@ class SagaStore:
         if not messages:
             return []
         _aware(now, "now")
-        rows = [
+        result = await conn.execute(
+            _INSERT_OUTBOX,
             {
-                "saga_id": m.saga_id,
-                "topic": m.topic,
-                "key": m.key,
-                "value": m.value,
-                "headers": m.headers,
-                "message_id": m.message_id,
-                "created_at": now,
-            }
-            for m in messages
-        ]
-        # sort_by_parameter_order: ids must come back (and be assigned) in the order given,
-        # which a plain multi-row INSERT ... RETURNING does not promise.
-        stmt = sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True)
-        result = await conn.execute(stmt, rows)
-        return list(result.scalars().all())
+                "saga_ids": [m.saga_id for m in messages],
+                "topics": [m.topic for m in messages],
+                "keys": [m.key for m in messages],
+                "values": [m.value for m in messages],
+                "headers": [_json_text(m.headers) for m in messages],
+                "message_ids": [m.message_id for m in messages],
+                "now": now,
+            },
+        )
+        # The rows are inserted in the order given (ORDER BY ordinal), and each draws its id
+        # from the identity as it is inserted, so ascending ids are that order (RETURNING
+        # itself promises none).
+        return sorted(result.scalars().all())
 
     async def select_sagas_with_unsent_outbox(
         self, conn: AsyncConnection, saga_ids: Collection[str]

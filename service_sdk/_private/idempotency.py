@@ -15,6 +15,7 @@ Tables created by an SDK from before tombstones allow only ``done`` and ``pendin
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,13 +27,15 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    any_,
+    bindparam,
     delete,
     func,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateSchema, CreateTable
 
@@ -99,6 +102,11 @@ class ProcessedCommands:
             CheckConstraint(_STATUS_CHECK, name=_STATUS_CHECK_NAME),
         )
 
+    @property
+    def _name(self) -> str:
+        # The schema name is validated by Service (lowercase letters, digits, underscores).
+        return f'"{self.schema}".{TABLE_NAME}'
+
     async def install(self, conn: AsyncConnection) -> None:
         """Create the schema and the table if they do not exist."""
         # Two instances starting together would race on CREATE SCHEMA IF NOT EXISTS (it can
@@ -126,8 +134,7 @@ class ProcessedCommands:
         ).scalar_one_or_none()
         if definition is not None and f"'{CommandStatus.FENCED.value}'" in definition:
             return
-        # The schema name is validated by Service (lowercase letters, digits, underscores).
-        table = f'"{self.schema}".{TABLE_NAME}'
+        table = self._name
         await conn.execute(
             text(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {_STATUS_CHECK_NAME}")
         )
@@ -158,6 +165,65 @@ class ProcessedCommands:
             .returning(self.table.c.command_id)
         )
         return (await conn.execute(statement)).first() is not None
+
+    async def insert_claims(self, conn: AsyncConnection, commands: Sequence[Envelope]) -> set[str]:
+        """:meth:`insert_claim` for many commands in one statement; the ids claimed now.
+
+        The statement's text is the same for any number of commands (the rows travel as one
+        JSON parameter), so it is prepared once per connection.
+        """
+        if not commands:
+            return set()
+        rows = [
+            {
+                "command_id": command.command_id,
+                "message_type": command.message_type,
+                "saga_id": command.saga_id,
+                "command": command.model_dump(mode="json"),
+            }
+            for command in commands
+        ]
+        result = await conn.execute(
+            text(
+                f"INSERT INTO {self._name} (command_id, message_type, status, saga_id, command) "
+                "SELECT r.command_id, r.message_type, :pending, r.saga_id, r.command "
+                "FROM jsonb_to_recordset(:rows) "
+                "AS r(command_id text, message_type text, saga_id text, command jsonb) "
+                "ON CONFLICT (command_id) DO NOTHING RETURNING command_id"
+            ).bindparams(bindparam("rows", type_=JSONB)),
+            {"rows": rows, "pending": CommandStatus.PENDING.value},
+        )
+        return set(result.scalars())
+
+    async def update_done_many(
+        self, conn: AsyncConnection, replies: Sequence[tuple[str, Envelope]]
+    ) -> None:
+        """:meth:`update_done` for many commands in one statement."""
+        if not replies:
+            return
+        rows = [
+            {"command_id": command_id, "reply": reply.model_dump(mode="json")}
+            for command_id, reply in replies
+        ]
+        await conn.execute(
+            text(
+                f"UPDATE {self._name} AS t SET status = :done, reply = r.reply, "
+                "updated_at = now() "
+                "FROM jsonb_to_recordset(:rows) AS r(command_id text, reply jsonb) "
+                "WHERE t.command_id = r.command_id"
+            ).bindparams(bindparam("rows", type_=JSONB)),
+            {"rows": rows, "done": CommandStatus.DONE.value},
+        )
+
+    async def delete_many(self, conn: AsyncConnection, command_ids: Collection[str]) -> None:
+        """:meth:`delete` for many commands in one statement."""
+        if command_ids:
+            await conn.execute(
+                delete(self.table).where(
+                    self.table.c.command_id == any_(bindparam("ids", type_=ARRAY(Text)))
+                ),
+                {"ids": list(command_ids)},
+            )
 
     async def insert_tombstone(
         self, conn: AsyncConnection, command_id: str, holder: Envelope, reply: Envelope | None

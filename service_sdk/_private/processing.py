@@ -17,7 +17,8 @@ runner opens for it (the runner owns Kafka, retries and publication):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,72 @@ class CommandProcessor:
         if isinstance(result, Deferred):
             return Answer(None, "deferred")
         await self.record(conn, command_id, result)
+        assert result.outcome is not None
+        return Answer(result, result.outcome.value)
+
+    async def answer_batch(
+        self, conn: AsyncConnection, items: Sequence[tuple[Envelope, Command, Envelope | None]]
+    ) -> tuple[list[Answer], tuple[int, Exception] | None]:
+        """Answer commands in order inside the caller's transaction on ``conn``, with as few
+        statements as it takes: the plain ones (no undo, their id once in the batch) are
+        claimed together up front and their replies recorded together at the end; the rest
+        go through :meth:`answer`, each in a SAVEPOINT.
+
+        Returns:
+            The answers of the commands before the first that failed, and that one's index
+            and error (None when none failed). Nothing of the failed command and the ones
+            after it stays in the transaction: the caller commits the answers and answers the
+            failed command alone.
+
+        Raises:
+            Exception: The transaction itself failed (the database went away, say); the
+                caller rolls it back.
+        """
+        counts = Counter(envelope.command_id for envelope, _, _ in items)
+        plain = [
+            envelope
+            for envelope, _, undo in items
+            if undo is None and envelope.compensates is None and counts[envelope.command_id] == 1
+        ]
+        claimed = await self._store.insert_claims(conn, plain)
+        answers: list[Answer] = []
+        done: list[tuple[str, Envelope]] = []
+        forget: list[str] = []
+        failure: tuple[int, Exception] | None = None
+        for index, (envelope, command, undo) in enumerate(items):
+            command_id = envelope.command_id
+            assert command_id is not None
+            try:
+                if command_id in claimed:
+                    # Any error of dispatch comes after its savepoint was rolled back.
+                    answer = await self._run(envelope, command, conn)
+                else:
+                    async with conn.begin_nested():
+                        answer = await self.answer(conn, envelope, command, undo)
+            except Exception as exc:
+                failure = (index, exc)
+                # Claimed and not answered: the failed command and those after it.
+                forget.extend(
+                    e.command_id or "" for e, _, _ in items[index:] if e.command_id in claimed
+                )
+                break
+            if command_id in claimed and answer.reply is not None:
+                if answer.reply.outcome is Outcome.RETRYABLE:
+                    forget.append(command_id)
+                else:
+                    done.append((command_id, answer.reply))
+            answers.append(answer)
+        await self._store.update_done_many(conn, done)
+        await self._store.delete_many(conn, forget)
+        return answers, failure
+
+    async def _run(self, envelope: Envelope, command: Command, conn: AsyncConnection) -> Answer:
+        """Run the handler of a claimed command; its reply is for the caller to record."""
+        self._pickups.started(envelope)
+        with handler_span(envelope, self._topic, self.service.name):
+            result = await self.service.dispatch(envelope, command, conn)
+        if isinstance(result, Deferred):
+            return Answer(None, "deferred")
         assert result.outcome is not None
         return Answer(result, result.outcome.value)
 

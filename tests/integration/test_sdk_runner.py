@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service_sdk import (
@@ -49,7 +49,7 @@ from tests.support.waiting import eventually
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService, TopicFactory
 
-Mode = Literal["ok", "reject", "retry", "boom", "defer", "held"]
+Mode = Literal["ok", "reject", "retry", "boom", "defer", "held", "bad"]
 
 SERVICE = Service("sdkprobe", schema="sdkprobe")
 CALLS: Counter[str] = Counter()
@@ -86,6 +86,8 @@ async def touch(cmd: Touch, ctx: HandlerContext) -> Touched | Deferred:
         return ctx.defer()
     if cmd.mode == "held":
         await GATES[cmd.key].wait()
+    if cmd.mode == "bad":
+        return 42  # type: ignore[return-value]  # not a reply: an error after the handler
     return Touched(key=cmd.key, run=CALLS[ctx.command_id])
 
 
@@ -299,7 +301,10 @@ async def harness(
     async with db_engine.begin() as conn:
         await conn.execute(text("CREATE SCHEMA IF NOT EXISTS sdkprobe"))
         await conn.execute(
-            text("CREATE TABLE sdkprobe.effects (id serial PRIMARY KEY, key text, command_id text)")
+            text(
+                "CREATE TABLE sdkprobe.effects (id serial PRIMARY KEY, key text, command_id text,"
+                " xid bigint NOT NULL DEFAULT txid_current())"
+            )
         )
     producer = AIOKafkaProducer(**kafka_producer_settings)
     await producer.start()
@@ -503,6 +508,60 @@ async def test_failing_handler_is_dead_lettered_and_the_next_command_runs(
     assert await harness.record("cmd-boom") is None
     assert harness.observer.failures == [1, 2, 3]
     assert harness.observer.dead == ["handler_error"]
+
+
+async def test_a_batch_is_answered_in_few_transactions_and_a_failure_stays_alone(
+    harness: Harness,
+) -> None:
+    # Queued before the runner starts, so that they arrive in one poll.
+    oks = [touch_command(key=f"b{i}", command_id=f"cmd-b{i}") for i in range(12)]
+    poison = touch_command("boom", key="b-boom", command_id="cmd-b-boom")
+    for command in (*oks[:6], poison, *oks[6:]):
+        await harness.send(command)
+    sent: list[str] = []
+
+    def record(*args: Any) -> None:
+        sent.append(args[2])
+
+    event.listen(harness.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await harness.start_runner(handler_attempts=2)
+        replies = await harness.replies(12)
+    finally:
+        event.remove(harness.engine.sync_engine, "before_cursor_execute", record)
+    assert sorted(reply.payload["key"] for reply in replies) == sorted(
+        c.payload["key"] for c in oks
+    )
+    (letter,) = await harness.read(harness.dlq, 1)
+    assert letter.value == poison.to_bytes()
+    async with harness.engine.connect() as conn:
+        rows = (
+            await conn.execute(text("SELECT key, xid FROM sdkprobe.effects WHERE key LIKE 'b%'"))
+        ).all()
+    assert sorted(key for key, _ in rows) == sorted(f"b{i}" for i in range(12))
+    # One commit for the commands before the failing one and one for those after it (a few
+    # more if Kafka handed them over in several polls), not one per command.
+    assert len({xid for _, xid in rows}) <= 4
+    assert CALLS["cmd-b-boom"] == 2  # its run in the shared transaction was attempt 1
+    assert harness.observer.failures == [1, 2]
+    assert all(CALLS[c.command_id] == 1 for c in oks)
+    # Savepoints of one name: three statement texts (each prepared once), not two per command.
+    assert len({text for text in sent if "SAVEPOINT" in text}) <= 3
+
+
+async def test_a_result_that_is_no_reply_leaves_no_effect_in_a_batch(harness: Harness) -> None:
+    bad = touch_command("bad", key="c-bad", command_id="cmd-c-bad")
+    for command in (touch_command(key="c0"), bad, touch_command(key="c1")):
+        await harness.send(command)
+    await harness.start_runner(handler_attempts=1)
+
+    replies = await harness.replies(2)
+    assert sorted(reply.payload["key"] for reply in replies) == ["c0", "c1"]
+    (letter,) = await harness.read(harness.dlq, 1)
+    assert decode_headers(letter.headers)[DeadLetterHeader.EXCEPTION_FQCN] == "builtins.TypeError"
+    assert CALLS["cmd-c-bad"] == 1
+    assert await harness.effects("c-bad") == 0
+    assert await harness.record("cmd-c-bad") is None
 
 
 async def test_contract_violations_are_dead_lettered(harness: Harness) -> None:

@@ -41,6 +41,7 @@ from service_sdk.contract import (
     decode_headers,
     undeliverable_reason,
 )
+from service_sdk.testing import command_envelope
 from tests.support.waiting import eventually
 
 OVER_THE_PRODUCER_LIMIT = 1_200_000
@@ -300,3 +301,60 @@ async def test_an_oversized_reply_is_dead_lettered_and_its_step_undone_with_the_
         )
     assert undeliverable_reason(recorded["payload"]) is not None
     assert len(str(recorded)) < 2_000
+
+
+async def test_an_oversized_reply_in_a_batch_answered_together_is_set_aside_alone(
+    topic_prefix: str,
+    topic_reader: Any,
+    db_engine: AsyncEngine,
+    kafka: Any,
+    producer: Any,
+) -> None:
+    topics = Topics(topic_prefix)
+    # One saga id, so one partition: the runner's first poll takes both, and answers them in
+    # one shared transaction.
+    big, small = (
+        command_envelope(
+            Fetch(label=label, size=size),
+            saga_id="s-batch",
+            saga_type="archive",
+            step="fetch",
+            command_id=f"fetch-{label}",
+        )
+        for label, size in (("big", OVER_THE_PRODUCER_LIMIT), ("small", 10))
+    )
+    for envelope in (big, small):
+        await producer.send_and_wait(
+            topics.commands("archive"),
+            envelope.to_bytes(),
+            key=envelope.key(),
+            headers=encode_headers(envelope.headers()),
+        )
+    runner = ServiceRunner(
+        archive,
+        kafka=KafkaConfig(kafka.bootstrap_servers, idempotent=kafka.supports_idempotence),
+        engine=db_engine,
+        topics=topics,
+        group_id=f"{topic_prefix}archive",
+        setup=_install,
+    )
+    async with (
+        runner,
+        topic_reader(topics.replies) as replies,
+        topic_reader(topics.dead_letters(topics.replies)) as dead_letters,
+    ):
+        answers = {e.command_id: e for e in await replies.envelopes(2)}
+        (letter,) = await dead_letters.records(1)
+
+    assert undeliverable_reason(answers["fetch-big"].payload) is not None
+    assert answers["fetch-small"].payload == {"blob": "x" * 10}
+    assert decode_headers(letter.headers)["ce_sagacommandid"] == "fetch-big"
+    assert await _effects(db_engine, "big") == ["fetch"]
+    assert await _effects(db_engine, "small") == ["fetch"]
+    async with db_engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT command_id, reply FROM archive_svc.saga_processed_commands")
+        )
+        recorded = {row.command_id: row.reply for row in rows}
+    assert undeliverable_reason(recorded["fetch-big"]["payload"]) is not None
+    assert recorded["fetch-small"]["payload"] == {"blob": "x" * 10}
