@@ -57,6 +57,7 @@ from coordinator.devstack import (
 from coordinator.ops.client import start_request
 from coordinator.runtime.kafka import producer_kwargs
 from service_sdk.contract import DeadLetterHeader, Topics, encode_headers
+from service_sdk.transient import is_transient_database_error
 from tests.support.offsets import committed_to_end
 from tests.support.waiting import eventually
 
@@ -431,7 +432,14 @@ async def wait_for_the_end(
     deadline = time.monotonic() + timeout_s
     while True:
         remaining = max(deadline - time.monotonic(), 0)
-        statuses = await cluster.wait(progress=False, timeout_s=remaining)
+        try:
+            statuses = await cluster.wait(progress=False, timeout_s=remaining)
+        except Exception as exc:
+            if not is_transient_database_error(exc) or time.monotonic() >= deadline:
+                raise
+            # A connection of this test's own pool that PostgreSQL's crash left stale (pools
+            # are not pinged): SQLAlchemy has discarded it and the older ones; ask again.
+            continue
         dead = [c for c in cluster.children if c.returncode is not None]
         if not dead:
             return statuses
