@@ -61,8 +61,10 @@ from service_sdk.transient import is_transient_database_error
 from tests.support.offsets import committed_to_end
 from tests.support.waiting import eventually
 
-ORDERS = 2400
 RATE = 40.0
+ORDERS = 4800
+"""Two minutes of orders at ``RATE``: still arriving when PostgreSQL and Kafka go down (80-110 s
+into the faults), however fast the sagas end, so those faults hit sagas in flight."""
 FAIL_RATE = 0.1
 COORDINATORS = 3
 SESSION_TIMEOUT_MS = 3000
