@@ -140,7 +140,10 @@ class Coordinator:
             return
         self._started = True
         settings = self.settings
-        self._engine = create_engine(settings.database.url, pool_size=settings.database.pool_size)
+        # No pre-ping: every loop here retries transient database errors (see create_engine).
+        self._engine = create_engine(
+            settings.database.url, pool_size=settings.database.pool_size, pre_ping=False
+        )
         self.store = SagaStore(self._engine)
         self.metrics.instrument_engine(self._engine)
         self.metrics.prime(
