@@ -406,9 +406,17 @@ class CoordinatorBackend:
         return await self._coordinator.operator.show(saga_id)
 
     async def list_sagas(
-        self, *, status: SagaStatus | None, saga_type: str | None, limit: int, offset: int
+        self,
+        *,
+        status: SagaStatus | None,
+        saga_type: str | None,
+        limit: int,
+        offset: int,
+        business_key: str | None = None,
     ) -> Sequence[SagaInstance]:
-        return await self._coordinator.operator.list(status, saga_type, limit, offset)
+        return await self._coordinator.operator.list(
+            status, saga_type, limit, offset, business_key=business_key
+        )
 
     async def retry(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
         return await self._coordinator.operator.retry(
