@@ -271,7 +271,7 @@ def test_every_attempt_is_a_bar_with_its_pickup_answer_and_outcome() -> None:
         _record(1, 0, "started", ""),
         _record(2, 0, "command_sent", "reserve", command_id="c1", attempt=1, deadline_at=deadline),
         _record(3, 400, "deadline_missed", "reserve", command_id="c1", attempt=1, deadline=True),
-        _record(4, 500, "command_sent", "reserve", command_id="c1", attempt=2),
+        _record(4, 500, "command_sent", "reserve", command_id="c1", attempt=2, purpose="retry"),
         _record(5, 550, "command_picked_up", "reserve", command_id="c1", attempt=2),
         _record(6, 600, "step_succeeded", "reserve", command_id="c1", attempt=2),
         _record(7, 600, "command_sent", "charge", command_id="c2", attempt=1),
@@ -296,7 +296,7 @@ def test_every_attempt_is_a_bar_with_its_pickup_answer_and_outcome() -> None:
     ]
     assert found[1].picked_up_at == _at(550)
     assert found[2].error == "declined"
-    assert found[3].compensating
+    assert [a.compensating for a in found] == [False, False, False, True]
     drawn = chart(history, instance, _at(800))
     assert [b.label for b in drawn.bars] == [
         "reserve #1",

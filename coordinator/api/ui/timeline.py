@@ -43,7 +43,8 @@ class Attempt:
     """One send of one command and what became of it.
 
     Attributes:
-        purpose: ``forward``, ``compensation`` or ``fence`` (as the history records it).
+        purpose: What the history records (``forward``, ``retry``, ``compensation``,
+            ``fence``, ...).
         outcome: ``pending`` until answered; then ``succeeded``, ``failed``, ``retryable``
             (failed, will be sent again), ``timed_out``, ``unsendable``, or ``abandoned``
             (the saga moved on without an answer).
@@ -56,15 +57,12 @@ class Attempt:
     message_type: str | None
     sent_at: datetime
     deadline_at: datetime | None
+    compensating: bool = False
+    """A compensation or a fence (it undoes the step), not the step's own command."""
     picked_up_at: datetime | None = None
     answered_at: datetime | None = None
     outcome: str = "pending"
     error: str | None = None
-
-    @property
-    def compensating(self) -> bool:
-        """True for a compensation or a fence."""
-        return self.purpose != "forward"
 
 
 def attempts(history: Sequence[HistoryRecord], instance: SagaInstance) -> list[Attempt]:
@@ -84,6 +82,7 @@ def attempts(history: Sequence[HistoryRecord], instance: SagaInstance) -> list[A
                 message_type=detail.get("message_type"),
                 sent_at=record.at,
                 deadline_at=_time(detail.get("deadline_at")),
+                compensating=record.kind == HistoryKind.COMPENSATION_SENT.value,
             )
             found.append(sent)
             by_key[(command_id, attempt_no)] = sent
@@ -187,7 +186,7 @@ def chart(
     end = max(instants)
     span = max((end - start).total_seconds(), 0.001)
     top = 24.0
-    plot_width = width - label_width - 16
+    plot_width = width - label_width - 40  # room for the last tick's label
 
     def x_of(at: datetime) -> float:
         offset = (at - start).total_seconds() / span
