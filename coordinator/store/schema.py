@@ -99,6 +99,11 @@ saga_instance = sa.Table(
     sa.Index("ix_saga_instance_business_keys", "business_keys", postgresql_using="gin"),
     sa.Index("ix_saga_instance_created_at", "created_at", "saga_id"),
     sa.Index(
+        "ix_saga_instance_failure_reason",
+        "created_at",
+        postgresql_where=sa.text("failure_reason IS NOT NULL"),
+    ),
+    sa.Index(
         "ix_saga_instance_completed_at",
         "completed_at",
         postgresql_where=sa.text("completed_at IS NOT NULL"),

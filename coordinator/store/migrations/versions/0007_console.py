@@ -46,6 +46,14 @@ def upgrade() -> None:
     op.create_index(
         "ix_saga_instance_created_at", "saga_instance", ["created_at", "saga_id"], schema=SCHEMA
     )
+    # A search by failure reason reads only the sagas that have one (a small minority).
+    op.create_index(
+        "ix_saga_instance_failure_reason",
+        "saga_instance",
+        ["created_at"],
+        schema=SCHEMA,
+        postgresql_where=sa.text("failure_reason IS NOT NULL"),
+    )
     # Retention deletes the oldest finished sagas first; running ones have no completed_at.
     op.create_index(
         "ix_saga_instance_completed_at",
@@ -58,6 +66,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_saga_instance_completed_at", table_name="saga_instance", schema=SCHEMA)
+    op.drop_index("ix_saga_instance_failure_reason", table_name="saga_instance", schema=SCHEMA)
     op.drop_index("ix_saga_instance_created_at", table_name="saga_instance", schema=SCHEMA)
     op.drop_index("ix_saga_instance_business_keys", table_name="saga_instance", schema=SCHEMA)
     op.drop_column("saga_instance", "business_keys", schema=SCHEMA)
