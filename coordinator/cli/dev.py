@@ -23,7 +23,7 @@ def dev(
         typer.Option(
             "--data-dir",
             help="Where PostgreSQL's data and the token are kept across restarts "
-            "[default: ~/.local/share/saga-dev]",
+            "[default: ~/.local/share/saga-dev; as root /var/lib/saga-dev]",
         ),
     ] = None,
     port: Annotated[

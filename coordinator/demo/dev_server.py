@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,10 @@ __all__ = [
     "serve_until_stopped",
 ]
 
-DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "saga-dev"
+# As root, PostgreSQL runs as another account, which cannot enter /root.
+DEFAULT_DATA_DIR = (
+    Path("/var/lib/saga-dev") if os.geteuid() == 0 else Path.home() / ".local/share/saga-dev"
+)
 
 
 @dataclass(frozen=True)

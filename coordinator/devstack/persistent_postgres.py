@@ -9,9 +9,12 @@ directory in place when it stops. Durable settings: ``fsync`` on.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import stat
 from pathlib import Path
 
+from coordinator.devstack.errors import PrerequisiteMissingError
 from coordinator.devstack.ports import LOOPBACK, free_port
 from coordinator.devstack.postgres import LocalPostgres, PostgresBinaries, postgres_server_args
 from coordinator.devstack.process import ManagedProcess
@@ -35,6 +38,8 @@ class PersistentPostgres(LocalPostgres):
         user = self._os_user()
         workdir = self.directory
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+        if user is not None:
+            _check_reachable(workdir, user.uid)
         copied = workdir / "pg"
         if not self.initialized:
             bin_dir = await asyncio.to_thread(self._prepare, workdir, user)
@@ -65,3 +70,15 @@ class PersistentPostgres(LocalPostgres):
         """Stop the server; the data directory stays. Idempotent."""
         self._workdir = None  # never removed: it is the point of this class
         await super().stop()
+
+
+def _check_reachable(directory: Path, uid: int) -> None:
+    """Fail clearly when the server's account cannot reach ``directory`` (as root, PostgreSQL
+    runs as another account, and a parent such as ``/root`` is closed to it)."""
+    for parent in reversed(directory.resolve().parents):
+        mode = os.stat(parent)
+        if mode.st_uid != uid and not mode.st_mode & stat.S_IXOTH:
+            raise PrerequisiteMissingError(
+                f"PostgreSQL runs as uid {uid} here, which cannot enter {parent}: choose a data "
+                "directory it can reach (e.g. under /var/lib or /var/tmp)"
+            )

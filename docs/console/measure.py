@@ -1,7 +1,8 @@
 """Measure the console's list and search with many sagas in the store.
 
 Fills the database of a running coordinator (e.g. ``saga dev``) with ``--sagas`` synthetic
-finished and running sagas (six history rows each), then times the pages over HTTP, as a
+sagas (six history rows each; 10% COMPENSATED, 2% FAILED, 0.5% RUNNING without a deadline, the
+rest COMPLETED; a running share kept under the admission cap), then times the pages over HTTP, as a
 browser would fetch them, and prints the median and 95th percentile of each::
 
     .venv/bin/python docs/console/measure.py --base http://127.0.0.1:8080 \\
@@ -25,16 +26,17 @@ INSERT INTO saga.saga_instance (saga_id, saga_type, definition_version, status, 
     attempt, completed_steps, compensated_steps, data, failure_reason, version, epoch,
     created_at, updated_at, completed_at, business_keys)
 SELECT 'bulk-' || lpad(n::text, 7, '0'), 'order', 1,
-    (ARRAY['COMPLETED','COMPLETED','COMPLETED','COMPLETED','COMPLETED','COMPLETED','COMPLETED',
-           'COMPENSATED','FAILED','RUNNING'])[n % 10 + 1],
-    CASE WHEN n % 10 = 9 THEN 'schedule_shipping' END, 1,
+    CASE WHEN n % 200 = 0 THEN 'RUNNING' WHEN n % 50 = 1 THEN 'FAILED'
+         WHEN n % 10 = 7 THEN 'COMPENSATED' ELSE 'COMPLETED' END,
+    CASE WHEN n % 200 = 0 THEN 'schedule_shipping' END, 1,
     ARRAY['reserve_inventory'], ARRAY[]::text[],
     jsonb_build_object('order_id', 'bulk-order-' || n, 'customer_id', 'bulk-customer-' || n % 5000,
         'amount_cents', 1000 + n % 900, 'items', jsonb_build_array(jsonb_build_object(
         'sku', 'sku-' || n % 40, 'quantity', 1 + n % 3))),
-    CASE WHEN n % 10 IN (7, 8) THEN 'charge_payment: card declined' END, 5, 0,
+    CASE WHEN n % 10 = 7 THEN 'charge_payment: card declined'
+         WHEN n % 50 = 1 THEN 'reserve_inventory: compensation failed' END, 5, 0,
     now() - make_interval(secs => (:n - n) * 2), now() - make_interval(secs => (:n - n) * 2),
-    CASE WHEN n % 10 < 9 THEN now() - make_interval(secs => (:n - n) * 2) END,
+    CASE WHEN n % 200 <> 0 THEN now() - make_interval(secs => (:n - n) * 2) END,
     ARRAY['order_id=bulk-order-' || n, 'customer_id=bulk-customer-' || n % 5000]
 FROM generate_series(1, :n) AS n
 ON CONFLICT DO NOTHING

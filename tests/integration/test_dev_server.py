@@ -1,0 +1,66 @@
+"""``saga dev``'s pieces that must hold across restarts: PostgreSQL's data directory and the
+console token."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from coordinator.demo.dev_server import dev_token
+from coordinator.devstack import PrerequisiteMissingError
+from coordinator.devstack.persistent_postgres import PersistentPostgres
+from coordinator.store.database import create_engine
+
+
+async def _query(url: str, statement: str) -> list[str]:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement))
+            return [str(row[0]) for row in result] if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A directory PostgreSQL's account can reach also when the tests run as root (pytest's
+    tmp_path is closed to other accounts)."""
+    path = Path(tempfile.mkdtemp(prefix="saga-dev-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_the_database_outlives_a_restart_and_the_token_stays(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    directory = data_dir / "postgres"
+    first = PersistentPostgres(directory)
+    assert not first.initialized
+    async with first:
+        await _query(first.url, "CREATE TABLE kept (v text)")
+        await _query(first.url, "INSERT INTO kept VALUES ('still here')")
+    assert first.initialized, "stopping removed the data directory"
+    again = PersistentPostgres(directory)
+    async with again:
+        assert await _query(again.url, "SELECT v FROM kept") == ["still here"]
+
+    token = dev_token(tmp_path)
+    assert dev_token(tmp_path) == token
+    assert len(token) >= 20
+    assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
+
+
+async def test_a_data_directory_the_server_cannot_reach_is_a_clear_error(tmp_path: Path) -> None:
+    server = PersistentPostgres(tmp_path / "postgres")
+    if server._os_user() is None:
+        pytest.skip("not root: PostgreSQL runs as this account, which reaches tmp_path")
+    with pytest.raises(PrerequisiteMissingError, match="cannot enter"):
+        await server.start()
