@@ -198,6 +198,20 @@ async def test_a_business_key_search_reaches_the_backend(ui: httpx.AsyncClient) 
     assert "name=value" in bad.text
 
 
+async def test_saga_data_is_escaped_in_the_pages(
+    ui: httpx.AsyncClient, console: FakeConsole
+) -> None:
+    evil = "<script>alert(1)</script>"
+    await console.backend.start_saga(
+        "order", {**ORDER, "order_id": evil}, saga_id="s-evil", traceparent=None
+    )
+    await _log_in(ui)
+    for path in ("/ui/sagas", "/ui/sagas/s-evil"):
+        page = await ui.get(path)
+        assert evil not in page.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
 async def test_the_console_is_not_in_the_openapi_document(console: FakeConsole) -> None:
     app = create_api(console.backend, HttpSettings(token=SecretStr(TOKEN)), console=console)
     assert not [p for p in app.openapi()["paths"] if p.startswith("/ui")]
