@@ -1,7 +1,8 @@
 """The operator console: server-rendered pages under ``/ui`` on the HTTP API's port.
 
 :func:`mount_console` adds the pages (:mod:`coordinator.api.ui.routes`), their templates
-and static files (htmx, vendored: no CDN, no JavaScript build) to the API's app. It reads and
+and static files (htmx 2.0.11 from npm's ``htmx.org``, 0BSD licence, vendored: no CDN, no
+JavaScript build) to the API's app. It reads and
 acts through a :class:`~coordinator.api.ui.backend.ConsoleBackend`; logins and CSRF are in
 :mod:`coordinator.api.ui.session`, the Gantt chart's layout in
 :mod:`coordinator.api.ui.timeline`.
