@@ -1,21 +1,27 @@
-"""``saga dev``'s pieces that must hold across restarts: PostgreSQL's data directory and the
-console token."""
+"""``saga dev``: it serves the console and the API over the example participants, and what
+must hold across restarts (PostgreSQL's data directory, the console token) does."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from rich.console import Console
 from sqlalchemy import text
 
-from coordinator.demo.dev_server import dev_token
+from coordinator.demo.dev_server import DevOptions, dev_token, run_dev
 from coordinator.devstack import PrerequisiteMissingError
 from coordinator.devstack.persistent_postgres import PersistentPostgres
+from coordinator.devstack.ports import free_port
 from coordinator.store.database import create_engine
+from tests.support.waiting import eventually
 
 
 async def _query(url: str, statement: str) -> list[str]:
@@ -64,3 +70,38 @@ async def test_a_data_directory_the_server_cannot_reach_is_a_clear_error(tmp_pat
         pytest.skip("not root: PostgreSQL runs as this account, which reaches tmp_path")
     with pytest.raises(PrerequisiteMissingError, match="cannot enter"):
         await server.start()
+
+
+@pytest.mark.timeout(300)
+async def test_saga_dev_runs_the_orders_and_serves_the_console(data_dir: Path) -> None:
+    port = free_port()
+    out = io.StringIO()
+    stop = asyncio.Event()
+    options = DevOptions(data_dir=data_dir, port=port, orders=3, rate=20.0, fail_rate=0.0)
+    running = asyncio.create_task(run_dev(options, stop, Console(file=out, width=200)))
+    token = dev_token(data_dir)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+
+            async def finished() -> bool:
+                assert not running.done(), out.getvalue()
+                try:
+                    answer = await api.get(
+                        "/sagas",
+                        params={"status": "COMPLETED"},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                except httpx.ConnectError:
+                    return False  # the coordinator is not serving yet
+                # The warm-up order and the three of the trickle.
+                return answer.status_code == 200 and len(answer.json()["items"]) == 4
+
+            await eventually(finished, timeout=240, interval=1, what="the dev orders completed")
+            login = await api.get("/ui/login")
+            assert login.status_code == 200
+        printed = out.getvalue()
+        for expected in (f"http://127.0.0.1:{port}/ui", token, "export SAGA_DATABASE__URL="):
+            assert expected in printed, printed
+    finally:
+        stop.set()
+        await running
