@@ -26,13 +26,15 @@ from coordinator.observability.metrics import CoordinatorMetrics, MetricsSampler
 from coordinator.observability.tracing import ensure_traceparent
 from coordinator.ops.actions import ActionResult, OperatorActions, SagaTimeline
 from coordinator.ops.client import SagaClient
+from coordinator.ops.console import ConsoleService
+from coordinator.ops.dead_letter_admin import DeadLetterAdmin
 from coordinator.runtime.admission import Admitter
 from coordinator.runtime.consumer import ReplyConsumer
 from coordinator.runtime.dead_letters import DeadLetterPublisher
 from coordinator.runtime.deadlines import DeadlineScanner
 from coordinator.runtime.heartbeats import HeartbeatListener
 from coordinator.runtime.housekeeping import Housekeeper
-from coordinator.runtime.kafka import ensure_topics, explain_start_failure
+from coordinator.runtime.kafka import ensure_topics, explain_start_failure, producer_kwargs
 from coordinator.runtime.outbox import OutboxRelay
 from coordinator.runtime.processor import BatchProcessor
 from coordinator.runtime.producer import coordinator_producers
@@ -94,6 +96,8 @@ class Coordinator:
         self.operator: OperatorActions
         self.http: HttpServer | None = None
         """The HTTP API's server; None when ``settings.http.port`` is None."""
+        self.dead_letter_admin: DeadLetterAdmin | None = None
+        """The console's dead-letter browser (its replay producer starts on first replay)."""
         self.sampler: MetricsSampler
 
     def _after_commit(self, outcome: BatchOutcome) -> None:
@@ -140,7 +144,10 @@ class Coordinator:
             return
         self._started = True
         settings = self.settings
-        self._engine = create_engine(settings.database.url, pool_size=settings.database.pool_size)
+        # No pre-ping: every loop here retries transient database errors (see create_engine).
+        self._engine = create_engine(
+            settings.database.url, pool_size=settings.database.pool_size, pre_ping=False
+        )
         self.store = SagaStore(self._engine)
         self.metrics.instrument_engine(self._engine)
         self.metrics.prime(
@@ -219,6 +226,7 @@ class Coordinator:
                     CoordinatorBackend(self),
                     settings.http,
                     max_message_bytes=settings.kafka.max_message_bytes,
+                    console=self._console(),
                 ),
                 settings.http,
             )
@@ -245,6 +253,25 @@ class Coordinator:
             "coordinator started (kafka %s, group %s)",
             settings.kafka.bootstrap_servers,
             settings.kafka.group_id,
+        )
+
+    def _console(self) -> ConsoleService:
+        """The web console's reads and actions over this instance's store and Kafka."""
+        settings = self.settings
+        self.dead_letter_admin = DeadLetterAdmin(
+            settings.kafka.bootstrap_servers,
+            self.store,
+            self.topics,
+            producer_kwargs={**producer_kwargs(settings.kafka), "client_id": "saga-console"},
+            clock=self.clock,
+            read_timeout_s=10.0,
+        )
+        return ConsoleService(
+            self.store,
+            self.registry,
+            self.operator,
+            self.dead_letter_admin,
+            retention_s=settings.housekeeping.saga_retention_s,
         )
 
     async def _connect(self) -> None:
@@ -332,6 +359,8 @@ class Coordinator:
             await self.consumer.stop()
         await self.heartbeats.close()
         await self.producers.stop()
+        if self.dead_letter_admin is not None:
+            await self.dead_letter_admin.stop()
         if self._engine is not None:
             await self._engine.dispose()
         logger.info("coordinator stopped")
@@ -380,9 +409,17 @@ class CoordinatorBackend:
         return await self._coordinator.operator.show(saga_id)
 
     async def list_sagas(
-        self, *, status: SagaStatus | None, saga_type: str | None, limit: int, offset: int
+        self,
+        *,
+        status: SagaStatus | None,
+        saga_type: str | None,
+        limit: int,
+        offset: int,
+        business_key: str | None = None,
     ) -> Sequence[SagaInstance]:
-        return await self._coordinator.operator.list(status, saga_type, limit, offset)
+        return await self._coordinator.operator.list(
+            status, saga_type, limit, offset, business_key=business_key
+        )
 
     async def retry(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
         return await self._coordinator.operator.retry(

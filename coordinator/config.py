@@ -121,7 +121,8 @@ class AdmissionSettings(BaseModel):
 
 
 class HousekeepingSettings(BaseModel):
-    """Deleting what is no longer needed: sent outbox rows and old inbox entries."""
+    """Deleting what is no longer needed: sent outbox rows, old inbox entries, and finished
+    sagas past their retention."""
 
     interval_s: float = Field(default=60.0, gt=0)
     outbox_retention_s: float = Field(default=3_600.0, ge=0)
@@ -134,6 +135,52 @@ class HousekeepingSettings(BaseModel):
         default=86_400.0, gt=0, description="Participant instances not heard from are forgotten."
     )
     batch_size: int = Field(default=10_000, ge=1)
+    saga_retention_s: float | None = Field(
+        default=30 * 86_400.0,
+        gt=0,
+        description="COMPLETED and COMPENSATED sagas (with their history) are deleted this "
+        "long after they finished; None (env: empty, 'none' or 'off') keeps them forever. "
+        "FAILED and unfinished sagas are never deleted.",
+    )
+    saga_batch_size: int = Field(
+        default=1_000, ge=1, description="Sagas deleted per transaction (with their history)."
+    )
+
+    @field_validator("saga_retention_s", mode="before")
+    @classmethod
+    def _retention_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
+
+class ConsoleSettings(BaseModel):
+    """The web console under ``/ui`` (``coordinator.api.ui``), served with the HTTP API.
+
+    Operators log in with the API token; the console then keeps a signed session cookie
+    (Secure, HttpOnly, SameSite=Strict) naming the actor its actions are attributed to.
+    """
+
+    enabled: bool = True
+    open_reads: bool = Field(
+        default=False,
+        description="Serve the read-only pages without logging in (a trusted network only: "
+        "saga data may hold personal data). Actions still need a login.",
+    )
+    secure_cookie: bool = Field(
+        default=True,
+        description="Mark the session cookie Secure. Browsers keep Secure cookies on "
+        "http://localhost and 127.0.0.1 too; turn off only for plain HTTP on another host.",
+    )
+    session_ttl_s: int = Field(default=8 * 3_600, ge=60, le=30 * 86_400)
+    refresh_interval_s: float = Field(
+        default=3.0, gt=0, le=600, description="How often pages refresh while sagas run."
+    )
+    trace_url_template: str | None = Field(
+        default=None,
+        description="A link to a tracing UI, with '{trace_id}' for the saga's W3C trace id "
+        "(e.g. 'http://localhost:16686/trace/{trace_id}').",
+    )
 
 
 class HttpSettings(BaseModel):
@@ -195,6 +242,7 @@ class HttpSettings(BaseModel):
         description="Connections plus requests in progress beyond which new requests are "
         "answered 503 (uvicorn's limit_concurrency).",
     )
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @field_validator("port", mode="before")
     @classmethod

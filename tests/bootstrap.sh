@@ -4,6 +4,8 @@
 #   promtool        checks and unit-tests the alert rules (Debian's prometheus package)
 #   docker-compose  validates deploy/docker-compose.yml (no Docker engine needed)
 #   python3-venv    `python3 -m venv` on Debian's own Python
+#   chromium        the console's browser tests (Playwright drives /usr/bin/chromium; it never
+#                   downloads a browser of its own)
 # As root it runs apt-get itself; otherwise it stops at once and prints the command to run.
 set -eu
 
@@ -12,6 +14,7 @@ command -v java >/dev/null 2>&1 || missing="$missing openjdk-17-jre-headless"
 command -v mvn >/dev/null 2>&1 || missing="$missing maven"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 "${PYTHON:-python3}" -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 
 [ -z "$missing" ] && exit 0

@@ -30,6 +30,7 @@ from coordinator.api.middleware import (
     ResponseHeadersMiddleware,
 )
 from coordinator.api.routes import health, sagas
+from coordinator.api.ui import ConsoleBackend, mount_console
 from coordinator.api.validation import MAX_LIST_LIMIT, MAX_OFFSET, SAGA_ID_PATTERN
 from coordinator.config import HttpSettings, KafkaSettings
 
@@ -69,7 +70,11 @@ only. `limit` is at most {MAX_LIST_LIMIT}, `offset` at most {MAX_OFFSET:,}.
 
 
 def create_api(
-    backend: SagaBackend, settings: HttpSettings, *, max_message_bytes: int | None = None
+    backend: SagaBackend,
+    settings: HttpSettings,
+    *,
+    max_message_bytes: int | None = None,
+    console: ConsoleBackend | None = None,
 ) -> FastAPI:
     """The HTTP API over ``backend``.
 
@@ -78,6 +83,8 @@ def create_api(
         settings: The token, whether reads need it, and the request limits.
         max_message_bytes: The Kafka record limit a start must fit
             (``KafkaSettings.max_message_bytes``; its default when None).
+        console: What the web console under ``/ui`` reads and does; without it (or with
+            ``settings.console.enabled`` off) there is no console.
     """
     app = FastAPI(
         title="Saga coordinator",
@@ -100,6 +107,8 @@ def create_api(
     bind(app, backend, settings, max_message_bytes=max_message_bytes)
     app.include_router(sagas.router)
     app.include_router(health.router)
+    if console is not None and settings.console.enabled:
+        mount_console(app, console, settings)
     return app
 
 

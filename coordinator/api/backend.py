@@ -70,9 +70,16 @@ class SagaBackend(Protocol):
         ...
 
     async def list_sagas(
-        self, *, status: SagaStatus | None, saga_type: str | None, limit: int, offset: int
+        self,
+        *,
+        status: SagaStatus | None,
+        saga_type: str | None,
+        limit: int,
+        offset: int,
+        business_key: str | None = None,
     ) -> Sequence[SagaInstance]:
-        """Sagas newest first, optionally of one status and/or type."""
+        """Sagas newest first, optionally of one status and/or type, or with a business key
+        (``name=value``)."""
         ...
 
     async def retry(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:

@@ -86,6 +86,11 @@ class SagaView(BaseModel):
     compensated_steps: list[str]
     failure_reason: str | None
     data: dict[str, Any]
+    business_keys: list[str] = Field(
+        default_factory=list,
+        description="The definition's search keys as `name=value`, stored at start "
+        "(`GET /sagas?key=...` finds them).",
+    )
     traceparent: str | None
     version: int
     created_at: datetime

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
+import secrets
+import signal
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from aiokafka.errors import KafkaError
@@ -16,7 +19,17 @@ from coordinator.cli.common import fail, first_line
 from coordinator.cli.options import BootstrapOpt, DatabaseOpt, VerboseOpt
 from coordinator.config import Settings
 
-__all__ = ["demo"]
+if TYPE_CHECKING:
+    from coordinator.demo.runner import DemoSummary
+
+__all__ = ["demo", "stop_on_signals"]
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Set ``stop`` on SIGINT (Ctrl-C) or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
 
 
 def demo(
@@ -36,6 +49,17 @@ def demo(
         float,
         typer.Option(min=0.0, help="Make every participant command take this much longer"),
     ] = 0.0,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Keep everything running after the summary, with the console on --port "
+            "(as saga dev), until Ctrl-C",
+        ),
+    ] = False,
+    port: Annotated[
+        int, typer.Option(min=1, max=65_535, help="With --keep: the API and console port")
+    ] = 8080,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the order saga end to end: broker, database, coordinator and three services.
@@ -43,6 +67,7 @@ def demo(
     Without --bootstrap-servers / --database-url (or SAGA_KAFKA__BOOTSTRAP_SERVERS /
     SAGA_DATABASE__URL) it starts the embedded broker and an embedded PostgreSQL.
     """
+    from coordinator.demo.dev_server import http_environment
     from coordinator.demo.runner import DemoOptions, run_demo
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
@@ -65,8 +90,19 @@ def demo(
         handler_delay_ms=handler_delay_ms,
         quiet=as_json,
     )
+    token = secrets.token_urlsafe(18)
+    if keep:
+        options = dataclasses.replace(options, environment=http_environment(port, token))
+
+    async def work() -> DemoSummary:
+        if not keep:
+            return await run_demo(options)
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        return await run_demo(options, keep=(port, token, stop))
+
     try:
-        summary = asyncio.run(run_demo(options))
+        summary = asyncio.run(work())
     except KafkaError as exc:
         fail(f"kafka: {first_line(exc)}")
     if as_json:

@@ -117,6 +117,11 @@ from coordinator.cli.demo import demo as _demo  # noqa: E402
 
 app.command("demo")(_demo)
 
+# saga dev
+from coordinator.cli.dev import dev as _dev  # noqa: E402
+
+app.command("dev")(_dev)
+
 # saga bench
 from coordinator.cli.bench import bench as _bench  # noqa: E402
 

@@ -33,12 +33,14 @@ from coordinator.cli.options import (
     TopicPrefixOpt,
 )
 from coordinator.config import Settings
+from coordinator.core.business_keys import parse_business_key
 from coordinator.core.clock import SystemClock
 from coordinator.core.errors import SagaError
 from coordinator.core.state import HistoryKind, SagaInstance, SagaStatus
 from coordinator.ops.actions import ActionResult, OperatorActions, SagaTimeline, saga_as_dict
 from coordinator.store.database import create_engine
 from coordinator.store.records import HistoryRecord
+from coordinator.store.saga_queries import DataHorizon
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Topics
 
@@ -148,24 +150,43 @@ def list_sagas(
         SagaStatus | None, typer.Option("--status", case_sensitive=False, help="Only this status")
     ] = None,
     saga_type: Annotated[str | None, typer.Option("--type", help="Only this saga type")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="Only sagas with this business key, name=value (e.g. order_id=A-17)",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most N")] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the newest N")] = 0,
     as_json: JsonOpt = False,
     database_url: DatabaseOpt = None,
     topic_prefix: TopicPrefixOpt = None,
 ) -> None:
-    """List sagas, newest first."""
+    """List sagas, newest first, and say how far back the stored data goes."""
+    try:
+        business_key = parse_business_key(key) if key is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--key") from exc
     settings = settings_from(database_url=database_url, topic_prefix=topic_prefix)
-    sagas = _run(
-        settings,
-        lambda actions: actions.list(
-            status=status, saga_type=saga_type, limit=limit, offset=offset
-        ),
-    )
+
+    async def work(actions: OperatorActions) -> tuple[list[SagaInstance], DataHorizon]:
+        found = await actions.list(
+            status=status,
+            saga_type=saga_type,
+            limit=limit,
+            offset=offset,
+            business_key=business_key,
+        )
+        return found, await actions.horizon()
+
+    sagas, horizon = _run(settings, work)
     if as_json:
         _print_json([saga_as_dict(s) for s in sagas])
         return
-    render_list(Console(highlight=False), sagas, SystemClock().now(), limit=limit)
+    console = Console(highlight=False)
+    render_list(console, sagas, SystemClock().now(), limit=limit)
+    console.print(describe_horizon(horizon, settings.housekeeping.saga_retention_s), style="dim")
 
 
 def retry(
@@ -219,6 +240,24 @@ def _act(
 
 
 # --- rendering -------------------------------------------------------------------------------
+
+
+def describe_horizon(horizon: DataHorizon, retention_s: float | None) -> str:
+    """One line saying how far back the stored sagas go and how long finished ones stay."""
+    if horizon.oldest_started_at is None:
+        where = "No sagas stored."
+    else:
+        where = (
+            "Data goes back to "
+            f"{horizon.oldest_started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC (oldest saga)."
+        )
+    if retention_s is None:
+        return f"{where} Finished sagas are kept forever."
+    days = retention_s / 86_400
+    return (
+        f"{where} COMPLETED and COMPENSATED sagas are deleted {days:g} days after they end "
+        "(SAGA_HOUSEKEEPING__SAGA_RETENTION_S)."
+    )
 
 
 def _status(status: SagaStatus) -> Text:

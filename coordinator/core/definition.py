@@ -146,12 +146,15 @@ class SagaDefinition(Generic[D]):
         version: Bumped when the steps change; stored with each instance.
         data_model: The pydantic model of the saga's data.
         steps: The steps, in order.
+        search_keys: Fields of the data model operators search sagas by (business keys such
+            as ``order_id``); their values at start are stored in an indexed column.
     """
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
     data_model: ClassVar[type[BaseModel]]
     steps: ClassVar[tuple[Step[Any], ...]]
+    search_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -168,6 +171,11 @@ class SagaDefinition(Generic[D]):
         model = getattr(cls, "data_model", None)
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise SagaDefinitionError(f"{where}: data_model must be a pydantic BaseModel class")
+        keys = cls.search_keys
+        if not isinstance(keys, tuple) or not all(k in model.model_fields for k in keys):
+            raise SagaDefinitionError(
+                f"{where}: search_keys must be a tuple of {model.__name__}'s field names"
+            )
         steps = getattr(cls, "steps", None)
         if not isinstance(steps, tuple) or not steps:
             raise SagaDefinitionError(f"{where}: steps must be a non-empty tuple of Step")

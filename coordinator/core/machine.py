@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from coordinator.core.business_keys import business_keys
 from coordinator.core.compensation import (
     begin_compensation,
     compensate_next,
@@ -107,6 +108,7 @@ def start_saga(
         created_at=now,
         updated_at=now,
         traceparent=event.traceparent,
+        business_keys=business_keys(definition.search_keys, data.model_dump(mode="json")),
     )
     draft = TransitionDraft(definition, instance, now, event.message_id)
     if admit:

@@ -102,6 +102,8 @@ class SagaInstance:
         failure_reason: Why the saga compensates or failed.
         epoch: How many times an operator retried the saga out of FAILED; part of the id of
             every command sent since (see :func:`command_id_for`).
+        business_keys: The definition's ``search_keys`` with their values at start, as
+            ``name=value`` (see :mod:`coordinator.core.business_keys`); never changed after.
         version: Incremented on every change; guards concurrent writers.
     """
 
@@ -125,6 +127,7 @@ class SagaInstance:
     picked_up_at: datetime | None = None
     in_doubt_step: str | None = None
     in_doubt_command_id: str | None = None
+    business_keys: tuple[str, ...] = ()
     version: int = 0
 
     @property

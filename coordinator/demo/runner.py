@@ -441,8 +441,18 @@ class DemoCluster:
         await self.engine.dispose()
 
 
-async def run_demo(options: DemoOptions) -> DemoSummary:
-    """Run the demo and return its summary (the table goes to stderr when ``quiet``)."""
+async def run_demo(
+    options: DemoOptions, *, keep: tuple[int, str, asyncio.Event] | None = None
+) -> DemoSummary:
+    """Run the demo and return its summary (the table goes to stderr when ``quiet``).
+
+    Args:
+        keep: ``(port, token, stop)``: once the summary is printed, keep everything running
+            (the console on ``port``, for ``token``) until ``stop`` is set, as ``saga dev``
+            does. ``options.environment`` must then serve HTTP on that port with that token.
+    """
+    from coordinator.demo.dev_server import print_access, serve_until_stopped
+
     console = Console(stderr=options.quiet)
     async with infrastructure(options, console) as infra:
         cluster = DemoCluster(options, infra, console)
@@ -456,11 +466,15 @@ async def run_demo(options: DemoOptions) -> DemoSummary:
             await cluster.submit()
             statuses = await cluster.wait()
             summary = await cluster.summarize(statuses)
+            for problem in summary.ledger_problems:
+                console.print(f"[red]ledger:[/red] {problem}")
+            console.print(_table(summary))
+            if keep is not None:
+                port, token, stop = keep
+                print_access(console, cluster.settings, port, token, data_dir=None)
+                await serve_until_stopped(cluster, stop)
         finally:
             await cluster.close()
-    for problem in summary.ledger_problems:
-        console.print(f"[red]ledger:[/red] {problem}")
-    console.print(_table(summary))
     return summary
 
 

@@ -27,6 +27,7 @@ from coordinator.core.state import OperatorAbort, OperatorRetry, SagaInstance, S
 from coordinator.store.messages import command_message
 from coordinator.store.persist import persist
 from coordinator.store.records import HistoryRecord
+from coordinator.store.saga_queries import DataHorizon, SagaFilter, SagaQueries
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Topics
 
@@ -63,6 +64,7 @@ def saga_as_dict(instance: SagaInstance) -> dict[str, Any]:
         "compensated_steps": list(instance.compensated_steps),
         "failure_reason": instance.failure_reason,
         "data": instance.data,
+        "business_keys": list(instance.business_keys),
         "traceparent": instance.traceparent,
         "version": instance.version,
         "created_at": _iso(instance.created_at),
@@ -210,8 +212,11 @@ class OperatorActions:
         saga_type: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        *,
+        business_key: str | None = None,
     ) -> builtins.list[SagaInstance]:
-        """Sagas newest first, optionally of one status and/or type.
+        """Sagas newest first, optionally of one status and/or type, or with a business key
+        (``name=value``, see :mod:`coordinator.core.business_keys`).
 
         Raises:
             ValueError: ``limit`` is not in 1..1000 or ``offset`` is negative.
@@ -220,10 +225,18 @@ class OperatorActions:
             raise ValueError(f"limit must be between 1 and {_MAX_LIST}, got {limit}")
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")
+        chosen = SagaFilter(
+            statuses=(status,) if status is not None else (),
+            saga_type=saga_type,
+            business_key=business_key,
+        )
         async with self._store.engine.connect() as conn:
-            return await self._store.select_sagas(
-                conn, status=status, saga_type=saga_type, limit=limit, offset=offset
-            )
+            return await SagaQueries().select_sagas(conn, chosen, limit=limit, offset=offset)
+
+    async def horizon(self) -> DataHorizon:
+        """How far back the stored sagas go (retention deletes finished ones)."""
+        async with self._store.engine.connect() as conn:
+            return await SagaQueries().select_horizon(conn)
 
     async def retry(
         self, saga_id: str, *, actor: str, reason: str, dry_run: bool = False

@@ -219,6 +219,7 @@ class DeadLetterFilter:
         saga_id: The ``ce_sagaid`` header.
         since: Dead-lettered at or after this time (timezone-aware).
         until: Dead-lettered before this time (timezone-aware).
+        positions: Only these ``(dlq_topic, partition, offset)`` (a selection; None: any).
     """
 
     topic: str | None = None
@@ -226,6 +227,7 @@ class DeadLetterFilter:
     saga_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    positions: frozenset[tuple[str, int, int]] | None = None
 
     def __post_init__(self) -> None:
         for name in ("since", "until"):
@@ -247,6 +249,8 @@ class DeadLetterFilter:
         if self.reason is not None and letter.reason != self.reason:
             return False
         if self.saga_id is not None and letter.saga_id != self.saga_id:
+            return False
+        if self.positions is not None and letter.position not in self.positions:
             return False
         if self.since is not None and (letter.timestamp is None or letter.timestamp < self.since):
             return False

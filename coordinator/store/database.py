@@ -17,16 +17,19 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
     """An asyncpg engine for ``url``.
 
     A plain ``postgresql://`` URL is given the asyncpg driver, so operators can paste the URL
     they use with psql.
 
-    Connections are not pinged when checked out (a round trip per transaction, ~1 in 10 of the
-    coordinator's): after a database restart the first statement on a stale connection fails
-    with a disconnect, SQLAlchemy discards that connection and every pooled one older than it,
-    and the caller's transient-error retry runs the batch again on a fresh connection.
+    Args:
+        pre_ping: Ping each connection as it is checked out, so a pool survives a database
+            restart without a failed call. That costs a round trip per transaction; the
+            coordinator's loops turn it off, since they retry transient errors anyway: after
+            a restart the first statement on a stale connection fails as a disconnect,
+            SQLAlchemy discards every pooled connection older than it, and the retry runs on
+            a fresh one (an HTTP call in that moment gets 503 with ``Retry-After``).
     """
     sa_url = make_url(url)
     if sa_url.drivername in ("postgresql", "postgres"):
@@ -35,6 +38,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         sa_url,
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_pre_ping=pre_ping,
         # Errors quote the statement, never its arguments: those are saga data.
         hide_parameters=True,
         json_serializer=_json_dumps,

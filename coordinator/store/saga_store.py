@@ -75,6 +75,7 @@ def saga_to_row(instance: SagaInstance) -> dict[str, Any]:
         "created_at": _aware(instance.created_at, "created_at"),
         "updated_at": _aware(instance.updated_at, "updated_at"),
         "completed_at": instance.updated_at if instance.is_terminal else None,
+        "business_keys": list(instance.business_keys),
     }
 
 
@@ -101,6 +102,7 @@ def saga_from_row(row: Mapping[Any, Any]) -> SagaInstance:
         picked_up_at=row["picked_up_at"],
         in_doubt_step=row["in_doubt_step"],
         in_doubt_command_id=row["in_doubt_command_id"],
+        business_keys=tuple(row.get("business_keys") or ()),
         version=row["version"],
     )
 

@@ -87,8 +87,27 @@ saga_instance = sa.Table(
     _timestamp("created_at"),
     _timestamp("updated_at"),
     _timestamp("completed_at", nullable=True),
+    # ``name=value`` of the definition's search_keys at start (coordinator.core.business_keys).
+    sa.Column(
+        "business_keys",
+        ARRAY(sa.Text),
+        nullable=False,
+        server_default=sa.text("'{}'::text[]"),
+    ),
     sa.CheckConstraint(_sql_in("status", tuple(SagaStatus)), name="status"),
     sa.Index(None, "status", "saga_type"),
+    sa.Index("ix_saga_instance_business_keys", "business_keys", postgresql_using="gin"),
+    sa.Index("ix_saga_instance_created_at", "created_at", "saga_id"),
+    sa.Index(
+        "ix_saga_instance_failure_reason",
+        "created_at",
+        postgresql_where=sa.text("failure_reason IS NOT NULL"),
+    ),
+    sa.Index(
+        "ix_saga_instance_completed_at",
+        "completed_at",
+        postgresql_where=sa.text("completed_at IS NOT NULL"),
+    ),
     sa.Index(
         "ix_saga_instance_due_deadline",
         "deadline_at",

@@ -61,6 +61,7 @@ class OrderSaga(SagaDefinition[OrderData]):
     name = "order"
     version = 1
     data_model = OrderData
+    search_keys = ("order_id", "customer_id")
     steps = (
         Step[OrderData](
             name="reserve_inventory",

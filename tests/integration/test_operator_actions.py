@@ -525,6 +525,12 @@ async def test_cli_shows_and_lists_sagas_and_reports_errors(database_url: str) -
     assert "saga-run" in table.stdout
     assert "saga-show" not in table.stdout
     assert "use --offset" in table.stdout
+    assert "Data goes back to" in table.stdout
+    keyed = await invoke("list", "--key", "order_id=o-show", "--json", *db)
+    assert [s["saga_id"] for s in json.loads(keyed.stdout)] == ["saga-show"]
+    assert json.loads(keyed.stdout)[0]["business_keys"] == ["order_id=o-show", "customer_id=c-1"]
+    bad_key = await invoke("list", "--key", "order_id", *db)
+    assert bad_key.exit_code == 2
 
     missing = await invoke("show", "no-such-saga", *db)
     assert missing.exit_code == 1

@@ -92,7 +92,13 @@ class FakeBackend:
         return SagaTimeline(self.sagas[saga_id], tuple(self.history[saga_id]))
 
     async def list_sagas(
-        self, *, status: SagaStatus | None, saga_type: str | None, limit: int, offset: int
+        self,
+        *,
+        status: SagaStatus | None,
+        saga_type: str | None,
+        limit: int,
+        offset: int,
+        business_key: str | None = None,
     ) -> Sequence[SagaInstance]:
         self.calls.append(("list", (status, saga_type, limit, offset)))
         found = [
@@ -100,6 +106,7 @@ class FakeBackend:
             for s in self.sagas.values()
             if (status is None or s.status is status)
             and (saga_type is None or s.saga_type == saga_type)
+            and (business_key is None or business_key in s.business_keys)
         ]
         return found[offset : offset + limit]
 
@@ -346,6 +353,17 @@ async def test_list_passes_filters_and_pages(api: httpx.AsyncClient, backend: Fa
     assert backend.calls[-1] == ("list", (SagaStatus.RUNNING, "order", 2, 0))
     last = (await api.get("/sagas", params={"limit": 2, "offset": 2}, headers=AUTH)).json()
     assert ([s["saga_id"] for s in last["items"]], last["next_offset"]) == (["o-2"], None)
+
+
+async def test_list_finds_sagas_by_business_key(api: httpx.AsyncClient) -> None:
+    for n in range(2):
+        order = {**ORDER, "order_id": f"order-{n}"}
+        await api.post("/sagas/order", params={"saga_id": f"o-{n}"}, json=order, headers=AUTH)
+    found = await api.get("/sagas", params={"key": "order_id=order-1"}, headers=AUTH)
+    assert [s["saga_id"] for s in found.json()["items"]] == ["o-1"]
+    bad = await api.get("/sagas", params={"key": "order_id"}, headers=AUTH)
+    assert bad.status_code == 422
+    assert "name=value" in bad.json()["message"]
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ from coordinator.api.validation import (
     SagaData,
     check_text,
 )
+from coordinator.core.business_keys import parse_business_key
 from coordinator.core.errors import UnknownSagaTypeError
 from coordinator.core.state import SagaStatus
 from coordinator.observability.tracing import ensure_traceparent
@@ -252,13 +253,29 @@ async def list_sagas(
         Query(min_length=1, max_length=MAX_ID_LENGTH, description="Only this type."),
         AfterValidator(check_text),
     ] = None,
+    key: Annotated[
+        str | None,
+        Query(
+            min_length=3,
+            max_length=MAX_ID_LENGTH,
+            description="Only sagas with this business key, `name=value` (e.g. "
+            "`order_id=A-17`): a field its definition lists in `search_keys`.",
+        ),
+        AfterValidator(check_text),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
     offset: Annotated[
         int, Query(ge=0, le=MAX_OFFSET, description="Deeper pages: filter instead.")
     ] = 0,
 ) -> SagaPage:
-    """Sagas newest first, optionally of one status and/or type."""
-    found = await backend.list_sagas(status=status, saga_type=saga_type, limit=limit, offset=offset)
+    """Sagas newest first, optionally of one status and/or type, or with a business key."""
+    try:
+        business_key = parse_business_key(key) if key is not None else None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from exc
+    found = await backend.list_sagas(
+        status=status, saga_type=saga_type, limit=limit, offset=offset, business_key=business_key
+    )
     return SagaPage(
         items=[SagaView.model_validate(s) for s in found],
         limit=limit,
