@@ -605,6 +605,16 @@ def _messaging(registry: SagaRegistry) -> DashboardSpec:
             ),
             unit="ops",
         ),
+        Panel(
+            "Parked sagas (their definition version is not loaded by the coordinator)",
+            (
+                _q(
+                    "max by (saga_type, definition_version) (saga_parked_sagas)",
+                    "{{saga_type}} v{{definition_version}} sagas",
+                ),
+                _q(f"sum(rate(saga_parked_replies_total[{RATE}]))", "replies parked per second"),
+            ),
+        ),
     )
     services: list[Panel] = []
     for service in registry.services():

@@ -38,6 +38,7 @@ from coordinator.core.errors import SagaError
 from coordinator.core.state import HistoryKind, SagaInstance, SagaStatus
 from coordinator.ops.actions import ActionResult, OperatorActions, SagaTimeline, saga_as_dict
 from coordinator.store.database import create_engine
+from coordinator.store.parking import ParkedSaga
 from coordinator.store.records import HistoryRecord
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import Topics
@@ -150,12 +151,27 @@ def list_sagas(
     saga_type: Annotated[str | None, typer.Option("--type", help="Only this saga type")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most N")] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the newest N")] = 0,
+    parked: Annotated[
+        bool,
+        typer.Option(
+            "--parked",
+            help="Only parked sagas: replies wait for a coordinator that has their definition "
+            "version",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     database_url: DatabaseOpt = None,
     topic_prefix: TopicPrefixOpt = None,
 ) -> None:
     """List sagas, newest first."""
     settings = settings_from(database_url=database_url, topic_prefix=topic_prefix)
+    if parked:
+        found = _run(settings, lambda actions: actions.list_parked(limit))
+        if as_json:
+            _print_json([parked_as_dict(p) for p in found])
+            return
+        render_parked(Console(highlight=False), found, SystemClock().now())
+        return
     sagas = _run(
         settings,
         lambda actions: actions.list(
@@ -458,6 +474,42 @@ def render_list(console: Console, sagas: list[SagaInstance], now: datetime, *, l
     console.print(table)
     more = " (there may be more: use --offset)" if len(sagas) == limit else ""
     console.print(f"{len(sagas)} saga(s){more}")
+
+
+def parked_as_dict(saga: ParkedSaga) -> dict[str, Any]:
+    """A parked saga as JSON-ready data."""
+    return {
+        "saga_id": saga.saga_id,
+        "saga_type": saga.saga_type,
+        "definition_version": saga.definition_version,
+        "parked_replies": saga.replies,
+        "parked_since": saga.parked_since.isoformat(),
+        "parked_by": saga.parked_by,
+    }
+
+
+def render_parked(console: Console, sagas: list[ParkedSaga], now: datetime) -> None:
+    """Print parked sagas as a table."""
+    if not sagas:
+        console.print("no parked sagas")
+        return
+    table = Table()
+    for name in ("saga id", "type", "version", "replies", "parked for", "parked by"):
+        table.add_column(name, no_wrap=True)
+    for s in sagas:
+        table.add_row(
+            Text(s.saga_id),
+            Text(s.saga_type),
+            str(s.definition_version),
+            str(s.replies),
+            _span((now - s.parked_since).total_seconds()),
+            Text(s.parked_by),
+        )
+    console.print(table)
+    console.print(
+        f"{len(sagas)} parked saga(s): they resume once a coordinator that has their "
+        "definition version runs"
+    )
 
 
 def render_action(console: Console, result: ActionResult) -> None:

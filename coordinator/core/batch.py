@@ -25,6 +25,8 @@ class BatchOutcome:
 
     applied: int = 0
     duplicates: int = 0
+    parked: int = 0
+    """Replies kept for a coordinator that has their saga's definition version."""
     rejections: list[Rejection] = field(default_factory=list)
     outbox_ids: list[int] = field(default_factory=list)
     transitions: list[tuple[SagaInstance | None, Transition]] = field(default_factory=list)

@@ -6,6 +6,7 @@ The tree::
     ├── SagaDefinitionError          a saga definition is wrong (raised at import)
     ├── InvalidSagaDataError         a start request's data does not fit the saga's data model
     ├── UnknownSagaTypeError         no registered definition has that name
+    │   └── UnknownSagaVersionError  that name is registered, but not that version
     ├── SagaNotFoundError            no saga with that id
     ├── SagaConflictError            a concurrent writer changed the saga (retriable)
     ├── InvalidOperatorActionError   the action does not apply to the saga's status
@@ -25,6 +26,7 @@ __all__ = [
     "SagaError",
     "SagaNotFoundError",
     "UnknownSagaTypeError",
+    "UnknownSagaVersionError",
 ]
 
 
@@ -49,6 +51,10 @@ class InvalidSagaDataError(SagaError):
 
 class UnknownSagaTypeError(SagaError):
     """No registered saga definition has the requested name."""
+
+
+class UnknownSagaVersionError(UnknownSagaTypeError):
+    """The saga type is registered, but not the definition version a saga started with."""
 
 
 class SagaNotFoundError(SagaError):

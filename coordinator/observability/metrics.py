@@ -24,6 +24,9 @@ Exposed:
                                                            retryable
 ``saga_unexpected_replies_total{saga_type,kind}``          duplicate, late or stale replies
 ``saga_redelivered_messages_total``                        messages the inbox had already seen
+``saga_parked_replies_total``                              replies parked: their saga's definition
+                                                           version is not loaded here
+``saga_parked_sagas{saga_type,definition_version}``        sagas with parked replies (sampled)
 ``saga_commands_sent_total{saga_type,service,purpose}``    forward, retry, compensation
 ``saga_deadlines_fired_total{saga_type,step}``             missed deadlines (retry or give up)
 ``saga_deadlines_postponed_total{saga_type,step}``         deadlines of commands queued at a
@@ -81,6 +84,7 @@ from coordinator.core.state import (
 )
 from coordinator.store.admission import AdmissionStore
 from coordinator.store.heartbeats import HeartbeatStore
+from coordinator.store.parking import ParkingStore
 from coordinator.store.records import OutboxRecord
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import DeadLetterReason, Outcome
@@ -302,7 +306,17 @@ class CoordinatorMetrics:
             "Duration of PostgreSQL transactions, begin to commit or rollback.",
             _FAST_BUCKETS,
         )
+        self.parked_replies = counter(
+            "saga_parked_replies_total",
+            "Replies parked because their saga's definition version is not loaded here.",
+        )
+        self.parked_sagas = gauge(
+            "saga_parked_sagas",
+            "Sagas with replies parked until a coordinator with their version runs (sampled).",
+            ["saga_type", "definition_version"],
+        )
         self._lag_labels: set[tuple[str, str]] = set()
+        self._parked_labels: set[tuple[str, str]] = set()
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -372,6 +386,8 @@ class CoordinatorMetrics:
                 self.consumer_batch_size.observe(outcome.records)
             if outcome.duplicates:
                 self.redelivered.inc(outcome.duplicates)
+            if outcome.parked:
+                self.parked_replies.inc(outcome.parked)
             for before, transition in outcome.transitions:
                 self._observe(before, transition, reply=before is not None)
         except Exception:
@@ -473,6 +489,20 @@ class CoordinatorMetrics:
         for service in set(services) | set(alive):
             self.participants_alive.labels(service).set(alive.get(service, 0))
 
+    def set_parked(
+        self, counts: Mapping[tuple[str, int], int], versions: Iterable[tuple[str, int]] = ()
+    ) -> None:
+        """Parked sagas per (type, version); the ``versions`` loaded here and those parked
+        before but no longer are set to 0 (the alert needs a series to evaluate)."""
+        current = {(t, str(v)): n for (t, v), n in counts.items()}
+        for saga_type, version in versions:
+            current.setdefault((saga_type, str(version)), 0)
+        for labels in self._parked_labels - current.keys():
+            self.parked_sagas.labels(*labels).set(0)
+        for labels, value in current.items():
+            self.parked_sagas.labels(*labels).set(value)
+        self._parked_labels |= set(current)
+
     def set_outbox(self, pending: int, oldest_age_s: float) -> None:
         """Unsent outbox rows and the age of the oldest."""
         self.outbox_pending.set(pending)
@@ -507,12 +537,15 @@ class MetricsSampler:
         *,
         services: Sequence[str] = (),
         liveness_window_s: float = 10.0,
+        versions: Sequence[tuple[str, int]] = (),
     ) -> None:
         self._metrics = metrics
+        self._versions = tuple(versions)
         self._services = tuple(services)
         self._liveness_window = timedelta(seconds=liveness_window_s)
         self._admission = AdmissionStore()
         self._heartbeats = HeartbeatStore()
+        self._parking = ParkingStore()
         self._store = store
         self._clock = clock
         self._settings = settings
@@ -530,6 +563,8 @@ class MetricsSampler:
             overdue = await self._store.count_overdue(conn, now, grace)
             outstanding = await self._admission.count_outstanding(conn)
             alive = await self._heartbeats.count_live_instances(conn, now - self._liveness_window)
+            parked = await self._parking.count_parked_sagas(conn)
+        self._metrics.set_parked(parked, self._versions)
         self._metrics.set_saga_counts(counts, self._saga_types)
         self._metrics.set_outstanding(outstanding, self._services)
         self._metrics.set_participants_alive(alive, self._services)

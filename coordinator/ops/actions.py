@@ -25,6 +25,7 @@ from coordinator.core.errors import InvalidOperatorActionError, SagaNotFoundErro
 from coordinator.core.machine import apply
 from coordinator.core.state import OperatorAbort, OperatorRetry, SagaInstance, SagaStatus
 from coordinator.store.messages import command_message
+from coordinator.store.parking import ParkedSaga, ParkingStore
 from coordinator.store.persist import persist
 from coordinator.store.records import HistoryRecord
 from coordinator.store.saga_store import SagaStore
@@ -225,6 +226,18 @@ class OperatorActions:
                 conn, status=status, saga_type=saga_type, limit=limit, offset=offset
             )
 
+    async def list_parked(self, limit: int = 50) -> builtins.list[ParkedSaga]:
+        """Parked sagas (replies kept for a coordinator that has their definition version),
+        longest parked first.
+
+        Raises:
+            ValueError: ``limit`` is not in 1..1000.
+        """
+        if not 1 <= limit <= _MAX_LIST:
+            raise ValueError(f"limit must be between 1 and {_MAX_LIST}, got {limit}")
+        async with self._store.engine.connect() as conn:
+            return await ParkingStore().select_parked_sagas(conn, limit=limit)
+
     async def retry(
         self, saga_id: str, *, actor: str, reason: str, dry_run: bool = False
     ) -> ActionResult:
@@ -272,7 +285,8 @@ class OperatorActions:
             before = found.get(saga_id)
             if before is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
-            definition = self._registry.get(before.saga_type)
+            # The saga's own version: raises UnknownSagaVersionError if it is not loaded here.
+            definition = self._registry.get(before.saga_type, before.definition_version)
             try:
                 transition = apply(definition, before, event, now)
             except InvalidOperatorActionError as exc:

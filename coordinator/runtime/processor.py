@@ -34,6 +34,7 @@ from coordinator.core.state import (
 )
 from coordinator.observability.logs import log_transitions
 from coordinator.observability.tracing import ensure_traceparent, record_transitions
+from coordinator.runtime.parking import ReplyParking
 from coordinator.store.admission import AdmissionStore
 from coordinator.store.persist import persist
 from coordinator.store.saga_store import SagaStore
@@ -83,6 +84,7 @@ class BatchProcessor:
         self._clock = clock
         self._limits = admission or AdmissionLimits()
         self._admission = AdmissionStore()
+        self._parking = ReplyParking(registry)
 
     def _screen(self, index: int, envelope: Envelope) -> Rejection | None:
         if envelope.kind not in (MessageKind.START, MessageKind.REPLY):
@@ -121,6 +123,8 @@ class BatchProcessor:
         starts = self._decide_starts(candidates, now, outcome)
         async with self._store.engine.begin() as conn:
             current = await self._lock_sagas(conn, candidates)
+            # A reply for a saga of a version not loaded here is kept, not applied (parking).
+            candidates = await self._parking.park_unloaded(conn, candidates, current, now, outcome)
             accepted = self._admit(candidates, starts, current, outcome)
             if not accepted:
                 return outcome
@@ -248,8 +252,10 @@ class BatchProcessor:
                 starting.add(envelope.saga_id)
                 applied.starts.append(starts[index])
                 continue
-            saga_def: type[SagaDefinition[Any]] = self._registry.get(envelope.saga_type)
             before = current[envelope.saga_id]
+            saga_def: type[SagaDefinition[Any]] = self._registry.get(
+                before.saga_type, before.definition_version
+            )
             transition = apply(saga_def, before, _reply_input(envelope), now)
             current[envelope.saga_id] = transition.instance
             if transition.changed:
@@ -274,7 +280,7 @@ class BatchProcessor:
         decided: list[Transition] = []
         for transition in starts:
             instance = transition.instance
-            definition = self._registry.get(instance.saga_type)
+            definition = self._registry.get(instance.saga_type, instance.definition_version)
             service = definition.steps[0].service
             if backlog == 0 and in_flight.has_room(self._limits, instance.saga_type, service):
                 in_flight.add(instance.saga_type, service)

@@ -12,11 +12,13 @@ from service_sdk.contract import Command
 __all__ = [
     "ChargePayment",
     "OrderItem",
+    "OrderScreened",
     "PaymentCharged",
     "RefundPayment",
     "ReleaseStock",
     "ReserveStock",
     "ScheduleShipment",
+    "ScreenOrder",
     "ShipmentScheduled",
     "StockReserved",
 ]
@@ -89,3 +91,18 @@ class ShipmentScheduled(BaseModel):
     """Shipping's success reply to :class:`ScheduleShipment`."""
 
     shipment_id: str
+
+
+class ScreenOrder(Command):
+    """Fraud: screen the order before the customer is charged (version 2 of the order saga)."""
+
+    message_type: ClassVar[str] = "fraud.screen_order"
+    order_id: str
+    customer_id: str
+    amount_cents: int = Field(gt=0)
+
+
+class OrderScreened(BaseModel):
+    """Fraud's success reply to :class:`ScreenOrder`."""
+
+    screening_id: str
