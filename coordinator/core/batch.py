@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from coordinator.core.state import SagaInstance, Transition
-from service_sdk.contract import DeadLetterReason
+from service_sdk.contract import DeadLetterReason, Envelope
 
-__all__ = ["BatchOutcome", "Rejection"]
+__all__ = ["BatchOutcome", "Rejection", "count_unknown_fields"]
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,16 @@ class BatchOutcome:
     """(state before, transition) pairs; before is None for a start."""
     records: int = 0
     """Kafka records in the batch, undecodable ones included (set by the consumer)."""
+    unknown_fields: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Envelope fields this contract version does not define, ignored: how many times each
+    ``(message_type, field)`` was seen (set by the consumer)."""
+
+
+def count_unknown_fields(envelopes: Iterable[Envelope]) -> dict[tuple[str, str], int]:
+    """How often each ``(message_type, field)`` unknown envelope field occurs in ``envelopes``."""
+    counts: dict[tuple[str, str], int] = {}
+    for envelope in envelopes:
+        for name in envelope.unknown_fields:
+            key = (envelope.message_type, name)
+            counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -43,6 +43,7 @@ __all__ = [
     "SagaDefinition",
     "SagaRegistry",
     "Step",
+    "unknown_fields",
 ]
 
 D = TypeVar("D", bound=BaseModel)
@@ -119,7 +120,8 @@ class Step(Generic[D]):
         service: The participant; its commands go to ``<service>.commands``.
         command: The command's model.
         build: Builds the command from the saga data.
-        on_success: Folds a success reply's payload into the saga data.
+        on_success: Folds a success reply into the saga data: it receives the reply as the
+            command's ``reply_model`` when the command declares one, else the payload mapping.
         compensation: How to undo the step once it succeeded; None if nothing to undo.
         timeout: How long to wait for a reply to each send.
         retry: How often to re-send when no reply arrives in time.
@@ -129,10 +131,24 @@ class Step(Generic[D]):
     service: str
     command: type[Command]
     build: Callable[[D], Command]
-    on_success: Callable[[D, Mapping[str, Any]], D] | None = None
+    on_success: Callable[[D, Any], D] | None = None
     compensation: Compensation[D] | None = None
     timeout: timedelta = timedelta(seconds=30)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def unknown_fields(model: type[BaseModel], data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The top-level keys of ``data`` that ``model`` does not define (by name or alias)."""
+    known: set[str] = set()
+    for name, info in model.model_fields.items():
+        known.add(name)
+        if info.alias:
+            known.add(info.alias)
+        if isinstance(info.validation_alias, str):
+            known.add(info.validation_alias)
+    if model.model_config.get("extra") == "allow":
+        return ()
+    return tuple(sorted(key for key in data if key not in known))
 
 
 def _check_command(model: object, where: str) -> None:
@@ -140,6 +156,11 @@ def _check_command(model: object, where: str) -> None:
         raise SagaDefinitionError(f"{where}: must be a service_sdk.Command subclass, got {model!r}")
     if not model.message_type:
         raise SagaDefinitionError(f"{where}: {model.__name__} has no message_type")
+    reply = model.reply_model
+    if reply is not None and not (isinstance(reply, type) and issubclass(reply, BaseModel)):
+        raise SagaDefinitionError(
+            f"{where}: {model.__name__}.reply_model must be a pydantic model, got {reply!r}"
+        )
 
 
 class SagaDefinition(Generic[D]):

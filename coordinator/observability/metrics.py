@@ -23,6 +23,10 @@ Exposed:
 ``saga_replies_total{saga_type,outcome}``                  replies applied: success, failure,
                                                            retryable
 ``saga_unexpected_replies_total{saga_type,kind}``          duplicate, late or stale replies
+``saga_stale_replies_total{saga_type,reason}``             stale replies by why they matched
+                                                           nothing (missing_step, other_step, ...)
+``saga_unknown_fields_total{message_type,field}``          unknown fields ignored (tolerant
+                                                           reader); payload fields as payload.x
 ``saga_redelivered_messages_total``                        messages the inbox had already seen
 ``saga_parked_replies_total``                              replies parked: their saga's definition
                                                            version is not loaded here
@@ -152,6 +156,8 @@ _UNEXPECTED = {
     HistoryKind.LATE_REPLY: "late",
     HistoryKind.STALE_REPLY: "stale",
 }
+_MAX_UNKNOWN_SERIES = 200
+"""Distinct (message type, field) series of ``saga_unknown_fields_total``; more count as other."""
 _STEP_DECIDED = {HistoryKind.STEP_SUCCEEDED: "success", HistoryKind.STEP_FAILED: "failure"}
 _TX_STARTED = "saga_metrics_tx_started"
 DEAD_LETTER_REASONS = (
@@ -234,6 +240,17 @@ class CoordinatorMetrics:
             "Replies that matched no awaited command: duplicate, late or stale.",
             ["saga_type", "kind"],
         )
+        self.stale_replies = counter(
+            "saga_stale_replies_total",
+            "Replies that matched no command the saga sent or awaits, by reason.",
+            ["saga_type", "reason"],
+        )
+        self.unknown_fields = counter(
+            "saga_unknown_fields_total",
+            "Fields the contract does not define, ignored (tolerant reader), by message type.",
+            ["message_type", "field"],
+        )
+        self._unknown_labels: set[tuple[str, str]] = set()
         self.redelivered = counter(
             "saga_redelivered_messages_total",
             "Messages the inbox recognised as already processed (Kafka redeliveries).",
@@ -388,6 +405,8 @@ class CoordinatorMetrics:
                 self.redelivered.inc(outcome.duplicates)
             if outcome.parked:
                 self.parked_replies.inc(outcome.parked)
+            for (message_type, name), count in outcome.unknown_fields.items():
+                self._count_unknown(message_type, name, count)
             for before, transition in outcome.transitions:
                 self._observe(before, transition, reply=before is not None)
         except Exception:
@@ -415,6 +434,14 @@ class CoordinatorMetrics:
         for row in rows:
             self.outbox_delay.observe(_seconds(sent_at, row.created_at))
 
+    def _count_unknown(self, message_type: str, name: str, count: int) -> None:
+        """Count an ignored field; names come from outside, so the series are capped."""
+        key = (message_type[:100], name[:64])
+        if key not in self._unknown_labels and len(self._unknown_labels) >= _MAX_UNKNOWN_SERIES:
+            key = (message_type[:100], "other")
+        self._unknown_labels.add(key)
+        self.unknown_fields.labels(*key).inc(count)
+
     def _observe(self, before: SagaInstance | None, transition: Transition, *, reply: bool) -> None:
         after = transition.instance
         saga_type = after.saga_type
@@ -433,6 +460,11 @@ class CoordinatorMetrics:
                 self.commands_picked_up.labels(saga_type, entry.step).inc()
             elif kind in _UNEXPECTED and reply:
                 self.unexpected_replies.labels(saga_type, _UNEXPECTED[kind]).inc()
+                if kind is HistoryKind.STALE_REPLY:
+                    reason = str(entry.detail.get("reason", "unknown"))
+                    self.stale_replies.labels(saga_type, reason).inc()
+            for name in entry.detail.get("ignored_fields", ()):
+                self._count_unknown(str(entry.detail.get("message_type", "")), str(name), 1)
             if kind is HistoryKind.STEP_FAILED and entry.step is not None:
                 self.step_failures.labels(saga_type, entry.step).inc()
             decided = _STEP_DECIDED.get(kind)

@@ -32,7 +32,7 @@ from coordinator.core.state import (
     StartSaga,
     Transition,
 )
-from coordinator.observability.logs import log_transitions
+from coordinator.observability.logs import log_transitions, log_unexpected_replies
 from coordinator.observability.tracing import ensure_traceparent, record_transitions
 from coordinator.runtime.parking import ReplyParking
 from coordinator.store.admission import AdmissionStore
@@ -143,6 +143,7 @@ class BatchProcessor:
                 now,
             )
         log_transitions(logger, outcome.transitions)
+        log_unexpected_replies(logger, outcome.transitions)
         record_transitions(
             outcome.transitions,
             start_ns=started_ns,

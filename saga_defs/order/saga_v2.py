@@ -9,9 +9,7 @@ optional field, so version 1 data is valid version 2 data and no upcaster is nee
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
 
 from coordinator.core.definition import RetryPolicy, SagaDefinition, Step
 from saga_defs.order.contracts import OrderScreened, ScreenOrder
@@ -26,10 +24,8 @@ class OrderDataV2(OrderData):
     screening_id: str | None = None
 
 
-def _screened(data: OrderDataV2, reply: Mapping[str, Any]) -> OrderDataV2:
-    return data.model_copy(
-        update={"screening_id": OrderScreened.model_validate(reply).screening_id}
-    )
+def _screened(data: OrderDataV2, reply: OrderScreened) -> OrderDataV2:
+    return data.model_copy(update={"screening_id": reply.screening_id})
 
 
 _reserve, _charge, _ship = OrderSaga.steps
