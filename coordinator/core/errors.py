@@ -5,6 +5,7 @@ The tree::
     SagaError                        root of everything the coordinator raises
     ├── SagaDefinitionError          a saga definition is wrong (raised at import)
     ├── InvalidSagaDataError         a start request's data does not fit the saga's data model
+    ├── ConflictingStartError        a start reuses a saga id with other data
     ├── UnknownSagaTypeError         no registered definition has that name
     │   └── UnknownSagaVersionError  that name is registered, but not that version
     ├── SagaNotFoundError            no saga with that id
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ConflictingStartError",
     "DeadLetterNotFoundError",
     "InvalidOperatorActionError",
     "InvalidSagaDataError",
@@ -47,6 +49,13 @@ class SagaDefinitionError(SagaError):
 
 class InvalidSagaDataError(SagaError):
     """A saga's data does not validate against its definition's ``data_model``."""
+
+
+class ConflictingStartError(SagaError):
+    """A start request names a saga id that exists already, started with other data.
+
+    ``saga_id`` is the stored saga's id: the first start won and is unchanged.
+    """
 
 
 class UnknownSagaTypeError(SagaError):

@@ -167,6 +167,7 @@ DEAD_LETTER_REASONS = (
     DeadLetterReason.UNKNOWN_SAGA_TYPE,
     DeadLetterReason.UNKNOWN_SAGA,
     DeadLetterReason.INVALID_DATA,
+    DeadLetterReason.CONFLICTING_START,
     DeadLetterReason.PROCESSING_ERROR,
 )
 """The reasons the reply consumer dead-letters with."""

@@ -35,6 +35,7 @@ from coordinator.core.state import (
 from coordinator.observability.logs import log_transitions, log_unexpected_replies
 from coordinator.observability.tracing import ensure_traceparent, record_transitions
 from coordinator.runtime.parking import ReplyParking
+from coordinator.runtime.starts import RepeatedStarts
 from coordinator.store.admission import AdmissionStore
 from coordinator.store.persist import persist
 from coordinator.store.saga_store import SagaStore
@@ -58,12 +59,19 @@ def _reply_input(envelope: Envelope) -> ReplyReceived:
     )
 
 
+def _start_id(start: Transition) -> str:
+    """The message id of the start request a start transition came from."""
+    return start.history[0].message_id or ""
+
+
 @dataclass
 class _Applied:
     """What the engine decided for a batch, before the new sagas are inserted."""
 
     starts: list[Transition] = field(default_factory=list)
     changed_ids: set[str] = field(default_factory=set)
+    repeats: list[tuple[int, Envelope]] = field(default_factory=list)
+    """Starts of a saga id started earlier in the same batch."""
 
 
 class BatchProcessor:
@@ -85,6 +93,7 @@ class BatchProcessor:
         self._limits = admission or AdmissionLimits()
         self._admission = AdmissionStore()
         self._parking = ReplyParking(registry)
+        self._repeats = RepeatedStarts(store, registry)
 
     def _screen(self, index: int, envelope: Envelope) -> Rejection | None:
         if envelope.kind not in (MessageKind.START, MessageKind.REPLY):
@@ -133,13 +142,22 @@ class BatchProcessor:
             )
             batch = self._apply_replies(accepted, fresh, starts, current, now, outcome)
             admitted = await self._admit_or_queue(conn, batch.starts, now)
-            await self._insert_starts(conn, admitted, outcome)
+            existing = await self._insert_starts(conn, admitted, outcome)
             outcome.outbox_ids = await persist(
                 self._store,
                 conn,
                 self._topics,
                 [current[i] for i in sorted(batch.changed_ids)],
                 [t for _, t in outcome.transitions],
+                now,
+            )
+            # A saga id started again: a duplicate, or (other data) a conflicting start.
+            by_message = {e.message_id: (i, e) for i, e in accepted}
+            await self._repeats.settle(
+                conn,
+                [*batch.repeats, *(by_message[m] for m in existing)],
+                {t.instance.saga_id: t for t in admitted if _start_id(t) not in existing},
+                outcome,
                 now,
             )
         log_transitions(logger, outcome.transitions)
@@ -248,7 +266,7 @@ class BatchProcessor:
             if envelope.kind is MessageKind.START:
                 if envelope.saga_id in starting:
                     # Starting the same saga id twice starts it once.
-                    outcome.duplicates += 1
+                    applied.repeats.append((index, envelope))
                     continue
                 starting.add(envelope.saga_id)
                 applied.starts.append(starts[index])
@@ -302,15 +320,17 @@ class BatchProcessor:
 
     async def _insert_starts(
         self, conn: AsyncConnection, starts: Sequence[Transition], outcome: BatchOutcome
-    ) -> None:
-        """Insert the new sagas; an id that exists already is a duplicate start."""
+    ) -> set[str]:
+        """Insert the new sagas; returns the message ids of starts whose saga id exists."""
         if not starts:
-            return
+            return set()
         inserted = await self._store.insert_sagas(conn, [t.instance for t in starts])
+        existing: set[str] = set()
         for transition in starts:
             if transition.instance.saga_id in inserted:
                 outcome.transitions.append((None, transition))
                 outcome.applied += 1
             else:
                 # Starting the same saga id twice starts it once.
-                outcome.duplicates += 1
+                existing.add(_start_id(transition))
+        return existing

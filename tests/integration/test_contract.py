@@ -12,10 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 from coordinator.config import Settings
+from coordinator.core.errors import ConflictingStartError
 from coordinator.core.state import SagaStatus
+from coordinator.ops.client import start_request
 from saga_defs import OrderData
 from saga_defs.order import OrderItem
-from service_sdk import Outcome, Topics
+from service_sdk import DeadLetterHeader, Outcome, Topics, decode_headers
+from tests.support.offsets import committed_to_end
 from tests.support.plain_participant import Answer, PlainParticipant
 from tests.support.replies import participant_reply
 from tests.support.waiting import eventually
@@ -142,3 +145,47 @@ async def test_an_empty_success_reply_gets_its_step_compensated_and_nothing_leak
     assert failed.detail["in_doubt"] is True
     assert "invalid reply" in failed.detail["error"]
     assert "charge_id" in failed.detail["error"]
+
+
+async def test_a_start_reusing_a_saga_id_with_other_data_is_dead_lettered_and_recorded(
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    send_envelope: Any,
+    kafka_bootstrap: str,
+) -> None:
+    topics = Topics(coordinator_settings.kafka.topic_prefix)
+    first = start_request("order", ORDER, saga_id="c-1", source="shop")
+    same = start_request("order", ORDER, saga_id="c-1", source="shop")
+    other = start_request(
+        "order", ORDER.model_copy(update={"amount_cents": 999}), saga_id="c-1", source="shop"
+    )
+    async with running_coordinator(coordinator_settings) as coordinator:
+        for envelope in (first, same, other):
+            await send_envelope(topics.requests, envelope)
+        async with topic_reader(Topics.dead_letters(topics.requests)) as dlq:
+            (letter,) = await dlq.records(1)
+        headers = decode_headers(letter.headers)
+        assert headers[DeadLetterHeader.REASON] == "conflicting_start"
+        assert "c-1" in headers[DeadLetterHeader.EXCEPTION_MESSAGE]
+        assert json.loads(letter.value)["message_id"] == other.message_id
+        await committed_to_end(
+            kafka_bootstrap, coordinator_settings.kafka.group_id, topics.requests
+        )
+        async with topic_reader(Topics.dead_letters(topics.requests)) as dlq:
+            assert len(await dlq.published()) == 1, "the repeat with the same data is no conflict"
+        # From Python, the same refusal is an exception naming the stored saga.
+        with pytest.raises(ConflictingStartError) as refused:
+            await coordinator.client.start(
+                "order", ORDER.model_copy(update={"customer_id": "c-2"}), saga_id="c-1"
+            )
+        assert refused.value.saga_id == "c-1"
+        assert await coordinator.client.start("order", ORDER, saga_id="c-1") == "c-1"
+        async with coordinator.store.engine.connect() as conn:
+            saga = await coordinator.store.select_saga(conn, "c-1")
+    assert saga is not None
+    assert saga.data["amount_cents"] == ORDER.amount_cents
+    history = await _history(coordinator, "c-1")
+    conflicts = [h for h in history if h.kind == "conflicting_start"]
+    assert [h.detail["data"]["amount_cents"] for h in conflicts] == [999, 100]
+    assert conflicts[0].detail["source"] == "shop"
