@@ -40,6 +40,7 @@ from coordinator.core.errors import (
     SagaError,
     SagaNotFoundError,
     UnknownSagaTypeError,
+    UnknownSagaVersionError,
 )
 from coordinator.runtime.transient import is_transient
 
@@ -132,6 +133,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _saga_error(request: Request, exc: SagaError) -> JSONResponse:
     if isinstance(exc, SagaNotFoundError):
         return error_response(404, "saga_not_found", str(exc))
+    if isinstance(exc, UnknownSagaVersionError):
+        # The saga exists; this coordinator lacks the definition version it runs on.
+        return error_response(409, "version_not_loaded", str(exc), saga_id=exc.saga_id)
     if isinstance(exc, UnknownSagaTypeError):
         return error_response(404, "unknown_saga_type", str(exc))
     if isinstance(exc, InvalidSagaDataError):

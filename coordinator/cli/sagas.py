@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
     app.command("list")(list_sagas)
     app.command("retry")(retry)
     app.command("abort")(abort)
+    app.command("migrate")(migrate)
 
 
 def _run(settings: Settings, work: Callable[[OperatorActions], Awaitable[T]]) -> T:
@@ -208,6 +209,44 @@ def abort(
 ) -> None:
     """Abort a running saga: stop going forward and compensate what was done."""
     _act("abort", saga_id, reason, actor, dry_run, as_json, database_url, topic_prefix)
+
+
+def migrate(
+    saga_id: SagaIdArg,
+    to_version: Annotated[
+        int, typer.Option("--to-version", min=1, help="The definition version to move to")
+    ],
+    reason: ReasonOpt,
+    actor: ActorOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+    database_url: DatabaseOpt = None,
+    topic_prefix: TopicPrefixOpt = None,
+) -> None:
+    """Move a saga onto a newer version of its definition, its data upcast (QUEUED, or
+    RUNNING where the new version has the same steps up to the awaited one)."""
+    why, who = _reason(reason), _actor(actor)
+    settings = settings_from(database_url=database_url, topic_prefix=topic_prefix)
+    result = _run(
+        settings,
+        lambda actions: actions.migrate(
+            saga_id, to_version, actor=who, reason=why, dry_run=dry_run
+        ),
+    )
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    console = Console(highlight=False)
+    verb = "would move" if result.dry_run else "moved"
+    console.print(
+        f"saga {result.saga_id} ({result.status.value}, at {result.current_step or '-'}) {verb} "
+        f"from version {result.from_version} to {result.to_version}"
+    )
+    console.print(f"upcasters: {', '.join(result.upcasters) or 'none'}")
+    console.print(f"data before: {_compact(result.data_before, 400)}")
+    console.print(f"data after:  {_compact(result.data_after, 400)}")
+    if result.dry_run:
+        console.print("dry run: nothing was written")
 
 
 def _act(

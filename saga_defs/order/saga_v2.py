@@ -3,13 +3,15 @@
 The example of a definition change deployed while sagas are in flight. Version 1
 (:class:`~saga_defs.order.saga.OrderSaga`) stays registered next to it, so sagas started on
 version 1 finish through version 1's steps; new sagas start on version 2 (the newest
-registered, unless configuration pins another). The saga data gains ``screening_id``: an
-optional field, so version 1 data is valid version 2 data and no upcaster is needed to read it.
+registered, unless configuration pins another). The saga data gains ``screening_id``; an
+operator who moves a version 1 saga onto version 2 (``saga migrate``) gets its data upcast by
+:meth:`OrderSagaV2.upcast_v1_to_v2`.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from coordinator.core.definition import RetryPolicy, SagaDefinition, Step
 from saga_defs.order.contracts import OrderScreened, ScreenOrder
@@ -54,3 +56,8 @@ class OrderSagaV2(SagaDefinition[OrderDataV2]):
         _charge,
         _ship,
     )
+
+    @classmethod
+    def upcast_v1_to_v2(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Version 1 data as version 2 data: no screening has happened."""
+        return {**data, "screening_id": None}

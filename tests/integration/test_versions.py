@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.config import Settings
 from coordinator.core.definition import SagaRegistry
+from coordinator.core.errors import UnknownSagaVersionError
 from coordinator.store.parking import ParkingStore
 from saga_defs import OrderData, OrderSaga, OrderSagaV2, versioned_registry
 from saga_defs.order import OrderItem
@@ -168,3 +170,33 @@ async def test_a_coordinator_lacking_a_version_parks_its_sagas_and_a_later_one_f
     assert {tuple(s.completed_steps) for s in done.values()} == {tuple(V1_STEPS)}
     # The parked replies were applied, not re-requested: each charge ran once.
     assert len(payment.log) == len(ids)
+
+
+async def test_an_operator_migrates_a_saga_to_version_2_and_it_finishes_there(
+    kafka: Any,
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    kafka_producer_settings: dict[str, Any],
+    fresh_topics: Any,
+) -> None:
+    settings = coordinator_settings
+    await fresh_topics(*(f"{service}.commands" for service in HANDLERS))
+    async with running_coordinator(settings, SagaRegistry([OrderSaga])) as old:
+        await old.client.start("order", _order("m-1"), saga_id="m-1")
+        # Lacking version 2 here, the operator cannot move it; on v1 it can still be acted on.
+        with pytest.raises(UnknownSagaVersionError):
+            await old.operator.migrate("m-1", 2, actor="ann", reason="v2 rollout")
+    async with running_coordinator(settings, versioned_registry()) as new:
+        engine = new.store.engine
+        rehearsed = await new.operator.migrate(
+            "m-1", 2, actor="ann", reason="v2 rollout", dry_run=True
+        )
+        assert (rehearsed.from_version, rehearsed.to_version) == (1, 2)
+        assert rehearsed.data_after["screening_id"] is None
+        assert {s.definition_version for s in (await _sagas(engine, ["m-1"])).values()} == {1}
+        await new.operator.migrate("m-1", 2, actor="ann", reason="v2 rollout")
+        assert {s.definition_version for s in (await _sagas(engine, ["m-1"])).values()} == {2}
+        participant = _participant(kafka, settings, list(HANDLERS), kafka_producer_settings)
+        async with participant:
+            done = await eventually(lambda: _all_completed(engine, ["m-1"]), timeout=60)
+    assert tuple(done["m-1"].completed_steps) == tuple(V2_STEPS)
