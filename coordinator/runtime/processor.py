@@ -102,7 +102,9 @@ class BatchProcessor:
                 DeadLetterReason.UNEXPECTED_KIND,
                 SagaError(f"a {envelope.kind.value} message cannot be applied to a saga"),
             )
-        if envelope.saga_type not in self._registry:
+        # A reply of a type not registered here may belong to a saga another coordinator runs
+        # (a type added by a rolling deploy): it is parked, or rejected if no such saga exists.
+        if envelope.kind is MessageKind.START and envelope.saga_type not in self._registry:
             return Rejection(
                 index,
                 DeadLetterReason.UNKNOWN_SAGA_TYPE,
@@ -217,8 +219,8 @@ class BatchProcessor:
             return {}
         return await self._store.select_sagas_for_update(conn, saga_ids)
 
-    @staticmethod
     def _admit(
+        self,
         candidates: Sequence[tuple[int, Envelope]],
         starts: Mapping[int, Transition],
         current: Mapping[str, SagaInstance],
@@ -232,6 +234,16 @@ class BatchProcessor:
                     accepted.append((index, envelope))
             elif envelope.saga_id in current:
                 accepted.append((index, envelope))
+            elif envelope.saga_type not in self._registry:
+                outcome.rejections.append(
+                    Rejection(
+                        index,
+                        DeadLetterReason.UNKNOWN_SAGA_TYPE,
+                        SagaError(
+                            f"unknown saga type {envelope.saga_type!r}", saga_id=envelope.saga_id
+                        ),
+                    )
+                )
             else:
                 outcome.rejections.append(
                     Rejection(

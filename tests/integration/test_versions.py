@@ -5,18 +5,20 @@ version parks its replies until one that has it takes them (real Kafka + Postgre
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.config import Settings
-from coordinator.core.definition import SagaRegistry
+from coordinator.core.definition import SagaDefinition, SagaRegistry, Step
 from coordinator.core.errors import UnknownSagaVersionError
 from coordinator.store.parking import ParkingStore
 from saga_defs import OrderData, OrderSaga, OrderSagaV2, versioned_registry
 from saga_defs.order import OrderItem
+from service_sdk.contract import Command
 from tests.support.plain_participant import Answer, PlainParticipant
 from tests.support.waiting import eventually
 
@@ -200,3 +202,46 @@ async def test_an_operator_migrates_a_saga_to_version_2_and_it_finishes_there(
         async with participant:
             done = await eventually(lambda: _all_completed(engine, ["m-1"]), timeout=60)
     assert tuple(done["m-1"].completed_steps) == tuple(V2_STEPS)
+
+
+class _Ping(Command):
+    message_type: ClassVar[str] = "pinger.ping"
+
+
+class _PingData(BaseModel):
+    n: int = 0
+
+
+class _OtherSaga(SagaDefinition[_PingData]):
+    """A saga type the order coordinators do not run."""
+
+    name = "other"
+    data_model = _PingData
+    steps = (
+        Step[_PingData](name="ping", service="pinger", command=_Ping, build=lambda d: _Ping()),
+    )
+
+
+async def test_a_reply_of_a_saga_type_not_registered_here_is_parked_not_dead_lettered(
+    kafka: Any,
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    kafka_producer_settings: dict[str, Any],
+    fresh_topics: Any,
+) -> None:
+    settings = coordinator_settings
+    await fresh_topics(*(f"{service}.commands" for service in HANDLERS))
+    async with running_coordinator(settings) as first:
+        await first.client.start("order", _order("t-1"), saga_id="t-1")
+    # A coordinator deployed for another saga type only receives the order saga's replies.
+    participant = _participant(kafka, settings, list(HANDLERS), kafka_producer_settings)
+    async with running_coordinator(settings, SagaRegistry([_OtherSaga])) as other, participant:
+
+        async def parked() -> bool:
+            async with other.store.engine.connect() as conn:
+                assert await ParkingStore().count_parked_sagas(conn) == {("order", 1): 1}
+            return True
+
+        await eventually(parked, timeout=60)
+    async with running_coordinator(settings) as later, participant:
+        await eventually(lambda: _all_completed(later.store.engine, ["t-1"]), timeout=60)
