@@ -67,7 +67,18 @@ from coordinator.core.state import (
 )
 from service_sdk.contract import Outcome
 
-__all__ = ["apply", "start_saga"]
+__all__ = ["STALE_REASONS", "apply", "start_saga"]
+
+STALE_REASONS = (
+    "missing_step",
+    "missing_command_id",
+    "unknown_step",
+    "not_awaiting",
+    "other_step",
+    "other_command_id",
+    "future_attempt",
+)
+"""Why a reply matched nothing the saga sent or awaits: the ``reason`` of a stale reply."""
 
 Definition = type[SagaDefinition[Any]]
 

@@ -77,6 +77,7 @@ from coordinator.config import MetricsSettings
 from coordinator.core.batch import BatchOutcome
 from coordinator.core.clock import Clock
 from coordinator.core.definition import SagaDefinition
+from coordinator.core.machine import STALE_REASONS
 from coordinator.core.state import (
     TERMINAL_STATUSES,
     CommandPurpose,
@@ -354,6 +355,12 @@ class CoordinatorMetrics:
                 self.dead_letters.labels(topic, reason)
         for definition in definitions:
             name = definition.name
+            for stale in STALE_REASONS:
+                self.stale_replies.labels(name, stale)
+            # An empty field: "no unknown field seen yet" (Prometheus drops empty labels).
+            self.unknown_fields.labels(f"{name}.start", "")
+            for step in definition.steps:
+                self.unknown_fields.labels(step.command.message_type, "")
             self.started.labels(name)
             self.overdue.labels(name).set(0)
             for status in TERMINAL_STATUSES:
