@@ -36,6 +36,7 @@ from coordinator.runtime.heartbeats import HeartbeatListener
 from coordinator.runtime.housekeeping import Housekeeper
 from coordinator.runtime.kafka import ensure_topics, explain_start_failure, producer_kwargs
 from coordinator.runtime.outbox import OutboxRelay
+from coordinator.runtime.parking import ParkedReplyResumer
 from coordinator.runtime.processor import BatchProcessor
 from coordinator.runtime.producer import coordinator_producers
 from coordinator.runtime.transient import is_transient
@@ -90,6 +91,7 @@ class Coordinator:
         self.consumer: ReplyConsumer
         self.client: SagaClient
         self.deadlines: DeadlineScanner
+        self.resumer: ParkedReplyResumer
         self.housekeeper: Housekeeper
         self.admitter: Admitter
         self.heartbeats: HeartbeatListener
@@ -209,6 +211,13 @@ class Coordinator:
             settings.deadlines,
             on_commit=self._after_deadlines,
         )
+        self.resumer = ParkedReplyResumer(
+            self.store,
+            self.registry,
+            self.processor,
+            interval_s=settings.deadlines.scan_interval_s,
+            on_commit=self._after_commit,
+        )
         self.housekeeper = Housekeeper(self.store, self.clock, settings.housekeeping)
         self.sampler = MetricsSampler(
             self.metrics,
@@ -219,6 +228,7 @@ class Coordinator:
             consumer_lag=self.consumer.partition_lag,
             services=sorted(self.registry.services()),
             liveness_window_s=settings.deadlines.liveness_window_s,
+            versions=self.registry.keys(),
         )
         if settings.http.port is not None:
             self.http = HttpServer(
@@ -300,6 +310,7 @@ class Coordinator:
             consumer_task = group.create_task(self.consumer.run(), name="reply-consumer")
             relay_task = group.create_task(self.relay.run(), name="outbox-relay")
             deadline_task = group.create_task(self.deadlines.run(), name="deadline-scanner")
+            resumer_task = group.create_task(self.resumer.run(), name="parked-replies")
             sampler_task = group.create_task(self.sampler.run(), name="metrics-sampler")
             housekeeping_task = group.create_task(self.housekeeper.run(), name="housekeeping")
             admission_task = group.create_task(self.admitter.run(), name="admission")
@@ -326,6 +337,7 @@ class Coordinator:
                     self.heartbeats.stop()
                     await heartbeat_task
                     self.deadlines.stop()
+                    self.resumer.stop()
                     self.relay.stop()
                     await relay_task
             except TimeoutError:
@@ -336,6 +348,7 @@ class Coordinator:
                     consumer_task,
                     relay_task,
                     deadline_task,
+                    resumer_task,
                     admission_task,
                     heartbeat_task,
                     http_task,

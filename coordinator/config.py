@@ -310,3 +310,8 @@ class Settings(BaseSettings):
         description="The saga definitions to run, as 'package.module:attribute' naming a "
         "SagaRegistry or a function returning one [env SAGA_REGISTRY].",
     )
+    start_versions: dict[str, int] = Field(
+        default_factory=dict,
+        description="Pins the definition version new sagas of a type start with, e.g. "
+        "'{\"order\": 1}' (default: the newest registered) [env SAGA_START_VERSIONS].",
+    )

@@ -605,6 +605,36 @@ def _messaging(registry: SagaRegistry) -> DashboardSpec:
             ),
             unit="ops",
         ),
+        Panel(
+            "Stale replies per second by reason (they matched nothing the saga awaits)",
+            (
+                _q(
+                    f"sum by (reason) (rate(saga_stale_replies_total[{RATE}]))",
+                    "{{reason}}",
+                ),
+            ),
+            unit="ops",
+        ),
+        Panel(
+            "Unknown fields ignored per second (tolerant reader), by message type and field",
+            (
+                _q(
+                    f"sum by (message_type, field) (rate(saga_unknown_fields_total[{RATE}]))",
+                    "{{message_type}} {{field}}",
+                ),
+            ),
+            unit="ops",
+        ),
+        Panel(
+            "Parked sagas (their definition version is not loaded by the coordinator)",
+            (
+                _q(
+                    "max by (saga_type, definition_version) (saga_parked_sagas)",
+                    "{{saga_type}} v{{definition_version}} sagas",
+                ),
+                _q(f"sum(rate(saga_parked_replies_total[{RATE}]))", "replies parked per second"),
+            ),
+        ),
     )
     services: list[Panel] = []
     for service in registry.services():

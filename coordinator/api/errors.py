@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+import urllib.parse
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import PurePath
@@ -32,12 +33,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordinator.api.models import ErrorItem, ErrorResponse
 from coordinator.core.errors import (
+    ConflictingStartError,
     InvalidOperatorActionError,
     InvalidSagaDataError,
     SagaConflictError,
     SagaError,
     SagaNotFoundError,
     UnknownSagaTypeError,
+    UnknownSagaVersionError,
 )
 from coordinator.runtime.transient import is_transient
 
@@ -73,9 +76,10 @@ def error_response(
     *,
     errors: list[ErrorItem] | None = None,
     headers: Mapping[str, str] | None = None,
+    saga_id: str | None = None,
 ) -> JSONResponse:
     """The JSON ``ErrorResponse`` answer."""
-    body = ErrorResponse(error=error, message=message, errors=errors)
+    body = ErrorResponse(error=error, message=message, errors=errors, saga_id=saga_id)
     return JSONResponse(
         body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers
     )
@@ -129,12 +133,25 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _saga_error(request: Request, exc: SagaError) -> JSONResponse:
     if isinstance(exc, SagaNotFoundError):
         return error_response(404, "saga_not_found", str(exc))
+    if isinstance(exc, UnknownSagaVersionError):
+        # The saga exists; this coordinator lacks the definition version it runs on.
+        return error_response(409, "version_not_loaded", str(exc), saga_id=exc.saga_id)
     if isinstance(exc, UnknownSagaTypeError):
         return error_response(404, "unknown_saga_type", str(exc))
     if isinstance(exc, InvalidSagaDataError):
         cause = exc.__cause__
         items = _items(cause.errors(), ("body",)) if isinstance(cause, ValidationError) else []
         return error_response(422, "invalid_saga_data", str(exc), errors=items or None)
+    if isinstance(exc, ConflictingStartError) and exc.saga_id is not None:
+        # The stored saga stands: say which one, and where to read it.
+        location = f"/sagas/{urllib.parse.quote(exc.saga_id, safe='')}"
+        return error_response(
+            409,
+            "idempotency_conflict",
+            str(exc),
+            saga_id=exc.saga_id,
+            headers={"Location": location},
+        )
     if isinstance(exc, InvalidOperatorActionError):
         return error_response(409, "invalid_action", str(exc))
     if isinstance(exc, SagaConflictError):

@@ -1,79 +1,24 @@
-"""Whether a repeated start (same saga id or ``Idempotency-Key``) carries the same data.
+"""Whether a repeated HTTP start (same saga id or ``Idempotency-Key``) carries the same data.
 
-Starting is idempotent per saga id: the first start wins. A repeat with the same body is a
-retry and answers 202; a repeat with a different body would silently lose that body, so the
-start route answers 409 instead. The API does not hold the definitions' data models, so it
-compares the body with the data the saga *started with* (recorded in its history; later steps
-may add to the saga's data): every field the body gives must be recorded with the same value,
-and fields the body leaves out may have been filled in by the model's defaults. A value the
-model may have coerced (``"5"`` for ``5``, a timestamp in another offset, surrounding spaces)
-still counts as the same.
+The comparison itself is :func:`coordinator.core.starts.starts_alike`, shared with the batch
+processor, which refuses a conflicting start on Kafka the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Any
 
+from coordinator.core.starts import START_KINDS, starts_alike
 from coordinator.ops.actions import SagaTimeline
 
 __all__ = ["started_with", "starts_alike"]
-
-_START_KINDS = ("started", "queued")
 
 
 def started_with(timeline: SagaTimeline) -> Mapping[str, Any]:
     """The data the saga started with: its first ``started``/``queued`` history entry."""
     for record in timeline.history:
-        data = record.detail.get("data") if record.kind in _START_KINDS else None
+        data = record.detail.get("data") if record.kind in START_KINDS else None
         if isinstance(data, Mapping):
             return data
     return timeline.instance.data
-
-
-def starts_alike(recorded: Any, given: Any) -> bool:
-    """True when ``given`` (a start's body) is what produced ``recorded`` (the saga's data)."""
-    if isinstance(given, Mapping):
-        return isinstance(recorded, Mapping) and all(
-            key in recorded and starts_alike(recorded[key], value) for key, value in given.items()
-        )
-    if isinstance(given, Sequence) and not isinstance(given, str):
-        return (
-            isinstance(recorded, Sequence)
-            and not isinstance(recorded, str)
-            and len(recorded) == len(given)
-            and all(starts_alike(r, g) for r, g in zip(recorded, given, strict=True))
-        )
-    return _same_scalar(recorded, given)
-
-
-_TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
-_FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
-
-
-def _same_scalar(recorded: Any, given: Any) -> bool:
-    if isinstance(recorded, bool) or isinstance(given, bool):
-        # True == 1 in Python, so booleans are compared apart; pydantic reads "yes" as True.
-        if isinstance(given, bool) or not isinstance(recorded, bool):
-            return recorded is given
-        return str(given).strip().lower() in (_TRUE if recorded else _FALSE)
-    if recorded == given:
-        return True
-    if isinstance(recorded, str) and isinstance(given, str):
-        return recorded.strip() == given.strip() or _same_instant(recorded, given)
-    number, text = (recorded, given) if isinstance(given, str) else (given, recorded)
-    if isinstance(number, int | float) and isinstance(text, str):
-        try:
-            return float(text.strip()) == float(number)
-        except ValueError:
-            return False
-    return False
-
-
-def _same_instant(a: str, b: str) -> bool:
-    try:
-        # An aware and a naive timestamp are never equal (no exception): not the same value.
-        return datetime.fromisoformat(a.strip()) == datetime.fromisoformat(b.strip())
-    except ValueError:
-        return False

@@ -46,6 +46,10 @@ class ErrorResponse(BaseModel):
     errors: list[ErrorItem] | None = Field(
         default=None, description="Validation problems, when the request did not validate."
     )
+    saga_id: str | None = Field(
+        default=None,
+        description="The saga concerned, e.g. the stored saga a conflicting start names.",
+    )
 
 
 class StartResponse(BaseModel):

@@ -9,6 +9,7 @@ import typer
 from coordinator.cli.registry import load_registry
 from coordinator.config import Settings
 from coordinator.core.definition import SagaRegistry
+from coordinator.core.errors import SagaDefinitionError
 
 __all__ = [
     "database_error_message",
@@ -58,6 +59,12 @@ def database_error_message(exc: BaseException) -> str:
 def registry_from(settings: Settings) -> SagaRegistry:
     """The saga definitions ``settings.registry`` names; a bad name exits with one line."""
     try:
-        return load_registry(settings.registry)
+        registry = load_registry(settings.registry)
     except ValueError as exc:
         fail(f"{exc} [env SAGA_REGISTRY]")
+    if not settings.start_versions:
+        return registry
+    try:
+        return registry.pinned(settings.start_versions)
+    except SagaDefinitionError as exc:
+        fail(f"{exc} [env SAGA_START_VERSIONS]")

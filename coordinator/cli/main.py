@@ -127,6 +127,11 @@ from coordinator.cli.bench import bench as _bench  # noqa: E402
 
 app.command("bench")(_bench)
 
+# saga contract --asyncapi
+from coordinator.cli.contract import contract as _contract  # noqa: E402
+
+app.command("contract")(_contract)
+
 # Last, so the operators' commands (show, list, retry, abort) follow the ones above in --help.
 from coordinator.cli.sagas import register as _register_sagas  # noqa: E402
 

@@ -39,6 +39,7 @@ from coordinator.core.errors import SagaError
 from coordinator.core.state import HistoryKind, SagaInstance, SagaStatus
 from coordinator.ops.actions import ActionResult, OperatorActions, SagaTimeline, saga_as_dict
 from coordinator.store.database import create_engine
+from coordinator.store.parking import ParkedSaga
 from coordinator.store.records import HistoryRecord
 from coordinator.store.saga_queries import DataHorizon
 from coordinator.store.saga_store import SagaStore
@@ -87,6 +88,7 @@ def register(app: typer.Typer) -> None:
     app.command("list")(list_sagas)
     app.command("retry")(retry)
     app.command("abort")(abort)
+    app.command("migrate")(migrate)
 
 
 def _run(settings: Settings, work: Callable[[OperatorActions], Awaitable[T]]) -> T:
@@ -159,6 +161,14 @@ def list_sagas(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most N")] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the newest N")] = 0,
+    parked: Annotated[
+        bool,
+        typer.Option(
+            "--parked",
+            help="Only parked sagas: replies wait for a coordinator that has their definition "
+            "version",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     database_url: DatabaseOpt = None,
     topic_prefix: TopicPrefixOpt = None,
@@ -169,6 +179,13 @@ def list_sagas(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--key") from exc
     settings = settings_from(database_url=database_url, topic_prefix=topic_prefix)
+    if parked:
+        found = _run(settings, lambda actions: actions.list_parked(limit))
+        if as_json:
+            _print_json([parked_as_dict(p) for p in found])
+            return
+        render_parked(Console(highlight=False), found, SystemClock().now())
+        return
 
     async def work(actions: OperatorActions) -> tuple[list[SagaInstance], DataHorizon]:
         found = await actions.list(
@@ -213,6 +230,44 @@ def abort(
 ) -> None:
     """Abort a running saga: stop going forward and compensate what was done."""
     _act("abort", saga_id, reason, actor, dry_run, as_json, database_url, topic_prefix)
+
+
+def migrate(
+    saga_id: SagaIdArg,
+    to_version: Annotated[
+        int, typer.Option("--to-version", min=1, help="The definition version to move to")
+    ],
+    reason: ReasonOpt,
+    actor: ActorOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+    database_url: DatabaseOpt = None,
+    topic_prefix: TopicPrefixOpt = None,
+) -> None:
+    """Move a saga onto a newer version of its definition, its data upcast (QUEUED, or
+    RUNNING where the new version has the same steps up to the awaited one)."""
+    why, who = _reason(reason), _actor(actor)
+    settings = settings_from(database_url=database_url, topic_prefix=topic_prefix)
+    result = _run(
+        settings,
+        lambda actions: actions.migrate(
+            saga_id, to_version, actor=who, reason=why, dry_run=dry_run
+        ),
+    )
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    console = Console(highlight=False)
+    verb = "would move" if result.dry_run else "moved"
+    console.print(
+        f"saga {result.saga_id} ({result.status.value}, at {result.current_step or '-'}) {verb} "
+        f"from version {result.from_version} to {result.to_version}"
+    )
+    console.print(f"upcasters: {', '.join(result.upcasters) or 'none'}")
+    console.print(f"data before: {_compact(result.data_before, 400)}")
+    console.print(f"data after:  {_compact(result.data_after, 400)}")
+    if result.dry_run:
+        console.print("dry run: nothing was written")
 
 
 def _act(
@@ -497,6 +552,42 @@ def render_list(console: Console, sagas: list[SagaInstance], now: datetime, *, l
     console.print(table)
     more = " (there may be more: use --offset)" if len(sagas) == limit else ""
     console.print(f"{len(sagas)} saga(s){more}")
+
+
+def parked_as_dict(saga: ParkedSaga) -> dict[str, Any]:
+    """A parked saga as JSON-ready data."""
+    return {
+        "saga_id": saga.saga_id,
+        "saga_type": saga.saga_type,
+        "definition_version": saga.definition_version,
+        "parked_replies": saga.replies,
+        "parked_since": saga.parked_since.isoformat(),
+        "parked_by": saga.parked_by,
+    }
+
+
+def render_parked(console: Console, sagas: list[ParkedSaga], now: datetime) -> None:
+    """Print parked sagas as a table."""
+    if not sagas:
+        console.print("no parked sagas")
+        return
+    table = Table()
+    for name in ("saga id", "type", "version", "replies", "parked for", "parked by"):
+        table.add_column(name, no_wrap=True)
+    for s in sagas:
+        table.add_row(
+            Text(s.saga_id),
+            Text(s.saga_type),
+            str(s.definition_version),
+            str(s.replies),
+            _span((now - s.parked_since).total_seconds()),
+            Text(s.parked_by),
+        )
+    console.print(table)
+    console.print(
+        f"{len(sagas)} parked saga(s): they resume once a coordinator that has their "
+        "definition version runs"
+    )
 
 
 def render_action(console: Console, result: ActionResult) -> None:

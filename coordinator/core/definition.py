@@ -23,14 +23,18 @@ fails at import, not at the first message::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from coordinator.core.errors import SagaDefinitionError, UnknownSagaTypeError
+from coordinator.core.errors import (
+    SagaDefinitionError,
+    UnknownSagaTypeError,
+    UnknownSagaVersionError,
+)
 from service_sdk.contract import Command
 
 __all__ = [
@@ -39,6 +43,7 @@ __all__ = [
     "SagaDefinition",
     "SagaRegistry",
     "Step",
+    "unknown_fields",
 ]
 
 D = TypeVar("D", bound=BaseModel)
@@ -115,7 +120,8 @@ class Step(Generic[D]):
         service: The participant; its commands go to ``<service>.commands``.
         command: The command's model.
         build: Builds the command from the saga data.
-        on_success: Folds a success reply's payload into the saga data.
+        on_success: Folds a success reply into the saga data: it receives the reply as the
+            command's ``reply_model`` when the command declares one, else the payload mapping.
         compensation: How to undo the step once it succeeded; None if nothing to undo.
         timeout: How long to wait for a reply to each send.
         retry: How often to re-send when no reply arrives in time.
@@ -125,10 +131,24 @@ class Step(Generic[D]):
     service: str
     command: type[Command]
     build: Callable[[D], Command]
-    on_success: Callable[[D, Mapping[str, Any]], D] | None = None
+    on_success: Callable[[D, Any], D] | None = None
     compensation: Compensation[D] | None = None
     timeout: timedelta = timedelta(seconds=30)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def unknown_fields(model: type[BaseModel], data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The top-level keys of ``data`` that ``model`` does not define (by name or alias)."""
+    known: set[str] = set()
+    for name, info in model.model_fields.items():
+        known.add(name)
+        if info.alias:
+            known.add(info.alias)
+        if isinstance(info.validation_alias, str):
+            known.add(info.validation_alias)
+    if model.model_config.get("extra") == "allow":
+        return ()
+    return tuple(sorted(key for key in data if key not in known))
 
 
 def _check_command(model: object, where: str) -> None:
@@ -136,6 +156,11 @@ def _check_command(model: object, where: str) -> None:
         raise SagaDefinitionError(f"{where}: must be a service_sdk.Command subclass, got {model!r}")
     if not model.message_type:
         raise SagaDefinitionError(f"{where}: {model.__name__} has no message_type")
+    reply = model.reply_model
+    if reply is not None and not (isinstance(reply, type) and issubclass(reply, BaseModel)):
+        raise SagaDefinitionError(
+            f"{where}: {model.__name__}.reply_model must be a pydantic model, got {reply!r}"
+        )
 
 
 class SagaDefinition(Generic[D]):
@@ -240,36 +265,97 @@ class SagaDefinition(Generic[D]):
 
 
 class SagaRegistry:
-    """The saga definitions a coordinator runs, by name. Registration is explicit."""
+    """The saga definitions a coordinator runs, keyed by (name, version).
 
-    def __init__(self, definitions: Iterable[type[SagaDefinition[Any]]]) -> None:
-        self._by_name: dict[str, type[SagaDefinition[Any]]] = {}
+    Several versions of one saga type may be registered side by side: a saga always advances
+    with the version it started with (``SagaInstance.definition_version``), so a deploy that
+    changes the steps never moves an in-flight saga onto other steps. New sagas start with
+    the newest registered version of their type, or the one pinned in ``start_versions``.
+    Registration is explicit.
+    """
+
+    def __init__(
+        self,
+        definitions: Iterable[type[SagaDefinition[Any]]],
+        *,
+        start_versions: Mapping[str, int] | None = None,
+    ) -> None:
+        self._by_key: dict[tuple[str, int], type[SagaDefinition[Any]]] = {}
         for definition in definitions:
-            if definition.name in self._by_name:
-                raise SagaDefinitionError(f"two definitions are named {definition.name!r}")
-            self._by_name[definition.name] = definition
+            key = (definition.name, definition.version)
+            if key in self._by_key:
+                raise SagaDefinitionError(
+                    f"two definitions are named {definition.name!r} version {definition.version}"
+                )
+            self._by_key[key] = definition
+        self._start: dict[str, type[SagaDefinition[Any]]] = {}
+        for (name, _), definition in sorted(self._by_key.items()):
+            self._start[name] = definition  # sorted by version: the newest wins
+        for name, version in (start_versions or {}).items():
+            if (name, version) not in self._by_key:
+                raise SagaDefinitionError(
+                    f"start version {version} of saga type {name!r} is not registered"
+                )
+            self._start[name] = self._by_key[(name, version)]
 
-    def get(self, name: str) -> type[SagaDefinition[Any]]:
-        """The definition called ``name``.
+    def get(self, name: str, version: int | None = None) -> type[SagaDefinition[Any]]:
+        """The definition ``name`` at ``version``; without a version, the one new sagas start.
 
         Raises:
-            UnknownSagaTypeError: None is registered under that name.
+            UnknownSagaTypeError: No definition is registered under that name.
+            UnknownSagaVersionError: The name is registered, but not that version.
         """
+        if version is None:
+            try:
+                return self._start[name]
+            except KeyError:
+                raise UnknownSagaTypeError(f"unknown saga type {name!r}") from None
         try:
-            return self._by_name[name]
+            return self._by_key[(name, version)]
         except KeyError:
-            raise UnknownSagaTypeError(f"unknown saga type {name!r}") from None
+            if name not in self._start:
+                raise UnknownSagaTypeError(f"unknown saga type {name!r}") from None
+            raise UnknownSagaVersionError(
+                f"saga type {name!r} version {version} is not loaded here (loaded: "
+                f"{', '.join(str(v) for v in self.versions_of(name))})"
+            ) from None
+
+    def pinned(self, start_versions: Mapping[str, int]) -> SagaRegistry:
+        """The same definitions, with new sagas of the given types starting on the given
+        versions.
+
+        Raises:
+            SagaDefinitionError: A pinned version is not registered.
+        """
+        return SagaRegistry(self, start_versions=start_versions)
+
+    def has(self, name: str, version: int) -> bool:
+        """Whether version ``version`` of saga type ``name`` is registered."""
+        return (name, version) in self._by_key
 
     def __contains__(self, name: object) -> bool:
-        return name in self._by_name
+        return name in self._start
 
-    def __iter__(self) -> Any:
-        return iter(self._by_name.values())
+    def __iter__(self) -> Iterator[type[SagaDefinition[Any]]]:
+        """Every registered definition, every version, by name then version."""
+        return iter(definition for _, definition in sorted(self._by_key.items()))
 
     def names(self) -> tuple[str, ...]:
         """The registered saga types."""
-        return tuple(self._by_name)
+        return tuple(sorted(self._start))
+
+    def keys(self) -> tuple[tuple[str, int], ...]:
+        """Every registered ``(name, version)``, sorted."""
+        return tuple(sorted(self._by_key))
+
+    def versions_of(self, name: str) -> tuple[int, ...]:
+        """The registered versions of saga type ``name``, oldest first."""
+        return tuple(v for n, v in sorted(self._by_key) if n == name)
+
+    def start_version(self, name: str) -> int:
+        """The version new sagas of type ``name`` start with (raises ``UnknownSagaTypeError``)."""
+        return self.get(name).version
 
     def services(self) -> tuple[str, ...]:
-        """Every participant service any registered saga talks to."""
-        return tuple(dict.fromkeys(s for d in self._by_name.values() for s in d.services()))
+        """Every participant service any registered saga (any version) talks to."""
+        return tuple(dict.fromkeys(s for d in self for s in d.services()))

@@ -88,12 +88,23 @@ class TransitionDraft:
             ) from exc
 
     def fold(self, step: Step[Any], payload: dict[str, Any]) -> dict[str, Any] | str:
-        """The saga data with a success reply folded in, or (a str) why the reply is unusable."""
+        """The saga data with a success reply folded in, or (a str) why the reply is unusable.
+
+        A command that declares a ``reply_model`` has its reply validated against it (unknown
+        fields ignored) and ``on_success`` receives the typed reply; otherwise the payload.
+        """
+        reply: Any = payload
+        model = step.command.reply_model
+        if model is not None:
+            try:
+                reply = model.model_validate(payload)
+            except ValidationError as exc:
+                return f"invalid reply: {describe(exc)}"
         if step.on_success is None:
             return self.instance.data
         current = self.data()
         try:
-            folded = self.definition.data_model.model_validate(step.on_success(current, payload))
+            folded = self.definition.data_model.model_validate(step.on_success(current, reply))
         except Exception as exc:
             return f"invalid reply: {describe(exc)}"
         return folded.model_dump(mode="json")

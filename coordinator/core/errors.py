@@ -5,7 +5,9 @@ The tree::
     SagaError                        root of everything the coordinator raises
     ├── SagaDefinitionError          a saga definition is wrong (raised at import)
     ├── InvalidSagaDataError         a start request's data does not fit the saga's data model
+    ├── ConflictingStartError        a start reuses a saga id with other data
     ├── UnknownSagaTypeError         no registered definition has that name
+    │   └── UnknownSagaVersionError  that name is registered, but not that version
     ├── SagaNotFoundError            no saga with that id
     ├── SagaConflictError            a concurrent writer changed the saga (retriable)
     ├── InvalidOperatorActionError   the action does not apply to the saga's status
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ConflictingStartError",
     "DeadLetterNotFoundError",
     "InvalidOperatorActionError",
     "InvalidSagaDataError",
@@ -25,6 +28,7 @@ __all__ = [
     "SagaError",
     "SagaNotFoundError",
     "UnknownSagaTypeError",
+    "UnknownSagaVersionError",
 ]
 
 
@@ -47,8 +51,19 @@ class InvalidSagaDataError(SagaError):
     """A saga's data does not validate against its definition's ``data_model``."""
 
 
+class ConflictingStartError(SagaError):
+    """A start request names a saga id that exists already, started with other data.
+
+    ``saga_id`` is the stored saga's id: the first start won and is unchanged.
+    """
+
+
 class UnknownSagaTypeError(SagaError):
     """No registered saga definition has the requested name."""
+
+
+class UnknownSagaVersionError(UnknownSagaTypeError):
+    """The saga type is registered, but not the definition version a saga started with."""
 
 
 class SagaNotFoundError(SagaError):

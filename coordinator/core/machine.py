@@ -32,6 +32,7 @@ Rules worth knowing before reading the code:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +46,7 @@ from coordinator.core.compensation import (
     in_doubt_reply,
     mark_in_doubt,
 )
-from coordinator.core.definition import SagaDefinition, Step
+from coordinator.core.definition import SagaDefinition, Step, unknown_fields
 from coordinator.core.draft import TransitionDraft, awaited_timeout, describe, retry_policy
 from coordinator.core.errors import InvalidOperatorActionError, InvalidSagaDataError
 from coordinator.core.state import (
@@ -68,7 +69,18 @@ from coordinator.core.state import (
 )
 from service_sdk.contract import Outcome, undeliverable_reason
 
-__all__ = ["apply", "start_saga"]
+__all__ = ["STALE_REASONS", "apply", "start_saga"]
+
+STALE_REASONS = (
+    "missing_step",
+    "missing_command_id",
+    "unknown_step",
+    "not_awaiting",
+    "other_step",
+    "other_command_id",
+    "future_attempt",
+)
+"""Why a reply matched nothing the saga sent or awaits: the ``reason`` of a stale reply."""
 
 Definition = type[SagaDefinition[Any]]
 
@@ -93,8 +105,10 @@ def start_saga(
         InvalidSagaDataError: ``event.data`` does not validate against the data model.
         SagaDefinitionError: The first step's ``build`` fails or returns the wrong command.
     """
+    ignored = unknown_fields(definition.data_model, event.data)
+    known = {k: v for k, v in event.data.items() if k not in ignored}
     try:
-        data = definition.data_model.model_validate(event.data)
+        data = definition.data_model.model_validate(known)
     except ValidationError as exc:
         raise InvalidSagaDataError(
             f"invalid data for saga type {definition.name!r}: {describe(exc)}", saga_id=saga_id
@@ -111,19 +125,28 @@ def start_saga(
         business_keys=business_keys(definition.search_keys, data.model_dump(mode="json")),
     )
     draft = TransitionDraft(definition, instance, now, event.message_id)
+    # Tolerant reader: unknown top-level fields of the start data are ignored, and said so.
+    noted = _ignored(f"{definition.name}.start", ignored)
     if admit:
-        _begin(draft)
+        _begin(draft, **noted)
     else:
         draft.record(
             HistoryKind.QUEUED,
             None,
             data=dict(instance.data),
             definition_version=definition.version,
+            **noted,
         )
     return draft.finish(None)
 
 
-def _begin(d: TransitionDraft) -> None:
+def _ignored(message_type: str, fields: Iterable[str], prefix: str = "") -> dict[str, Any]:
+    """History detail naming the unknown fields a message carried (none: nothing)."""
+    names = sorted(f"{prefix}{name}" for name in fields)
+    return {"ignored_fields": names, "message_type": message_type} if names else {}
+
+
+def _begin(d: TransitionDraft, **noted: Any) -> None:
     """Start going forward: the first step's command."""
     d.update(status=SagaStatus.RUNNING)
     d.record(
@@ -131,6 +154,7 @@ def _begin(d: TransitionDraft) -> None:
         None,
         data=dict(d.instance.data),
         definition_version=d.definition.version,
+        **noted,
     )
     d.emit(LifecycleKind.STARTED)
     d.send(d.definition.steps[0], compensation=False, attempt=1, purpose=CommandPurpose.FORWARD)
@@ -205,6 +229,24 @@ def _on_reply(d: TransitionDraft, reply: ReplyReceived) -> None:
     _on_unexpected_reply(d, reply, seen)
 
 
+def _stale_reason(d: TransitionDraft, reply: ReplyReceived) -> str:
+    """Why a reply matches nothing the saga sent or awaits (the ``reason`` of a stale reply)."""
+    inst = d.instance
+    if reply.step is None:
+        return "missing_step"
+    if reply.command_id is None:
+        return "missing_command_id"
+    if reply.step not in {step.name for step in d.definition.steps}:
+        return "unknown_step"
+    if inst.current_step is None:
+        return "not_awaiting"
+    if reply.step != inst.current_step:
+        return "other_step"
+    if reply.command_id != inst.command_id:
+        return "other_command_id"
+    return "future_attempt"
+
+
 def _on_unexpected_reply(d: TransitionDraft, reply: ReplyReceived, seen: dict[str, Any]) -> None:
     inst = d.instance
     name = reply.step
@@ -223,7 +265,7 @@ def _on_unexpected_reply(d: TransitionDraft, reply: ReplyReceived, seen: dict[st
             undone_by = "in_doubt" if inst.in_doubt_step == name else "settled"
             d.record(HistoryKind.LATE_REPLY, name, **seen, undone_by=undone_by)
             return
-    d.record(HistoryKind.STALE_REPLY, name, **seen)
+    d.record(HistoryKind.STALE_REPLY, name, **seen, reason=_stale_reason(d, reply))
 
 
 def _forward_reply(
@@ -243,7 +285,15 @@ def _forward_reply(
             _fail_step(d, step, data, in_doubt=True, **seen)
             return
         d.update(data=data, completed_steps=(*d.instance.completed_steps, step.name))
-        d.record(HistoryKind.STEP_SUCCEEDED, step.name, **seen, payload=dict(reply.payload))
+        model = step.command.reply_model
+        ignored = unknown_fields(model, reply.payload) if model is not None else ()
+        d.record(
+            HistoryKind.STEP_SUCCEEDED,
+            step.name,
+            **seen,
+            payload=dict(reply.payload),
+            **_ignored(step.command.message_type, ignored, "payload."),
+        )
         d.emit(LifecycleKind.STEP_COMPLETED, step.name)
         _advance(d, step)
     elif reply.outcome is Outcome.RETRYABLE:

@@ -274,6 +274,8 @@ class HistoryKind(StrEnum):
     DUPLICATE_REPLY = "duplicate_reply"
     DUPLICATE_START = "duplicate_start"
     """A start request for a saga id that exists already: nothing changes."""
+    CONFLICTING_START = "conflicting_start"
+    """A start request for a saga id that exists with other data: refused, nothing changes."""
     STALE_REPLY = "stale_reply"
     STALE_DEADLINE = "stale_deadline"
     """A deadline for a command the saga no longer awaits: nothing changes."""

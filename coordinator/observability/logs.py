@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TextIO
 
+from coordinator.core.state import HistoryKind
 from service_sdk.contract import Envelope
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "configure_logging",
     "envelope_extra",
     "log_transitions",
+    "log_unexpected_replies",
 ]
 
 CONTEXT_FIELDS = ("saga_id", "saga_type", "step", "message_id", "command_id", "attempt", "trace_id")
@@ -137,6 +139,47 @@ def configure_logging(
     for name, name_level in (_QUIET_LOGGERS if quiet is None else quiet).items():
         logging.getLogger(name).setLevel(name_level)
     return handler
+
+
+def log_unexpected_replies(
+    logger: logging.Logger, transitions: Iterable[tuple[SagaInstance | None, Transition]]
+) -> None:
+    """One INFO line per stale or late reply, with why it changed nothing.
+
+    A participant whose replies never match (a wrong ``step``, a made-up ``command_id``)
+    leaves its sagas waiting for their deadlines: this line is how its team finds out.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    for _, transition in transitions:
+        instance = transition.instance
+        for entry in transition.history:
+            if entry.kind not in (HistoryKind.STALE_REPLY, HistoryKind.LATE_REPLY):
+                continue
+            detail = entry.detail
+            reason = detail.get("reason") or (
+                f"the saga gave up on this step ({detail.get('undone_by', 'settled')})"
+            )
+            logger.info(
+                "saga %s: %s reply %s (step %s, command %s, attempt %s) changed nothing: %s; "
+                "the saga awaits step %s, command %s",
+                instance.saga_id,
+                entry.kind.value.removesuffix("_reply"),
+                entry.message_id,
+                entry.step,
+                detail.get("command_id"),
+                detail.get("attempt"),
+                reason,
+                instance.current_step,
+                instance.command_id,
+                extra={
+                    "saga_id": instance.saga_id,
+                    "saga_type": instance.saga_type,
+                    "step": entry.step,
+                    "message_id": entry.message_id,
+                    "command_id": detail.get("command_id"),
+                },
+            )
 
 
 def log_transitions(

@@ -23,7 +23,14 @@ Exposed:
 ``saga_replies_total{saga_type,outcome}``                  replies applied: success, failure,
                                                            retryable
 ``saga_unexpected_replies_total{saga_type,kind}``          duplicate, late or stale replies
+``saga_stale_replies_total{saga_type,reason}``             stale replies by why they matched
+                                                           nothing (missing_step, other_step, ...)
+``saga_unknown_fields_total{message_type,field}``          unknown fields ignored (tolerant
+                                                           reader); payload fields as payload.x
 ``saga_redelivered_messages_total``                        messages the inbox had already seen
+``saga_parked_replies_total``                              replies parked: their saga's definition
+                                                           version is not loaded here
+``saga_parked_sagas{saga_type,definition_version}``        sagas with parked replies (sampled)
 ``saga_commands_sent_total{saga_type,service,purpose}``    forward, retry, compensation
 ``saga_deadlines_fired_total{saga_type,step}``             missed deadlines (retry or give up)
 ``saga_deadlines_postponed_total{saga_type,step}``         deadlines of commands queued at a
@@ -70,6 +77,7 @@ from coordinator.config import MetricsSettings
 from coordinator.core.batch import BatchOutcome
 from coordinator.core.clock import Clock
 from coordinator.core.definition import SagaDefinition
+from coordinator.core.machine import STALE_REASONS
 from coordinator.core.state import (
     TERMINAL_STATUSES,
     CommandPurpose,
@@ -81,6 +89,7 @@ from coordinator.core.state import (
 )
 from coordinator.store.admission import AdmissionStore
 from coordinator.store.heartbeats import HeartbeatStore
+from coordinator.store.parking import ParkingStore
 from coordinator.store.records import OutboxRecord
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import DeadLetterReason, Outcome
@@ -148,6 +157,8 @@ _UNEXPECTED = {
     HistoryKind.LATE_REPLY: "late",
     HistoryKind.STALE_REPLY: "stale",
 }
+_MAX_UNKNOWN_SERIES = 200
+"""Distinct (message type, field) series of ``saga_unknown_fields_total``; more count as other."""
 _STEP_DECIDED = {HistoryKind.STEP_SUCCEEDED: "success", HistoryKind.STEP_FAILED: "failure"}
 _TX_STARTED = "saga_metrics_tx_started"
 DEAD_LETTER_REASONS = (
@@ -157,6 +168,7 @@ DEAD_LETTER_REASONS = (
     DeadLetterReason.UNKNOWN_SAGA_TYPE,
     DeadLetterReason.UNKNOWN_SAGA,
     DeadLetterReason.INVALID_DATA,
+    DeadLetterReason.CONFLICTING_START,
     DeadLetterReason.PROCESSING_ERROR,
 )
 """The reasons the reply consumer dead-letters with."""
@@ -230,6 +242,17 @@ class CoordinatorMetrics:
             "Replies that matched no awaited command: duplicate, late or stale.",
             ["saga_type", "kind"],
         )
+        self.stale_replies = counter(
+            "saga_stale_replies_total",
+            "Replies that matched no command the saga sent or awaits, by reason.",
+            ["saga_type", "reason"],
+        )
+        self.unknown_fields = counter(
+            "saga_unknown_fields_total",
+            "Fields the contract does not define, ignored (tolerant reader), by message type.",
+            ["message_type", "field"],
+        )
+        self._unknown_labels: set[tuple[str, str]] = set()
         self.redelivered = counter(
             "saga_redelivered_messages_total",
             "Messages the inbox recognised as already processed (Kafka redeliveries).",
@@ -302,7 +325,17 @@ class CoordinatorMetrics:
             "Duration of PostgreSQL transactions, begin to commit or rollback.",
             _FAST_BUCKETS,
         )
+        self.parked_replies = counter(
+            "saga_parked_replies_total",
+            "Replies parked because their saga's definition version is not loaded here.",
+        )
+        self.parked_sagas = gauge(
+            "saga_parked_sagas",
+            "Sagas with replies parked until a coordinator with their version runs (sampled).",
+            ["saga_type", "definition_version"],
+        )
         self._lag_labels: set[tuple[str, str]] = set()
+        self._parked_labels: set[tuple[str, str]] = set()
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -322,6 +355,12 @@ class CoordinatorMetrics:
                 self.dead_letters.labels(topic, reason)
         for definition in definitions:
             name = definition.name
+            for stale in STALE_REASONS:
+                self.stale_replies.labels(name, stale)
+            # An empty field: "no unknown field seen yet" (Prometheus drops empty labels).
+            self.unknown_fields.labels(f"{name}.start", "")
+            for step in definition.steps:
+                self.unknown_fields.labels(step.command.message_type, "")
             self.started.labels(name)
             self.overdue.labels(name).set(0)
             for status in TERMINAL_STATUSES:
@@ -372,6 +411,10 @@ class CoordinatorMetrics:
                 self.consumer_batch_size.observe(outcome.records)
             if outcome.duplicates:
                 self.redelivered.inc(outcome.duplicates)
+            if outcome.parked:
+                self.parked_replies.inc(outcome.parked)
+            for (message_type, name), count in outcome.unknown_fields.items():
+                self._count_unknown(message_type, name, count)
             for before, transition in outcome.transitions:
                 self._observe(before, transition, reply=before is not None)
         except Exception:
@@ -399,6 +442,14 @@ class CoordinatorMetrics:
         for row in rows:
             self.outbox_delay.observe(_seconds(sent_at, row.created_at))
 
+    def _count_unknown(self, message_type: str, name: str, count: int) -> None:
+        """Count an ignored field; names come from outside, so the series are capped."""
+        key = (message_type[:100], name[:64])
+        if key not in self._unknown_labels and len(self._unknown_labels) >= _MAX_UNKNOWN_SERIES:
+            key = (message_type[:100], "other")
+        self._unknown_labels.add(key)
+        self.unknown_fields.labels(*key).inc(count)
+
     def _observe(self, before: SagaInstance | None, transition: Transition, *, reply: bool) -> None:
         after = transition.instance
         saga_type = after.saga_type
@@ -417,6 +468,11 @@ class CoordinatorMetrics:
                 self.commands_picked_up.labels(saga_type, entry.step).inc()
             elif kind in _UNEXPECTED and reply:
                 self.unexpected_replies.labels(saga_type, _UNEXPECTED[kind]).inc()
+                if kind is HistoryKind.STALE_REPLY:
+                    reason = str(entry.detail.get("reason", "unknown"))
+                    self.stale_replies.labels(saga_type, reason).inc()
+            for name in entry.detail.get("ignored_fields", ()):
+                self._count_unknown(str(entry.detail.get("message_type", "")), str(name), 1)
             if kind is HistoryKind.STEP_FAILED and entry.step is not None:
                 self.step_failures.labels(saga_type, entry.step).inc()
             decided = _STEP_DECIDED.get(kind)
@@ -473,6 +529,20 @@ class CoordinatorMetrics:
         for service in set(services) | set(alive):
             self.participants_alive.labels(service).set(alive.get(service, 0))
 
+    def set_parked(
+        self, counts: Mapping[tuple[str, int], int], versions: Iterable[tuple[str, int]] = ()
+    ) -> None:
+        """Parked sagas per (type, version); the ``versions`` loaded here and those parked
+        before but no longer are set to 0 (the alert needs a series to evaluate)."""
+        current = {(t, str(v)): n for (t, v), n in counts.items()}
+        for saga_type, version in versions:
+            current.setdefault((saga_type, str(version)), 0)
+        for labels in self._parked_labels - current.keys():
+            self.parked_sagas.labels(*labels).set(0)
+        for labels, value in current.items():
+            self.parked_sagas.labels(*labels).set(value)
+        self._parked_labels |= set(current)
+
     def set_outbox(self, pending: int, oldest_age_s: float) -> None:
         """Unsent outbox rows and the age of the oldest."""
         self.outbox_pending.set(pending)
@@ -507,12 +577,15 @@ class MetricsSampler:
         *,
         services: Sequence[str] = (),
         liveness_window_s: float = 10.0,
+        versions: Sequence[tuple[str, int]] = (),
     ) -> None:
         self._metrics = metrics
+        self._versions = tuple(versions)
         self._services = tuple(services)
         self._liveness_window = timedelta(seconds=liveness_window_s)
         self._admission = AdmissionStore()
         self._heartbeats = HeartbeatStore()
+        self._parking = ParkingStore()
         self._store = store
         self._clock = clock
         self._settings = settings
@@ -530,6 +603,8 @@ class MetricsSampler:
             overdue = await self._store.count_overdue(conn, now, grace)
             outstanding = await self._admission.count_outstanding(conn)
             alive = await self._heartbeats.count_live_instances(conn, now - self._liveness_window)
+            parked = await self._parking.count_parked_sagas(conn)
+        self._metrics.set_parked(parked, self._versions)
         self._metrics.set_saga_counts(counts, self._saga_types)
         self._metrics.set_outstanding(outstanding, self._services)
         self._metrics.set_participants_alive(alive, self._services)

@@ -21,17 +21,31 @@ from typing import Any
 
 from coordinator.core.clock import Clock
 from coordinator.core.definition import SagaRegistry
-from coordinator.core.errors import InvalidOperatorActionError, SagaNotFoundError
+from coordinator.core.errors import (
+    InvalidOperatorActionError,
+    SagaNotFoundError,
+    UnknownSagaVersionError,
+)
 from coordinator.core.machine import apply
+from coordinator.core.migration import migrate_saga
 from coordinator.core.state import OperatorAbort, OperatorRetry, SagaInstance, SagaStatus
 from coordinator.store.messages import command_message
+from coordinator.store.parking import ParkedSaga, ParkingStore
 from coordinator.store.persist import persist
 from coordinator.store.records import HistoryRecord
 from coordinator.store.saga_queries import DataHorizon, SagaFilter, SagaQueries
 from coordinator.store.saga_store import SagaStore
+from coordinator.store.versions import VersionStore
 from service_sdk.contract import Topics
 
-__all__ = ["ActionResult", "OperatorActions", "SagaTimeline", "SentCommand", "saga_as_dict"]
+__all__ = [
+    "ActionResult",
+    "MigrationResult",
+    "OperatorActions",
+    "SagaTimeline",
+    "SentCommand",
+    "saga_as_dict",
+]
 
 _MAX_LIST = 1_000
 _APPLIES_TO = {
@@ -111,6 +125,35 @@ class SentCommand:
     step: str
     command_id: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What ``saga migrate`` did, or with ``dry_run`` would have done (nothing is written)."""
+
+    saga_id: str
+    from_version: int
+    to_version: int
+    status: SagaStatus
+    current_step: str | None
+    data_before: dict[str, Any]
+    data_after: dict[str, Any]
+    upcasters: tuple[str, ...]
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "saga_id": self.saga_id,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "status": self.status.value,
+            "current_step": self.current_step,
+            "data_before": self.data_before,
+            "data_after": self.data_after,
+            "upcasters": list(self.upcasters),
+            "dry_run": self.dry_run,
+        }
 
 
 @dataclass(frozen=True)
@@ -238,6 +281,58 @@ class OperatorActions:
         async with self._store.engine.connect() as conn:
             return await SagaQueries().select_horizon(conn)
 
+    async def migrate(
+        self, saga_id: str, to_version: int, *, actor: str, reason: str, dry_run: bool = False
+    ) -> MigrationResult:
+        """Move a saga onto version ``to_version`` of its definition, its data upcast.
+
+        Raises:
+            SagaNotFoundError: No saga has this id.
+            InvalidOperatorActionError: The saga cannot move there (see
+                :func:`~coordinator.core.migration.migrate_saga`).
+            UnknownSagaVersionError: A version on the way is not loaded here.
+            ValueError: ``actor`` or ``reason`` is blank.
+        """
+        actor, reason = actor.strip(), reason.strip()
+        if not actor or not reason:
+            raise ValueError("an operator action needs an actor and a reason")
+        now = self._clock.now()
+        async with self._store.engine.connect() as conn, conn.begin() as tx:
+            found = await self._store.select_sagas_for_update(conn, [saga_id])
+            before = found.get(saga_id)
+            if before is None:
+                raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+            transition = migrate_saga(
+                self._registry, before, to_version, actor=actor, reason=reason, now=now
+            )
+            await persist(self._store, conn, self._topics, [transition.instance], [transition], now)
+            await VersionStore().update_definition_version(conn, saga_id, to_version)
+            if dry_run:
+                await tx.rollback()
+        return MigrationResult(
+            saga_id=saga_id,
+            from_version=before.definition_version,
+            to_version=to_version,
+            status=before.status,
+            current_step=before.current_step,
+            data_before=before.data,
+            data_after=transition.instance.data,
+            upcasters=tuple(transition.history[0].detail["upcasters"]),
+            dry_run=dry_run,
+        )
+
+    async def list_parked(self, limit: int = 50) -> builtins.list[ParkedSaga]:
+        """Parked sagas (replies kept for a coordinator that has their definition version),
+        longest parked first.
+
+        Raises:
+            ValueError: ``limit`` is not in 1..1000.
+        """
+        if not 1 <= limit <= _MAX_LIST:
+            raise ValueError(f"limit must be between 1 and {_MAX_LIST}, got {limit}")
+        async with self._store.engine.connect() as conn:
+            return await ParkingStore().select_parked_sagas(conn, limit=limit)
+
     async def retry(
         self, saga_id: str, *, actor: str, reason: str, dry_run: bool = False
     ) -> ActionResult:
@@ -285,7 +380,15 @@ class OperatorActions:
             before = found.get(saga_id)
             if before is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
-            definition = self._registry.get(before.saga_type)
+            try:
+                # The saga's own version, never the newest.
+                definition = self._registry.get(before.saga_type, before.definition_version)
+            except UnknownSagaVersionError as exc:
+                raise UnknownSagaVersionError(
+                    f"cannot {action} saga {saga_id!r}: {exc}; run the action where that "
+                    "version is loaded (SAGA_REGISTRY)",
+                    saga_id=saga_id,
+                ) from exc
             try:
                 transition = apply(definition, before, event, now)
             except InvalidOperatorActionError as exc:

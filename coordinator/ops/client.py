@@ -8,7 +8,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from coordinator.core.errors import InvalidSagaDataError, SagaError, UnknownSagaTypeError
+from coordinator.core.errors import (
+    ConflictingStartError,
+    InvalidSagaDataError,
+    SagaError,
+    UnknownSagaTypeError,
+)
 from coordinator.runtime.outbox import OutboxRelay
 from coordinator.runtime.processor import BatchProcessor
 from service_sdk.contract import DeadLetterReason, Envelope, MessageKind
@@ -56,15 +61,19 @@ class SagaClient:
         saga_id: str | None = None,
         traceparent: str | None = None,
     ) -> str:
-        """Start a saga and return its id; a saga id that already exists is not started again.
+        """Start a saga and return its id; a saga id that already exists is not started again
+        (the same data again is a no-op, other data is refused).
 
         Raises:
             UnknownSagaTypeError: No definition is registered under ``saga_type``.
             InvalidSagaDataError: ``data`` does not fit the definition's data model.
+            ConflictingStartError: ``saga_id`` exists already, started with other data.
         """
         envelope = start_request(saga_type, data, saga_id=saga_id, traceparent=traceparent)
         outcome = await self._processor.process([envelope])
         for rejection in outcome.rejections:
+            if isinstance(rejection.error, ConflictingStartError):
+                raise rejection.error
             if rejection.reason == DeadLetterReason.UNKNOWN_SAGA_TYPE:
                 raise UnknownSagaTypeError(str(rejection.error), saga_id=envelope.saga_id)
             if isinstance(rejection.error, InvalidSagaDataError):

@@ -82,9 +82,9 @@ class Admitter:
                     else min(room, self._settings.batch_size)
                 )
                 for instance in await self._queries.claim_queued(conn, limit) if limit else []:
-                    if instance.saga_type not in self._registry:
-                        continue  # a coordinator that runs this type admits it
-                    definition = self._registry.get(instance.saga_type)
+                    if not self._registry.has(instance.saga_type, instance.definition_version):
+                        continue  # a coordinator that runs this type and version admits it
+                    definition = self._registry.get(instance.saga_type, instance.definition_version)
                     service = definition.steps[0].service
                     if not in_flight.has_room(self._limits, instance.saga_type, service):
                         continue

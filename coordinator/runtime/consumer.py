@@ -12,7 +12,7 @@ from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from coordinator.config import KafkaSettings
-from coordinator.core.batch import BatchOutcome, Rejection
+from coordinator.core.batch import BatchOutcome, Rejection, count_unknown_fields
 from coordinator.observability.logs import envelope_extra
 from coordinator.observability.tracing import with_header_traceparent
 from coordinator.runtime.dead_letters import DeadLetterPublisher, RejectedRecord
@@ -228,6 +228,7 @@ class ReplyConsumer:
         if letters:
             await self._retry_transient(lambda: self._dead_letters.publish(letters))
         outcome.records = len(records)
+        outcome.unknown_fields = count_unknown_fields(envelopes)
         if self._on_commit is not None:
             self._on_commit(outcome)
         offsets = {tp: partition[-1].offset + 1 for tp, partition in batch.items() if partition}
@@ -266,6 +267,7 @@ class ReplyConsumer:
                 continue
             merged.applied += single.applied
             merged.duplicates += single.duplicates
+            merged.parked += single.parked
             merged.outbox_ids.extend(single.outbox_ids)
             merged.transitions.extend(single.transitions)
             merged.rejections.extend(type(r)(index, r.reason, r.error) for r in single.rejections)

@@ -79,17 +79,18 @@ class DeadlineScanner:
         befores: list[SagaInstance] = []
         async with self._store.engine.begin() as conn:
             due = await self._store.claim_due_deadlines(
-                conn, now, self._settings.batch_size, saga_types=self._registry.names()
+                conn, now, self._settings.batch_size, versions=self._registry.keys()
             )
             alive, unsent = await self._waiting_facts(conn, due, now)
             for instance in due:
                 if instance.current_step is None or instance.command_id is None:
                     continue
-                if instance.saga_type not in self._registry:
+                if not self._registry.has(instance.saga_type, instance.definition_version):
                     logger.error(
-                        "saga %s has unknown type %s; its deadline cannot fire",
+                        "saga %s has type %s version %d, not loaded here; its deadline cannot fire",
                         instance.saga_id,
                         instance.saga_type,
+                        instance.definition_version,
                         extra={"saga_id": instance.saga_id},
                     )
                     continue
@@ -101,9 +102,9 @@ class DeadlineScanner:
                     participant_alive=instance.service in alive,
                     command_unsent=instance.saga_id in unsent,
                 )
-                transitions.append(
-                    apply(self._registry.get(instance.saga_type), instance, event, now)
-                )
+                # The version the saga started with, never the newest.
+                definition = self._registry.get(instance.saga_type, instance.definition_version)
+                transitions.append(apply(definition, instance, event, now))
                 befores.append(instance)
             if transitions:
                 await persist(

@@ -118,10 +118,13 @@ class HeartbeatListener:
             current = await self._store.select_sagas_for_update(conn, saga_ids) if saga_ids else {}
             for (saga_id, step, command_id), picked in sorted(reported.items()):
                 instance = current.get(saga_id)
-                if instance is None or instance.saga_type not in self._registry:
-                    continue
+                if instance is None or not self._registry.has(
+                    instance.saga_type, instance.definition_version
+                ):
+                    continue  # the saga's version is not loaded here: the pickup is not ours
                 event = CommandPickedUp(step, command_id, picked.attempt, now)
-                transition = apply(self._registry.get(instance.saga_type), instance, event, now)
+                definition = self._registry.get(instance.saga_type, instance.definition_version)
+                transition = apply(definition, instance, event, now)
                 if transition.changed:
                     current[saga_id] = transition.instance
                     transitions.append(transition)

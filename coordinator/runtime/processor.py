@@ -32,8 +32,10 @@ from coordinator.core.state import (
     StartSaga,
     Transition,
 )
-from coordinator.observability.logs import log_transitions
+from coordinator.observability.logs import log_transitions, log_unexpected_replies
 from coordinator.observability.tracing import ensure_traceparent, record_transitions
+from coordinator.runtime.parking import ReplyParking
+from coordinator.runtime.starts import RepeatedStarts
 from coordinator.store.admission import AdmissionStore
 from coordinator.store.persist import persist
 from coordinator.store.saga_store import SagaStore
@@ -57,12 +59,19 @@ def _reply_input(envelope: Envelope) -> ReplyReceived:
     )
 
 
+def _start_id(start: Transition) -> str:
+    """The message id of the start request a start transition came from."""
+    return start.history[0].message_id or ""
+
+
 @dataclass
 class _Applied:
     """What the engine decided for a batch, before the new sagas are inserted."""
 
     starts: list[Transition] = field(default_factory=list)
     changed_ids: set[str] = field(default_factory=set)
+    repeats: list[tuple[int, Envelope]] = field(default_factory=list)
+    """Starts of a saga id started earlier in the same batch."""
 
 
 class BatchProcessor:
@@ -83,6 +92,8 @@ class BatchProcessor:
         self._clock = clock
         self._limits = admission or AdmissionLimits()
         self._admission = AdmissionStore()
+        self._parking = ReplyParking(registry)
+        self._repeats = RepeatedStarts(store, registry)
 
     def _screen(self, index: int, envelope: Envelope) -> Rejection | None:
         if envelope.kind not in (MessageKind.START, MessageKind.REPLY):
@@ -91,7 +102,9 @@ class BatchProcessor:
                 DeadLetterReason.UNEXPECTED_KIND,
                 SagaError(f"a {envelope.kind.value} message cannot be applied to a saga"),
             )
-        if envelope.saga_type not in self._registry:
+        # A reply of a type not registered here may belong to a saga another coordinator runs
+        # (a type added by a rolling deploy): it is parked, or rejected if no such saga exists.
+        if envelope.kind is MessageKind.START and envelope.saga_type not in self._registry:
             return Rejection(
                 index,
                 DeadLetterReason.UNKNOWN_SAGA_TYPE,
@@ -121,6 +134,8 @@ class BatchProcessor:
         starts = self._decide_starts(candidates, now, outcome)
         async with self._store.engine.begin() as conn:
             current = await self._lock_sagas(conn, candidates)
+            # A reply for a saga of a version not loaded here is kept, not applied (parking).
+            candidates = await self._parking.park_unloaded(conn, candidates, current, now, outcome)
             accepted = self._admit(candidates, starts, current, outcome)
             if not accepted:
                 return outcome
@@ -129,7 +144,7 @@ class BatchProcessor:
             )
             batch = self._apply_replies(accepted, fresh, starts, current, now, outcome)
             admitted = await self._admit_or_queue(conn, batch.starts, now)
-            await self._insert_starts(conn, admitted, outcome)
+            existing = await self._insert_starts(conn, admitted, outcome)
             outcome.outbox_ids = await persist(
                 self._store,
                 conn,
@@ -138,7 +153,17 @@ class BatchProcessor:
                 [t for _, t in outcome.transitions],
                 now,
             )
+            # A saga id started again: a duplicate, or (other data) a conflicting start.
+            by_message = {e.message_id: (i, e) for i, e in accepted}
+            await self._repeats.settle(
+                conn,
+                [*batch.repeats, *(by_message[m] for m in existing)],
+                {t.instance.saga_id: t for t in admitted if _start_id(t) not in existing},
+                outcome,
+                now,
+            )
         log_transitions(logger, outcome.transitions)
+        log_unexpected_replies(logger, outcome.transitions)
         record_transitions(
             outcome.transitions,
             start_ns=started_ns,
@@ -194,8 +219,8 @@ class BatchProcessor:
             return {}
         return await self._store.select_sagas_for_update(conn, saga_ids)
 
-    @staticmethod
     def _admit(
+        self,
         candidates: Sequence[tuple[int, Envelope]],
         starts: Mapping[int, Transition],
         current: Mapping[str, SagaInstance],
@@ -209,6 +234,16 @@ class BatchProcessor:
                     accepted.append((index, envelope))
             elif envelope.saga_id in current:
                 accepted.append((index, envelope))
+            elif envelope.saga_type not in self._registry:
+                outcome.rejections.append(
+                    Rejection(
+                        index,
+                        DeadLetterReason.UNKNOWN_SAGA_TYPE,
+                        SagaError(
+                            f"unknown saga type {envelope.saga_type!r}", saga_id=envelope.saga_id
+                        ),
+                    )
+                )
             else:
                 outcome.rejections.append(
                     Rejection(
@@ -243,13 +278,15 @@ class BatchProcessor:
             if envelope.kind is MessageKind.START:
                 if envelope.saga_id in starting:
                     # Starting the same saga id twice starts it once.
-                    outcome.duplicates += 1
+                    applied.repeats.append((index, envelope))
                     continue
                 starting.add(envelope.saga_id)
                 applied.starts.append(starts[index])
                 continue
-            saga_def: type[SagaDefinition[Any]] = self._registry.get(envelope.saga_type)
             before = current[envelope.saga_id]
+            saga_def: type[SagaDefinition[Any]] = self._registry.get(
+                before.saga_type, before.definition_version
+            )
             transition = apply(saga_def, before, _reply_input(envelope), now)
             current[envelope.saga_id] = transition.instance
             if transition.changed:
@@ -274,7 +311,7 @@ class BatchProcessor:
         decided: list[Transition] = []
         for transition in starts:
             instance = transition.instance
-            definition = self._registry.get(instance.saga_type)
+            definition = self._registry.get(instance.saga_type, instance.definition_version)
             service = definition.steps[0].service
             if backlog == 0 and in_flight.has_room(self._limits, instance.saga_type, service):
                 in_flight.add(instance.saga_type, service)
@@ -295,15 +332,17 @@ class BatchProcessor:
 
     async def _insert_starts(
         self, conn: AsyncConnection, starts: Sequence[Transition], outcome: BatchOutcome
-    ) -> None:
-        """Insert the new sagas; an id that exists already is a duplicate start."""
+    ) -> set[str]:
+        """Insert the new sagas; returns the message ids of starts whose saga id exists."""
         if not starts:
-            return
+            return set()
         inserted = await self._store.insert_sagas(conn, [t.instance for t in starts])
+        existing: set[str] = set()
         for transition in starts:
             if transition.instance.saga_id in inserted:
                 outcome.transitions.append((None, transition))
                 outcome.applied += 1
             else:
                 # Starting the same saga id twice starts it once.
-                outcome.duplicates += 1
+                existing.add(_start_id(transition))
+        return existing

@@ -469,11 +469,13 @@ class SagaStore:
         limit: int,
         *,
         saga_types: Collection[str] | None = None,
+        versions: Collection[tuple[str, int]] | None = None,
     ) -> list[SagaInstance]:
         """Lock and return up to ``limit`` awaiting sagas whose deadline is at or before ``now``.
 
         Earliest deadline first. The locks last until the caller's transaction ends.
-        ``saga_types`` limits the claim to those types (None: every type).
+        ``saga_types`` limits the claim to those types, ``versions`` to those
+        ``(saga_type, definition_version)`` pairs (None: every one).
         """
         stmt = (
             sa.select(saga_instance)
@@ -491,6 +493,13 @@ class SagaStore:
             # its batch ahead of due sagas it could fire.
             stmt = stmt.where(
                 saga_instance.c.saga_type == sa.any_(_text_array("types", saga_types))
+            )
+        if versions is not None:
+            # Likewise for definition versions: a saga advances only with its own version.
+            stmt = stmt.where(
+                sa.tuple_(saga_instance.c.saga_type, saga_instance.c.definition_version).in_(
+                    sorted(versions)
+                )
             )
         result = await conn.execute(stmt)
         return [saga_from_row(row) for row in result.mappings()]

@@ -24,6 +24,7 @@ __all__ = [
     "inbox",
     "metadata",
     "outbox",
+    "parked_reply",
     "participant_heartbeat",
     "saga_history",
     "saga_instance",
@@ -185,4 +186,22 @@ dead_letter_replay = sa.Table(
     _timestamp("replayed_at"),
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("original_topic", sa.Text, nullable=False),
+)
+
+parked_reply = sa.Table(
+    "parked_reply",
+    metadata,
+    # A reply for a saga whose definition version the receiving coordinator does not have,
+    # kept (not acknowledged and dropped) until a coordinator that has the version applies it.
+    # No inbox row is written when parking: the resuming coordinator's inbox de-duplicates.
+    sa.Column("message_id", sa.Text, primary_key=True),
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("saga_id", sa.Text, nullable=False),
+    sa.Column("saga_type", sa.Text, nullable=False),
+    sa.Column("definition_version", sa.Integer, nullable=False),
+    sa.Column("body", BYTEA, nullable=False),
+    sa.Column("parked_by", sa.Text, nullable=False),
+    _timestamp("parked_at"),
+    sa.Index(None, "saga_type", "definition_version", "seq"),
+    sa.Index(None, "saga_id"),
 )

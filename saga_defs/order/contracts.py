@@ -12,11 +12,13 @@ from service_sdk.contract import Command
 __all__ = [
     "ChargePayment",
     "OrderItem",
+    "OrderScreened",
     "PaymentCharged",
     "RefundPayment",
     "ReleaseStock",
     "ReserveStock",
     "ScheduleShipment",
+    "ScreenOrder",
     "ShipmentScheduled",
     "StockReserved",
 ]
@@ -31,18 +33,19 @@ class OrderItem(BaseModel):
     quantity: int = Field(gt=0, le=10_000)
 
 
-class ReserveStock(Command):
-    """Inventory: reserve the order's items."""
-
-    message_type: ClassVar[str] = "inventory.reserve_stock"
-    order_id: str
-    items: tuple[OrderItem, ...] = Field(min_length=1)
-
-
 class StockReserved(BaseModel):
     """Inventory's success reply to :class:`ReserveStock`."""
 
     reservation_id: str
+
+
+class ReserveStock(Command):
+    """Inventory: reserve the order's items."""
+
+    message_type: ClassVar[str] = "inventory.reserve_stock"
+    reply_model: ClassVar[type[BaseModel] | None] = StockReserved
+    order_id: str
+    items: tuple[OrderItem, ...] = Field(min_length=1)
 
 
 class ReleaseStock(Command):
@@ -52,20 +55,21 @@ class ReleaseStock(Command):
     order_id: str
 
 
-class ChargePayment(Command):
-    """Payment: charge the customer for the order."""
-
-    message_type: ClassVar[str] = "payment.charge_payment"
-    order_id: str
-    customer_id: str
-    amount_cents: int = Field(gt=0)
-    currency: str = Field(min_length=3, max_length=3)
-
-
 class PaymentCharged(BaseModel):
     """Payment's success reply to :class:`ChargePayment`."""
 
     charge_id: str
+
+
+class ChargePayment(Command):
+    """Payment: charge the customer for the order."""
+
+    message_type: ClassVar[str] = "payment.charge_payment"
+    reply_model: ClassVar[type[BaseModel] | None] = PaymentCharged
+    order_id: str
+    customer_id: str
+    amount_cents: int = Field(gt=0)
+    currency: str = Field(min_length=3, max_length=3)
 
 
 class RefundPayment(Command):
@@ -76,16 +80,33 @@ class RefundPayment(Command):
     amount_cents: int = Field(gt=0)
 
 
+class ShipmentScheduled(BaseModel):
+    """Shipping's success reply to :class:`ScheduleShipment`."""
+
+    shipment_id: str
+
+
 class ScheduleShipment(Command):
     """Shipping: schedule the order's delivery."""
 
     message_type: ClassVar[str] = "shipping.schedule_shipment"
+    reply_model: ClassVar[type[BaseModel] | None] = ShipmentScheduled
     order_id: str
     customer_id: str
     items: tuple[OrderItem, ...] = Field(min_length=1)
 
 
-class ShipmentScheduled(BaseModel):
-    """Shipping's success reply to :class:`ScheduleShipment`."""
+class OrderScreened(BaseModel):
+    """Fraud's success reply to :class:`ScreenOrder`."""
 
-    shipment_id: str
+    screening_id: str
+
+
+class ScreenOrder(Command):
+    """Fraud: screen the order before the customer is charged (version 2 of the order saga)."""
+
+    message_type: ClassVar[str] = "fraud.screen_order"
+    reply_model: ClassVar[type[BaseModel] | None] = OrderScreened
+    order_id: str
+    customer_id: str
+    amount_cents: int = Field(gt=0)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,20 +37,19 @@ class OrderData(BaseModel):
     shipment_id: str | None = None
 
 
-def _reserved(data: OrderData, reply: Mapping[str, Any]) -> OrderData:
-    return data.model_copy(
-        update={"reservation_id": StockReserved.model_validate(reply).reservation_id}
-    )
+# Each command declares its reply model: the engine validates the reply before these run.
 
 
-def _charged(data: OrderData, reply: Mapping[str, Any]) -> OrderData:
-    return data.model_copy(update={"charge_id": PaymentCharged.model_validate(reply).charge_id})
+def _reserved(data: OrderData, reply: StockReserved) -> OrderData:
+    return data.model_copy(update={"reservation_id": reply.reservation_id})
 
 
-def _shipped(data: OrderData, reply: Mapping[str, Any]) -> OrderData:
-    return data.model_copy(
-        update={"shipment_id": ShipmentScheduled.model_validate(reply).shipment_id}
-    )
+def _charged(data: OrderData, reply: PaymentCharged) -> OrderData:
+    return data.model_copy(update={"charge_id": reply.charge_id})
+
+
+def _shipped(data: OrderData, reply: ShipmentScheduled) -> OrderData:
+    return data.model_copy(update={"shipment_id": reply.shipment_id})
 
 
 class OrderSaga(SagaDefinition[OrderData]):

@@ -88,7 +88,9 @@ class Envelope(BaseModel):
         traceparent: W3C trace context, carried from the start request to every message.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Tolerant reader: a field this version does not know (a newer producer's addition) is
+    # kept aside in ``unknown_fields`` and never written back out, not refused.
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     spec_version: str = SPEC_VERSION
     message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=200)
@@ -108,9 +110,15 @@ class Envelope(BaseModel):
     occurred_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     traceparent: str | None = None
 
+    @property
+    def unknown_fields(self) -> tuple[str, ...]:
+        """Top-level fields of the received JSON this contract version does not define."""
+        return tuple(sorted(self.model_extra or ()))
+
     def to_bytes(self) -> bytes:
-        """The record body."""
-        return self.model_dump_json().encode()
+        """The record body (without unknown fields)."""
+        extra = self.model_extra
+        return self.model_dump_json(exclude=set(extra) if extra else None).encode()
 
     def key(self) -> bytes:
         """The record key: the saga id, so one saga's messages share a partition."""
@@ -160,12 +168,21 @@ def decode_envelope(body: bytes | None) -> Envelope:
 class Command(BaseModel):
     """Base of a command's payload model; subclasses set ``message_type``.
 
+    Unknown payload fields are ignored (tolerant reader): a coordinator whose definition
+    sends one more field does not break participants that do not know it yet.
+
+    A command declares the model of its success reply's payload in ``reply_model``: the
+    coordinator validates the reply against it and hands the step's ``on_success`` the typed
+    reply; the AsyncAPI document publishes its JSON Schema.
+
     Example:
         class ReserveStock(Command):
             message_type: ClassVar[str] = "inventory.reserve_stock"
+            reply_model: ClassVar[type[BaseModel] | None] = StockReserved
             order_id: str
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     message_type: ClassVar[str] = ""
+    reply_model: ClassVar[type[BaseModel] | None] = None

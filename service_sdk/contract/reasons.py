@@ -32,6 +32,9 @@ class DeadLetterReason(StrEnum):
     """A reply for a saga id the coordinator never started."""
     INVALID_DATA = "invalid_data"
     """A start request whose data fails the saga's data model."""
+    CONFLICTING_START = "conflicting_start"
+    """A start request for a saga id that exists already with other data (or type): the
+    first start won; this one would be lost silently otherwise."""
     PROCESSING_ERROR = "processing_error"
     """Applying the message failed for a reason tied to that message alone."""
     UNSENDABLE = "unsendable"

@@ -307,12 +307,19 @@ async def test_reusing_an_idempotency_key_with_another_body_is_409(
     assert (await api.post("/sagas/order", json=ORDER, headers=keyed)).status_code == 202
     other = await api.post("/sagas/order", json={**ORDER, "amount_cents": 5}, headers=keyed)
     assert (other.status_code, other.json()["error"]) == (409, "idempotency_conflict")
+    # The answer names the stored saga, which stands unchanged.
+    assert other.json()["saga_id"] == "idem-1"
+    assert other.headers["location"] == "/sagas/idem-1"
     again = await api.post("/sagas/order", json=ORDER, headers=keyed)
     assert (again.status_code, again.json()["saga_id"]) == (202, "idem-1")
     async with coordinator.store.engine.connect() as conn:
         saga = await coordinator.store.select_saga(conn, "idem-1")
+        history = await coordinator.store.select_history(conn, "idem-1")
     assert saga is not None
     assert saga.data["amount_cents"] == ORDER["amount_cents"]
+    (refused,) = [h for h in history if h.kind == "conflicting_start"]
+    assert refused.detail["data"]["amount_cents"] == 5
+    assert [h.kind for h in history].count("duplicate_start") == 0
 
 
 async def test_database_errors_do_not_quote_statement_parameters(database_url: str) -> None:

@@ -27,6 +27,7 @@ TABLES = {
     "outbox",
     "dead_letter_replay",
     "participant_heartbeat",
+    "parked_reply",
     "alembic_version",
 }
 

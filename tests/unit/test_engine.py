@@ -186,7 +186,7 @@ def test_start_creates_a_running_saga_and_sends_the_first_command() -> None:
         {},
         {**DATA, "amount_cents": 0},
         {**DATA, "items": []},
-        {**DATA, "unexpected": 1},
+        {**DATA, "amount_cents": 0, "unexpected": 1},
     ],
 )
 def test_start_with_invalid_data_raises(data: dict[str, Any]) -> None:
@@ -475,20 +475,25 @@ def test_duplicate_compensation_reply_changes_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes",
+    ("changes", "reason"),
     [
-        pytest.param({"command_id": "not-the-command"}, id="wrong-command-id"),
-        pytest.param({"step": "charge_payment"}, id="wrong-step"),
+        pytest.param({"command_id": "not-the-command"}, "other_command_id", id="wrong-command-id"),
+        pytest.param({"step": "charge_payment"}, "other_step", id="wrong-step"),
         pytest.param(
             {"step": "schedule_shipping", "command_id": fwd("schedule_shipping")},
+            "other_step",
             id="future-step",
         ),
-        pytest.param({"attempt": 2}, id="attempt-never-sent"),
-        pytest.param({"step": None}, id="no-step"),
-        pytest.param({"command_id": comp("reserve_inventory")}, id="compensation-id"),
+        pytest.param({"attempt": 2}, "future_attempt", id="attempt-never-sent"),
+        pytest.param({"step": None}, "missing_step", id="no-step"),
+        pytest.param({"command_id": None}, "missing_command_id", id="no-command-id"),
+        pytest.param({"step": "release_stock"}, "unknown_step", id="compensation-name-as-step"),
+        pytest.param(
+            {"command_id": comp("reserve_inventory")}, "other_command_id", id="compensation-id"
+        ),
     ],
 )
-def test_stale_reply_changes_nothing(changes: dict[str, Any]) -> None:
+def test_stale_reply_changes_nothing(changes: dict[str, Any], reason: str) -> None:
     inst = start().instance
     reply = replace(answer(inst), **changes)
     t = step_apply(inst, reply, NOW + timedelta(seconds=1))
@@ -498,6 +503,7 @@ def test_stale_reply_changes_nothing(changes: dict[str, Any]) -> None:
     assert t.commands == ()
     assert t.events == ()
     assert kinds(t) == [HistoryKind.STALE_REPLY]
+    assert t.history[0].detail["reason"] == reason
 
 
 def test_replies_to_a_completed_saga_are_duplicates_or_stale() -> None:

@@ -161,7 +161,6 @@ def _valid_body(**changes: Any) -> dict[str, Any]:
         pytest.param(json.dumps({"kind": "reply"}).encode(), "message_type", id="missing-fields"),
         pytest.param(json.dumps(_valid_body(kind="gossip")).encode(), "kind", id="wrong-kind"),
         pytest.param(json.dumps(_valid_body(attempt=0)).encode(), "attempt", id="attempt-zero"),
-        pytest.param(json.dumps(_valid_body(extra=1)).encode(), "extra", id="unknown-field"),
         pytest.param(json.dumps(_valid_body(saga_id="")).encode(), "saga_id", id="empty-saga-id"),
         pytest.param(
             json.dumps(_valid_body(occurred_at="2025-03-01T12:00:00")).encode(),
@@ -189,15 +188,32 @@ def test_envelope_is_immutable_and_strict() -> None:
         reply(occurred_at=datetime(2025, 3, 1))  # noqa: DTZ001 - naive on purpose
 
 
-def test_command_models_are_strict() -> None:
+def test_command_models_ignore_unknown_fields_and_require_known_ones() -> None:
     class Ping(Command):
         message_type: ClassVar[str] = "test.ping"
         order_id: str
 
     assert Ping(order_id="o").model_dump() == {"order_id": "o"}
+    assert Ping.model_validate({"order_id": "o", "other": 1}).model_dump() == {"order_id": "o"}
     with pytest.raises(ValidationError):
-        Ping(order_id="o", other=1)  # type: ignore[call-arg]
+        Ping.model_validate({"other": 1})
     assert Command.message_type == ""
+
+
+def test_unknown_envelope_fields_are_ignored_kept_aside_and_not_written_back() -> None:
+    body = _valid_body(correlation_id="c-9", x_team={"a": 1})
+    envelope = decode_envelope(json.dumps(body).encode())
+    assert envelope.unknown_fields == ("correlation_id", "x_team")
+    assert "correlation_id" not in json.loads(envelope.to_bytes())
+    assert envelope.saga_id == body["saga_id"]
+    assert reply().unknown_fields == ()
+
+
+def test_required_envelope_fields_stay_required() -> None:
+    body = _valid_body(correlation_id="c-9")
+    del body["saga_type"]
+    with pytest.raises(MalformedMessageError, match="saga_type"):
+        decode_envelope(json.dumps(body).encode())
 
 
 def test_message_ids_are_unique() -> None:

@@ -183,6 +183,8 @@ async def start_saga(
             f"{max_message_bytes} bytes (SAGA_KAFKA__MAX_MESSAGE_BYTES)",
         )
     started = await backend.start_saga(saga_type, data, saga_id=wanted, traceparent=traceparent)
+    # The processor refuses a start whose saga id exists with other data (409 through its
+    # ConflictingStartError); this comparison stays as a guard of the same rule.
     if wanted is not None and not starts_alike(started_with(await backend.show(started)), data):
         raise ApiError(
             409,
