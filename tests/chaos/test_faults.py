@@ -14,6 +14,10 @@ other tests). While orders arrive at a steady rate:
   data directory: crash recovery;
 - Kafka is stopped for 60 s and restarted on the same log directories and port.
 
+Right before each server fault the shop sends its next 200 orders at once (a spike), so that
+many sagas are in flight when the server goes, however easily the coordinators keep up with the
+steady rate.
+
 Failover is measured from outside, with the admin client: from a coordinator's SIGKILL (or
 SIGTERM) to the first moment the consumer group is stable again with every partition of the
 gone member assigned to a live one ("reassigned"), and to the moment the committed offsets of
@@ -71,6 +75,7 @@ SESSION_TIMEOUT_MS = 3000
 KAFKA_OUTAGE_S = 60.0
 SIGKILL_ROUNDS = 3
 MIN_IN_FLIGHT = 50
+SPIKE = 200
 SIGKILL_BOUND_S = 10.0
 SIGTERM_BOUND_S = 5.0
 
@@ -224,8 +229,11 @@ def measure_failover(
 # --- load ------------------------------------------------------------------------------------
 
 
-async def submit_steadily(cluster: DemoCluster, rate: float, kafka_up: asyncio.Event) -> None:
-    """Publish every order as a start request at ``rate`` per second, like a shop would.
+async def submit_steadily(
+    cluster: DemoCluster, rate: float, kafka_up: asyncio.Event, scenario: Scenario
+) -> None:
+    """Publish every order as a start request at ``rate`` per second, like a shop would
+    (order ``i`` is due ``i / rate`` seconds in, less ``scenario.ahead_s``: see :func:`spike`).
 
     While Kafka is down the shop holds its orders (``kafka_up`` is clear) and sends them when
     it is back; the records already handed to the producer ride the outage out in its buffer.
@@ -239,7 +247,8 @@ async def submit_steadily(cluster: DemoCluster, rate: float, kafka_up: asyncio.E
     try:
         sends = []
         for index, order in enumerate(cluster.plan.orders):
-            await asyncio.sleep(max(began + index / rate - time.monotonic(), 0))
+            due = began + index / rate - scenario.ahead_s
+            await asyncio.sleep(max(due - time.monotonic(), 0))
             await kafka_up.wait()
             envelope = start_request("order", order, saga_id=order.order_id, source="faults")
             cluster.submitted_at[order.order_id] = time.time()
@@ -259,6 +268,21 @@ async def submit_steadily(cluster: DemoCluster, rate: float, kafka_up: asyncio.E
 # --- the fault schedule ------------------------------------------------------------------------
 
 
+async def spike(cluster: DemoCluster, scenario: Scenario, count: int = SPIKE) -> None:
+    """Bring the shop's next ``count`` orders forward to now and wait until they are sent.
+
+    Right before a server fault, so that plenty of sagas are in flight when it hits, however
+    easily the coordinators keep up with the steady rate.
+    """
+    target = min(len(cluster.submitted_at) + count, len(cluster.plan.orders))
+    scenario.ahead_s += count / RATE
+    await eventually(
+        lambda: len(cluster.submitted_at) >= target,
+        timeout=60,
+        what=f"a spike of {count} orders submitted",
+    )
+
+
 @dataclass
 class Scenario:
     """What was done when, and what was measured."""
@@ -273,6 +297,8 @@ class Scenario:
     back_at: dict[str, float] = field(default_factory=dict)
     """When a restarted server answered again (wall clock), by server."""
     sigterm_exit: int | None = None
+    ahead_s: float = 0.0
+    """How far the shop's schedule was brought forward (the spikes before server faults)."""
 
     last: float = field(default_factory=time.monotonic)
     """When the last fault or restart happened (monotonic)."""
@@ -398,6 +424,7 @@ async def run_faults(
     # PostgreSQL crashes (every server process SIGKILLed) and comes back on its data directory.
     await scenario.at(40, gap=4)
     await group_ready(watch, expected, members)
+    await spike(cluster, scenario)
     scenario.fault_at["postgres"] = time.time()
     await postgres.kill()
     scenario.log("SIGKILL PostgreSQL (the whole process group)")
@@ -411,6 +438,7 @@ async def run_faults(
     # Kafka stopped for a minute, then started on the same log directories and port. Orders
     # keep coming: the shop holds them while Kafka is down.
     await scenario.at(47, gap=6)
+    await spike(cluster, scenario)
     kafka_up.clear()
     scenario.fault_at["kafka"] = time.time()
     scenario.log("stopping Kafka")
@@ -688,7 +716,7 @@ async def test_sagas_end_as_planned_through_crashes_of_every_component() -> None
         kafka_up = asyncio.Event()
         kafka_up.set()
         scenario = Scenario()
-        submitting = asyncio.create_task(submit_steadily(cluster, RATE, kafka_up))
+        submitting = asyncio.create_task(submit_steadily(cluster, RATE, kafka_up, scenario))
         try:
             await run_faults(cluster, kafka, postgres, watch, expected, kafka_up, scenario)
             await submitting
