@@ -129,6 +129,10 @@ logger = logging.getLogger(__name__)
 _POLL_TIMEOUT_MS = 200
 _MAX_CONNECT_BACKOFF_S = 5.0
 _MIN_PROGRESS_TIMEOUT_S = 5.0
+# A reply waits for the commit of the transaction it shares with the rest of its batch, and a
+# step's timeout runs from its command's pickup: a shared transaction takes no more commands
+# once those it answered took this long.
+_SHARED_TRANSACTION_S = 0.2
 
 
 def _record_extra(record: Any) -> dict[str, Any]:
@@ -622,20 +626,28 @@ class ServiceRunner:
             for record in records
         ]
         try:
-            answered = await self._answer_batch(
-                [(record, work) for _, record, work in planned if isinstance(work, _Work)]
-            )
-            for tp, record, work in planned:
-                if not isinstance(work, _Work):
-                    publications = work
-                elif id(work) in answered:
-                    publications = answered[id(work)]
-                else:
-                    publications = await self._execute_with_retries(record, work)
-                for publication in publications:
-                    deliveries.append((publication, await self._send(publication)))
-                done[tp] = record.offset + 1
-                self._progress.advanced()
+            pending = planned
+            while pending:
+                answered, stop = await self._answer_batch(
+                    [(record, work) for _, record, work in pending if isinstance(work, _Work)]
+                )
+                rest: list[tuple[Any, Any, _Work | list[_Publication]]] = []
+                for n, (tp, record, work) in enumerate(pending):
+                    if work is stop:
+                        # Its transaction's time was up: what was committed goes out now.
+                        rest = pending[n:]
+                        break
+                    if not isinstance(work, _Work):
+                        publications = work
+                    elif id(work) in answered:
+                        publications = answered[id(work)]
+                    else:
+                        publications = await self._execute_with_retries(record, work)
+                    for publication in publications:
+                        deliveries.append((publication, await self._send(publication)))
+                    done[tp] = record.offset + 1
+                    self._progress.advanced()
+                pending = rest
         except _StoppingError:
             logger.info("service %s: stopping in the middle of a batch", self.service.name)
         except BaseException:
@@ -651,9 +663,10 @@ class ServiceRunner:
 
     async def _answer_batch(
         self, works: Sequence[tuple[Any, _Work]]
-    ) -> dict[int, list[_Publication]]:
+    ) -> tuple[dict[int, list[_Publication]], _Work | None]:
         """Answer the batch's commands together, a transaction for many; returns the
-        publications of those answered, by ``id()`` of their work item.
+        publications of those answered, by ``id()`` of their work item, and the first command
+        left for a later transaction because this one's time was up (None: none was).
 
         A command that fails in a shared transaction is answered alone (its first attempt
         spent), then the commands after it are taken together again. Those not answered here
@@ -662,8 +675,12 @@ class ServiceRunner:
         answered: dict[int, list[_Publication]] = {}
         pending = list(works)
         while len(pending) > 1:
-            committed, failure = await self._execute_together([work for _, work in pending])
+            committed, failure, stopped = await self._execute_together(
+                [work for _, work in pending]
+            )
             answered.update(committed)
+            if stopped is not None:
+                return answered, pending[stopped][1]
             if failure is None:
                 break
             index, error = failure
@@ -672,11 +689,11 @@ class ServiceRunner:
                 record, work, None if is_transient_database_error(error) else error
             )
             pending = pending[index + 1 :]
-        return answered
+        return answered, None
 
     async def _execute_together(
         self, works: Sequence[_Work]
-    ) -> tuple[dict[int, list[_Publication]], tuple[int, Exception] | None]:
+    ) -> tuple[dict[int, list[_Publication]], tuple[int, Exception] | None, int | None]:
         """Answer commands in ONE transaction: one commit (one WAL flush) and a few
         statements for all of them (see ``CommandProcessor.answer_batch``).
 
@@ -684,18 +701,21 @@ class ServiceRunner:
             The publications of the commands committed, by ``id()`` of their work item; and
             the first command that failed (its index and error) when one did: nothing of it
             is committed, the commands before it are, those after it are not run.
-            When the transaction as a whole fails (the database went away), nothing is
-            committed and both are empty.
+            And the index of the first command not run because the transaction's time
+            (``_SHARED_TRANSACTION_S``) was up. When the transaction as a whole fails (the
+            database went away), nothing is committed and all three are empty.
         """
         started = time.monotonic()
         try:
             conn = await self._open_connection()
         except Exception:
-            return {}, None
+            return {}, None, None
         try:
             async with conn.begin():
-                answers, failure = await self._processor.answer_batch(
-                    conn, [(work.envelope, work.command, work.undo) for work in works]
+                answers, failure, stopped = await self._processor.answer_batch(
+                    conn,
+                    [(work.envelope, work.command, work.undo) for work in works],
+                    budget_s=_SHARED_TRANSACTION_S,
                 )
                 screened = [
                     await self._screen_reply(conn, work.envelope, answer)
@@ -704,7 +724,7 @@ class ServiceRunner:
         except Exception as exc:
             await self._discard_if_broken(conn, exc)
             logger.debug("service %s: shared transaction failed: %r", self.service.name, exc)
-            return {}, None
+            return {}, None, None
         except BaseException as exc:
             await self._discard_if_broken(conn, exc)
             raise
@@ -714,7 +734,7 @@ class ServiceRunner:
             id(work): self._answered(work.envelope, answer, reply, started)
             for work, answer, reply in zip(works, answers, screened, strict=False)
         }
-        return committed, failure
+        return committed, failure, stopped
 
     async def _deliver(self, deliveries: list[tuple[_Publication, asyncio.Future[Any]]]) -> bool:
         """Wait until Kafka acknowledged every publication, publishing again (with backoff,

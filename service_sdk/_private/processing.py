@@ -17,6 +17,7 @@ runner opens for it (the runner owns Kafka, retries and publication):
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,17 +130,27 @@ class CommandProcessor:
         return Answer(result, result.outcome.value)
 
     async def answer_batch(
-        self, conn: AsyncConnection, items: Sequence[tuple[Envelope, Command, Envelope | None]]
-    ) -> tuple[list[Answer], tuple[int, Exception] | None]:
+        self,
+        conn: AsyncConnection,
+        items: Sequence[tuple[Envelope, Command, Envelope | None]],
+        *,
+        budget_s: float | None = None,
+    ) -> tuple[list[Answer], tuple[int, Exception] | None, int | None]:
         """Answer commands in order inside the caller's transaction on ``conn``, with as few
         statements as it takes: the plain ones (no undo, their id once in the batch) are
         claimed together up front and their replies recorded together at the end; the rest
         go through :meth:`answer`, each in a SAVEPOINT.
 
+        Args:
+            budget_s: Once the commands answered so far took this long, the rest are left for
+                another transaction: a reply waits for the commit of its whole transaction, and
+                a step's timeout runs from the pickup of its command.
+
         Returns:
             The answers of the commands before the first that failed, and that one's index
-            and error (None when none failed). Nothing of the failed command and the ones
-            after it stays in the transaction: the caller commits the answers and answers the
+            and error (None when none failed); and the index of the first command left for
+            later because the budget ran out (None when none was). Nothing of a command not
+            answered stays in the transaction: the caller commits the answers and answers the
             failed command alone.
 
         Raises:
@@ -157,9 +168,17 @@ class CommandProcessor:
         done: list[tuple[str, Envelope]] = []
         forget: list[str] = []
         failure: tuple[int, Exception] | None = None
+        stopped: int | None = None
+        started = time.monotonic()
         for index, (envelope, command, undo) in enumerate(items):
             command_id = envelope.command_id
             assert command_id is not None
+            if answers and budget_s is not None and time.monotonic() - started >= budget_s:
+                stopped = index
+                forget.extend(
+                    e.command_id or "" for e, _, _ in items[index:] if e.command_id in claimed
+                )
+                break
             try:
                 if command_id in claimed:
                     # Any error of dispatch comes after its savepoint was rolled back.
@@ -182,7 +201,7 @@ class CommandProcessor:
             answers.append(answer)
         await self._store.update_done_many(conn, done)
         await self._store.delete_many(conn, forget)
-        return answers, failure
+        return answers, failure, stopped
 
     async def _run(self, envelope: Envelope, command: Command, conn: AsyncConnection) -> Answer:
         """Run the handler of a claimed command; its reply is for the caller to record."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -49,11 +50,13 @@ from tests.support.waiting import eventually
 if TYPE_CHECKING:
     from coordinator.devstack import KafkaService, TopicFactory
 
-Mode = Literal["ok", "reject", "retry", "boom", "defer", "held", "bad"]
+Mode = Literal["ok", "reject", "retry", "boom", "defer", "held", "bad", "slow"]
 
 SERVICE = Service("sdkprobe", schema="sdkprobe")
 CALLS: Counter[str] = Counter()
 """Handler runs per command id (ids are unique per test)."""
+STARTED: dict[str, float] = {}
+"""When a ``slow`` handler started (wall clock), per command id."""
 GATES: dict[str, asyncio.Event] = {}
 """Per key, what a ``held`` handler waits for before it returns (and its transaction commits)."""
 
@@ -86,6 +89,9 @@ async def touch(cmd: Touch, ctx: HandlerContext) -> Touched | Deferred:
         return ctx.defer()
     if cmd.mode == "held":
         await GATES[cmd.key].wait()
+    if cmd.mode == "slow":
+        STARTED[ctx.command_id] = time.time()
+        await asyncio.sleep(0.15)
     if cmd.mode == "bad":
         return 42  # type: ignore[return-value]  # not a reply: an error after the handler
     return Touched(key=cmd.key, run=CALLS[ctx.command_id])
@@ -538,15 +544,38 @@ async def test_a_batch_is_answered_in_few_transactions_and_a_failure_stays_alone
         rows = (
             await conn.execute(text("SELECT key, xid FROM sdkprobe.effects WHERE key LIKE 'b%'"))
         ).all()
-    assert sorted(key for key, _ in rows) == sorted(f"b{i}" for i in range(12))
+    assert sorted(str(key) for key, _ in rows) == sorted(f"b{i}" for i in range(12))
     # One commit for the commands before the failing one and one for those after it (a few
     # more if Kafka handed them over in several polls), not one per command.
     assert len({xid for _, xid in rows}) <= 4
     assert CALLS["cmd-b-boom"] == 2  # its run in the shared transaction was attempt 1
     assert harness.observer.failures == [1, 2]
-    assert all(CALLS[c.command_id] == 1 for c in oks)
+    assert all(CALLS[c.command_id or ""] == 1 for c in oks)
     # Savepoints of one name: three statement texts (each prepared once), not two per command.
     assert len({text for text in sent if "SAVEPOINT" in text}) <= 3
+
+
+async def test_replies_of_a_long_batch_go_out_before_its_last_handler_runs(
+    harness: Harness,
+) -> None:
+    # Six handlers of 0.15 s each in one poll: a shared transaction stops taking commands
+    # after 0.2 s, so the first replies are committed and published while later commands
+    # still wait (a step's timeout runs from its command's pickup).
+    commands = [touch_command("slow", key=f"s{i}", command_id=f"cmd-s{i}") for i in range(6)]
+    for command in commands:
+        await harness.send(command)
+    await harness.start_runner()
+
+    records = await harness.read(harness.topics.replies, 6)
+    first_reply_ms = min(record.timestamp for record in records)
+    assert first_reply_ms / 1000 < STARTED["cmd-s5"], "every reply waited for the whole batch"
+    async with harness.engine.connect() as conn:
+        xids = (
+            await conn.execute(
+                text("SELECT DISTINCT xid FROM sdkprobe.effects WHERE key LIKE 's%'")
+            )
+        ).all()
+    assert len(xids) >= 2
 
 
 async def test_a_result_that_is_no_reply_leaves_no_effect_in_a_batch(harness: Harness) -> None:
