@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["create_engine"]
+__all__ = ["create_engine", "json_dumps"]
 
 
-def _json_dumps(value: Any) -> str:
+def json_dumps(value: Any) -> str:
+    """JSON as the store writes it: compact, UTF-8, no NaN or Infinity."""
     # NaN and Infinity are not JSON and PostgreSQL's jsonb rejects them; fail here, with a
     # Python traceback pointing at the value, rather than in the server.
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -41,7 +42,7 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> As
         pool_pre_ping=pre_ping,
         # Errors quote the statement, never its arguments: those are saga data.
         hide_parameters=True,
-        json_serializer=_json_dumps,
+        json_serializer=json_dumps,
         json_deserializer=json.loads,
         connect_args={"server_settings": {"application_name": "saga-coordinator"}},
     )

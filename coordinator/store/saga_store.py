@@ -10,7 +10,6 @@ takes one statement per thousand.)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.core.errors import SagaConflictError
 from coordinator.core.state import TERMINAL_STATUSES, HistoryEntry, SagaInstance, SagaStatus
+from coordinator.store.database import json_dumps
 from coordinator.store.records import HistoryRecord, OutboxMessage, OutboxRecord
 from coordinator.store.schema import (
     ACTIVE_DEADLINE_PREDICATE,
@@ -128,13 +128,15 @@ _UPDATED_COLUMNS = (
 """What a transition may change; id, type, definition version and creation time never do."""
 
 
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as JSON values (timestamps as ISO strings) for ``jsonb_to_recordset``."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
 def saga_update_row(instance: SagaInstance) -> dict[str, Any]:
     """One JSON object of the batch :meth:`SagaStore.update_sagas` sends as a single parameter."""
     row = saga_to_row(instance)
-    values = {name: row[name] for name in _UPDATED_COLUMNS}
-    for name in ("deadline_at", "picked_up_at", "updated_at"):
-        if values[name] is not None:
-            values[name] = values[name].isoformat()
+    values = _json_row({name: row[name] for name in _UPDATED_COLUMNS})
     return {"saga_id": instance.saga_id, "read_version": instance.version, **values}
 
 
@@ -210,15 +212,6 @@ _UPDATE_SAGAS = (
     )
     .returning(saga_instance.c.saga_id)
 )
-
-
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as JSON values (timestamps as ISO strings) for ``jsonb_to_recordset``."""
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
-
-
-def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _unnest(*columns: tuple[str, Any]) -> Any:
@@ -554,7 +547,7 @@ class SagaStore:
                 "topics": [m.topic for m in messages],
                 "keys": [m.key for m in messages],
                 "values": [m.value for m in messages],
-                "headers": [_json_text(m.headers) for m in messages],
+                "headers": [json_dumps(m.headers) for m in messages],
                 "message_ids": [m.message_id for m in messages],
                 "now": now,
             },
