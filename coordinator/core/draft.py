@@ -152,8 +152,12 @@ class TransitionDraft:
 
     def put(self, entry: Awaited) -> None:
         """Await ``entry`` instead of whatever the saga awaited for its step."""
-        kept = tuple(e for e in self.instance.awaiting if e.step != entry.step)
-        self.set_awaiting((*kept, entry))
+        entries = self.instance.awaiting
+        if any(e.step == entry.step for e in entries):
+            # In place: what is undone first, when several are given up, stays in step order.
+            self.set_awaiting(tuple(entry if e.step == entry.step else e for e in entries))
+        else:
+            self.set_awaiting((*entries, entry))
 
     def drop(self, step: str) -> None:
         """Stop awaiting anything for ``step``."""
