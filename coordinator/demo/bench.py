@@ -44,6 +44,7 @@ from coordinator.demo.bench_report import (
     Load,
     RunResult,
     aggregate,
+    tenth_rates,
 )
 
 # _plan: the demo's order generator; a run needs fresh orders without a fresh cluster.
@@ -254,6 +255,7 @@ class _BenchCluster(DemoCluster):
         """Fresh orders (and customers, stock) for the next run."""
         self.plan = _plan(self.options)
         self.submitted_at = {}
+        self.end_times: list[float] = []
 
     def watched(self, servers: _Servers) -> list[Watched]:
         """Every child, the broker and PostgreSQL, and this process; the children found by
@@ -295,7 +297,8 @@ class _BenchCluster(DemoCluster):
                 if load.kind == "rate" and sent < len(queue):
                     wait = min(wait, max(began + sent / load.value - time.monotonic(), 0.0))
                 for saga_id in await ends.read(wait):
-                    book.end(saga_id)
+                    if book.end(saga_id):
+                        self.end_times.append(time.monotonic())
                 if load.kind == "window":
                     queue += book.take()
                 if any(c.returncode is not None for c in self.children):
@@ -353,7 +356,7 @@ async def _measure(
     if dead:
         tails = "\n".join(f"--- {c.name}\n{c.log_tail()}" for c in dead)
         raise RuntimeError(f"{', '.join(c.name for c in dead)} exited during the run:\n{tails}")
-    return RunResult(load, run, summary, usage)
+    return RunResult(load, run, summary, usage, tenth_rates(cluster.end_times))
 
 
 async def _pingpong(
