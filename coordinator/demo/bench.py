@@ -74,6 +74,7 @@ KafkaChoice = Literal["apache", "embedded", "external"]
 TERMINAL_EVENTS = frozenset({"saga.completed", "saga.compensated", "saga.failed"})
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STARTUP_TIMEOUT_S = 120.0
+_PROGRESS_EVERY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -284,9 +285,17 @@ class _BenchCluster(DemoCluster):
         began = time.monotonic()
         deadline = began + timeout_s
         self.started_at = time.time()
+        next_report = began + _PROGRESS_EVERY_S
         try:
             while not book.done and time.monotonic() < deadline:
                 now = time.monotonic()
+                if now >= next_report:
+                    # A long run shows how far it is (a 100,000-saga run takes many minutes).
+                    next_report = now + _PROGRESS_EVERY_S
+                    self.console.log(
+                        f"  {book.ended:,} of {len(ids):,} sagas ended, {book.in_flight:,} in "
+                        f"flight, {book.ended / (now - began):.1f} sagas/s so far"
+                    )
                 due = len(queue)
                 if load.kind == "rate":
                     due = due_starts(len(queue), load.value, now - began)
