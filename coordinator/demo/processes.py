@@ -136,7 +136,6 @@ async def run_participant(
                 bootstrap_servers=settings.kafka.bootstrap_servers,
                 idempotent=settings.kafka.idempotent,
                 client_id=f"{name}-service",
-                max_request_size=settings.kafka.max_message_bytes,
             ),
             engine=engine,
             topics=Topics(settings.kafka.topic_prefix),
