@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from coordinator.core.definition import RetryPolicy, SagaDefinition, Step
 from coordinator.core.errors import InvalidSagaDataError, SagaDefinitionError
 from coordinator.core.state import (
+    ChildStart,
     CommandPurpose,
     HistoryEntry,
     HistoryKind,
@@ -48,6 +49,8 @@ class TransitionDraft:
     commands: list[OutgoingCommand] = field(default_factory=list)
     history: list[HistoryEntry] = field(default_factory=list)
     events: list[LifecycleEvent] = field(default_factory=list)
+    child_starts: list[ChildStart] = field(default_factory=list)
+    rejection: str | None = None
 
     def update(self, **changes: Any) -> None:
         """Replace fields of the instance (which stays frozen)."""
@@ -70,7 +73,13 @@ class TransitionDraft:
         elif original is not None:
             instance = original  # the very object, as Transition promises
         return Transition(
-            instance, tuple(self.commands), tuple(self.history), tuple(self.events), changed
+            instance,
+            tuple(self.commands),
+            tuple(self.history),
+            tuple(self.events),
+            changed,
+            tuple(self.child_starts),
+            self.rejection,
         )
 
     def data(self) -> BaseModel:

@@ -46,9 +46,13 @@ from coordinator.core.compensation import (
     in_doubt_reply,
     mark_in_doubt,
 )
-from coordinator.core.definition import SagaDefinition, Step, unknown_fields
+from coordinator.core.definition import SagaDefinition, Stage, Step, unknown_fields
 from coordinator.core.draft import TransitionDraft, awaited_timeout, describe, retry_policy
-from coordinator.core.errors import InvalidOperatorActionError, InvalidSagaDataError
+from coordinator.core.errors import (
+    InvalidOperatorActionError,
+    InvalidSagaDataError,
+    SagaDefinitionError,
+)
 from coordinator.core.state import (
     ACTIVE_STATUSES,
     AdmitSaga,
@@ -63,6 +67,7 @@ from coordinator.core.state import (
     SagaInput,
     SagaInstance,
     SagaStatus,
+    SignalReceived,
     StartSaga,
     Transition,
     command_id_for,
@@ -122,6 +127,8 @@ def start_saga(
         created_at=now,
         updated_at=now,
         traceparent=event.traceparent,
+        parent_saga_id=event.parent_saga_id,
+        parent_step=event.parent_step,
         business_keys=business_keys(definition.search_keys, data.model_dump(mode="json")),
     )
     draft = TransitionDraft(definition, instance, now, event.message_id)
@@ -157,7 +164,9 @@ def _begin(d: TransitionDraft, **noted: Any) -> None:
         **noted,
     )
     d.emit(LifecycleKind.STARTED)
-    d.send(d.definition.steps[0], compensation=False, attempt=1, purpose=CommandPurpose.FORWARD)
+    d.send(
+        _plain(d.definition.steps[0]), compensation=False, attempt=1, purpose=CommandPurpose.FORWARD
+    )
 
 
 def apply(
@@ -185,6 +194,12 @@ def apply(
         _on_abort(draft, event)
     elif isinstance(event, OperatorRetry):
         _on_retry(draft, event)
+    elif isinstance(event, SignalReceived):
+        draft.message_id = event.message_id
+        draft.record(
+            HistoryKind.SIGNAL_REJECTED, None, name=event.name, reason="signal_not_awaited"
+        )
+        draft.rejection = "signal_not_awaited"
     else:
         # The saga exists already: a redelivered or repeated start request changes nothing.
         draft.message_id = event.message_id
@@ -470,7 +485,7 @@ def _advance(d: TransitionDraft, done: Step[Any]) -> None:
     steps = d.definition.steps
     index = d.definition.step_index(done.name) + 1
     if index < len(steps):
-        d.send(steps[index], compensation=False, attempt=1, purpose=CommandPurpose.FORWARD)
+        d.send(_plain(steps[index]), compensation=False, attempt=1, purpose=CommandPurpose.FORWARD)
         return
     d.update(
         status=SagaStatus.COMPLETED,
@@ -516,6 +531,12 @@ def _fail_step(
 # --- helpers -------------------------------------------------------------------------------
 
 
+def _plain(stage: Stage[Any]) -> Step[Any]:
+    if not isinstance(stage, Step):
+        raise SagaDefinitionError(f"{stage.name}: {type(stage).__name__} is not run yet")
+    return stage
+
+
 def _command_ids(inst: SagaInstance, step: str, *, compensation: bool) -> frozenset[str]:
     """The ids a step's command (or its compensation) may have had, in any epoch so far."""
     return frozenset(
@@ -530,4 +551,4 @@ def _abandoned_step(d: TransitionDraft) -> Step[Any] | None:
         return None
     index = len(d.instance.completed_steps)
     steps = d.definition.steps
-    return steps[index] if index < len(steps) else None
+    return _plain(steps[index]) if index < len(steps) else None

@@ -128,7 +128,7 @@ def asyncapi_document(registry: SagaRegistry, *, version: str = "1.0.0") -> dict
     """The AsyncAPI 3.0 document of ``registry``'s sagas and the wire contract."""
     commands: dict[str, dict[str, type[Command]]] = {}
     for definition in registry:
-        for step in definition.steps:
+        for step in definition.command_steps():
             found = commands.setdefault(step.service, {})
             found[step.command.message_type] = step.command
             if step.compensation is not None:

@@ -312,7 +312,7 @@ class BatchProcessor:
         for transition in starts:
             instance = transition.instance
             definition = self._registry.get(instance.saga_type, instance.definition_version)
-            service = definition.steps[0].service
+            service = definition.entry_service()
             if backlog == 0 and in_flight.has_room(self._limits, instance.saga_type, service):
                 in_flight.add(instance.saga_type, service)
                 decided.append(transition)
