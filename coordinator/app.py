@@ -28,6 +28,7 @@ from coordinator.ops.actions import ActionResult, OperatorActions, SagaTimeline
 from coordinator.ops.client import SagaClient
 from coordinator.ops.console import ConsoleService
 from coordinator.ops.dead_letter_admin import DeadLetterAdmin
+from coordinator.ops.signals import SentSignal, SignalSender
 from coordinator.runtime.admission import Admitter
 from coordinator.runtime.consumer import ReplyConsumer
 from coordinator.runtime.dead_letters import DeadLetterPublisher
@@ -96,6 +97,7 @@ class Coordinator:
         self.admitter: Admitter
         self.heartbeats: HeartbeatListener
         self.operator: OperatorActions
+        self.signals: SignalSender
         self.http: HttpServer | None = None
         """The HTTP API's server; None when ``settings.http.port`` is None."""
         self.dead_letter_admin: DeadLetterAdmin | None = None
@@ -126,10 +128,12 @@ class Coordinator:
         plan = [
             (topics.replies, k.reply_partitions),
             (topics.requests, k.reply_partitions),
+            (topics.signals, k.reply_partitions),
             (topics.events, k.reply_partitions),
             (topics.heartbeats, 1),
             (Topics.dead_letters(topics.replies), 1),
             (Topics.dead_letters(topics.requests), 1),
+            (Topics.dead_letters(topics.signals), 1),
         ]
         for service in self.registry.services():
             plan.append((topics.commands(service), k.command_partitions))
@@ -153,7 +157,8 @@ class Coordinator:
         self.store = SagaStore(self._engine)
         self.metrics.instrument_engine(self._engine)
         self.metrics.prime(
-            self.registry, dead_letter_topics=(self.topics.replies, self.topics.requests)
+            self.registry,
+            dead_letter_topics=(self.topics.replies, self.topics.requests, self.topics.signals),
         )
         self.relay = OutboxRelay(
             self.store,
@@ -189,6 +194,7 @@ class Coordinator:
         self.operator = OperatorActions(
             self.store, self.registry, self.topics, self.clock, on_commit=self.relay.wake
         )
+        self.signals = SignalSender(self.store, self.producers, self.topics, source="http-api")
         self.consumer = ReplyConsumer(
             self.processor,
             DeadLetterPublisher(
@@ -442,6 +448,19 @@ class CoordinatorBackend:
     async def abort(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
         return await self._coordinator.operator.abort(
             saga_id, actor=actor, reason=reason, dry_run=dry_run
+        )
+
+    async def send_signal(
+        self,
+        saga_id: str,
+        name: str,
+        payload: Mapping[str, Any],
+        *,
+        message_id: str | None,
+        traceparent: str | None,
+    ) -> SentSignal:
+        return await self._coordinator.signals.send(
+            saga_id, name, payload, message_id=message_id, traceparent=traceparent
         )
 
     async def readiness(self) -> Readiness:

@@ -23,6 +23,7 @@ __all__ = [
     "SagaPage",
     "SagaTimelineView",
     "SagaView",
+    "SignalResponse",
     "StartResponse",
 ]
 
@@ -58,6 +59,23 @@ class StartResponse(BaseModel):
     saga_id: str
     saga_type: str
     location: str = Field(description="Where to follow it: `GET /sagas/{saga_id}`.")
+
+
+class SignalResponse(BaseModel):
+    """A signal was published to `saga.signals`; the coordinators apply it from there."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    signal_id: str = Field(
+        description="The signal's message id: its history entry (and any dead letter) names it."
+    )
+    saga_id: str
+    name: str
+    topic: str
+    saga_status: SagaStatus = Field(
+        description="The saga's status when sent: a terminal saga dead-letters the signal "
+        "(`saga_terminal`)."
+    )
 
 
 class SagaView(BaseModel):

@@ -170,6 +170,9 @@ DEAD_LETTER_REASONS = (
     DeadLetterReason.INVALID_DATA,
     DeadLetterReason.CONFLICTING_START,
     DeadLetterReason.PROCESSING_ERROR,
+    DeadLetterReason.SIGNAL_NOT_AWAITED,
+    DeadLetterReason.SIGNAL_INVALID,
+    DeadLetterReason.SAGA_TERMINAL,
 )
 """The reasons the reply consumer dead-letters with."""
 

@@ -407,6 +407,7 @@ class OperatorActions:
                 [transition.instance] if transition.changed else [],
                 [transition],
                 now,
+                registry=self._registry,
             )
             if dry_run:
                 await tx.rollback()

@@ -98,6 +98,7 @@ class Admitter:
                         [t.instance for t in transitions],
                         transitions,
                         now,
+                        registry=self._registry,
                     )
             self.backlog = backlog - len(transitions)
         self.admitted += len(transitions)
