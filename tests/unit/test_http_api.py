@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ class FakeBackend:
     async def show(self, saga_id: str) -> SagaTimeline:
         if saga_id not in self.sagas:
             raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
-        return SagaTimeline(self.sagas[saga_id], tuple(self.history[saga_id]))
+        children = tuple(s for s in self.sagas.values() if s.parent_saga_id == saga_id)
+        return SagaTimeline(self.sagas[saga_id], tuple(self.history[saga_id]), children)
 
     async def list_sagas(
         self,
@@ -472,6 +474,22 @@ async def test_a_bad_dry_run_value_is_422(api: httpx.AsyncClient) -> None:
     )
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["query", "dry_run"]
+
+
+async def test_the_saga_document_links_parent_and_children(
+    api: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    await api.post("/sagas/order", params={"saga_id": "p-1"}, json=ORDER, headers=AUTH)
+    await api.post("/sagas/order", params={"saga_id": "c-1"}, json=ORDER, headers=AUTH)
+    backend.sagas["c-1"] = replace(backend.sagas["c-1"], parent_saga_id="p-1", parent_step="kid")
+    parent = (await api.get("/sagas/p-1", headers=AUTH)).json()
+    assert [(c["saga_id"], c["parent_step"], c["status"]) for c in parent["children"]] == [
+        ("c-1", "kid", "RUNNING")
+    ]
+    assert parent["saga"]["parent_saga_id"] is None
+    child = (await api.get("/sagas/c-1", headers=AUTH)).json()
+    assert (child["saga"]["parent_saga_id"], child["saga"]["parent_step"]) == ("p-1", "kid")
+    assert child["children"] == []
 
 
 # -- signals ---------------------------------------------------------------------------------

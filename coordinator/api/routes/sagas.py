@@ -31,6 +31,7 @@ from coordinator.api.models import (
     DEFAULT_ACTOR,
     ActionRequest,
     ActionResponse,
+    ChildView,
     ErrorResponse,
     HistoryView,
     SagaPage,
@@ -302,10 +303,12 @@ async def signal_saga(
     summary="A saga and its history",
 )
 async def get_saga(backend: BackendDep, saga_id: SagaIdPath) -> SagaTimelineView:
-    """The saga's state and its timeline, oldest entry first."""
+    """The saga's state, the child sagas it started (its parent is `saga.parent_saga_id`), and
+    its timeline, oldest entry first."""
     timeline = await backend.show(saga_id)
     return SagaTimelineView(
         saga=SagaView.model_validate(timeline.instance),
+        children=[ChildView.model_validate(c) for c in timeline.children],
         history=[HistoryView.model_validate(r) for r in timeline.history],
     )
 
