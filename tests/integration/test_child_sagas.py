@@ -10,12 +10,25 @@ The test plays the ``ledger`` and ``points`` participants.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+
+import sqlalchemy as sa
 
 from coordinator.app import Coordinator
 from coordinator.config import Settings
-from coordinator.core.state import SagaInstance, SagaStatus, command_id_for
-from service_sdk import Envelope, Outcome, Topics
+from coordinator.core.state import (
+    ChildStart,
+    SagaInstance,
+    SagaStatus,
+    Transition,
+    command_id_for,
+)
+from coordinator.store.persist import persist
+from coordinator.store.schema import outbox
+from service_sdk import Envelope, Outcome, Topics, decode_envelope
+from tests.support.offsets import committed_to_end
+from tests.support.outbox import outbox_sent
 from tests.support.replies import participant_reply
 from tests.support.shaped_sagas import Booking, booking_registry
 from tests.support.waiting import eventually
@@ -67,6 +80,18 @@ async def _status(coordinator: Coordinator, saga_id: str, status: SagaStatus) ->
     return await eventually(reached, what=f"{saga_id} {status.value}")
 
 
+async def _end_notices(coordinator: Coordinator, child_id: str) -> list[Envelope]:
+    """The replies the child's ends wrote to the outbox, oldest first."""
+    async with coordinator.store.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(outbox.c.value)
+            .where(outbox.c.saga_id == child_id)
+            .where(outbox.c.topic == coordinator.topics.replies)
+            .order_by(outbox.c.id)
+        )
+        return [decode_envelope(row.value) for row in rows]
+
+
 def _child_id(parent: str, step: str, *, compensation: bool = False) -> str:
     return command_id_for(parent, step, compensation=compensation)
 
@@ -76,6 +101,7 @@ async def test_a_child_that_completes_hands_its_data_to_the_parent(
     running_coordinator: Any,
     topic_reader: Any,
     send_envelope: Any,
+    kafka_bootstrap: str,
 ) -> None:
     topics = Topics(coordinator_settings.kafka.topic_prefix)
     async with (
@@ -96,6 +122,34 @@ async def test_a_child_that_completes_hands_its_data_to_the_parent(
         child = await _saga(coordinator, child_id)
         timeline = await coordinator.operator.show(parent_id)
         child_view = await coordinator.operator.show(child_id)
+        # The parent starts the ended child again (as on a deadline): a duplicate start, which
+        # sends the child's end once more and changes nothing else.
+        again = Transition(
+            parent,
+            changed=False,
+            child_starts=(
+                ChildStart("award_points", child_id, award.payload, parent_id, "points", 2),
+            ),
+        )
+        async with coordinator.store.engine.begin() as conn:
+            await persist(
+                coordinator.store,
+                conn,
+                topics,
+                [],
+                [again],
+                datetime.now(UTC),
+                registry=coordinator.registry,
+            )
+        ends = await _end_notices(coordinator, child_id)
+        assert [(e.attempt, e.outcome, e.payload["points"]) for e in ends] == [
+            (1, Outcome.SUCCESS, 25),
+            (2, Outcome.SUCCESS, 25),
+        ]
+        await outbox_sent(coordinator.store)
+        await committed_to_end(kafka_bootstrap, coordinator_settings.kafka.group_id, topics.replies)
+        assert (await _saga(coordinator, parent_id)).version == parent.version
+        assert (await _saga(coordinator, child_id)).version == child.version
     assert parent.data["points"] == 25
     assert (child.status, child.saga_type) == (SagaStatus.COMPLETED, "award_points")
     assert (child.parent_saga_id, child.parent_step) == (parent_id, "points")
