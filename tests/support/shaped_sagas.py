@@ -132,12 +132,14 @@ def _approved(data: Booking, approval: Approval) -> Booking:
 def approval_saga(
     name: str = "approval_flow",
     *,
+    version: int = 1,
     timeout: timedelta = timedelta(minutes=5),
     on_timeout: Literal["fail", "continue"] = "fail",
 ) -> type[SagaDefinition[Booking]]:
     """reserve, wait for ``approval`` (``timeout``, then ``on_timeout``), confirm."""
     attributes: dict[str, Any] = {
         "name": name,
+        "version": version,
         "data_model": Booking,
         "steps": (
             _reserve(),
