@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from coordinator.api.ui.timeline import attempts
 from coordinator.core.definition import Parallel, SagaDefinition, SagaRegistry
 from coordinator.core.errors import InvalidOperatorActionError
 from coordinator.core.migration import migrate_saga
@@ -23,6 +24,7 @@ from coordinator.core.state import (
     SagaStatus,
     Transition,
 )
+from coordinator.store.records import HistoryRecord
 from service_sdk import FENCE_MESSAGE_TYPE, Outcome
 from tests.unit.shapes_support import NOW, Trip, awaited_steps, begin, comp, fwd, reply, run, step
 
@@ -231,3 +233,18 @@ def test_a_saga_in_a_group_migrates_only_where_the_group_stands_alike() -> None:
     assert moved.definition_version == 2
     with pytest.raises(InvalidOperatorActionError, match="cannot carry on"):
         migrate_saga(registry, inst, 3, actor="op", reason="r", now=NOW)
+
+
+def test_the_console_shows_every_member_in_flight_as_pending() -> None:
+    inst = begin(Group).instance
+    t = go(inst, reply(inst, "pay"))
+    history = [
+        HistoryRecord(i, inst.saga_id, NOW, e.kind.value, e.step, e.message_id, e.detail)
+        for i, e in enumerate((*begin(Group).history, *t.history))
+    ]
+    found = attempts(history, t.instance)
+    assert {(a.step, a.outcome) for a in found if a.step != "pay"} == {
+        ("book_flight", "pending"),
+        ("book_hotel", "pending"),
+        ("book_car", "pending"),
+    }
