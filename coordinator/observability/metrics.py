@@ -22,6 +22,8 @@ Exposed:
 ``saga_overdue_sagas{saga_type}``                          awaiting sagas past deadline + grace
 ``saga_replies_total{saga_type,outcome}``                  replies applied: success, failure,
                                                            retryable
+``saga_signals_total{saga_type,outcome}``                  signals received by a wait, kept for
+                                                           a wait ahead, or rejected
 ``saga_unexpected_replies_total{saga_type,kind}``          duplicate, late or stale replies
 ``saga_stale_replies_total{saga_type,reason}``             stale replies by why they matched
                                                            nothing (missing_step, other_step, ...)
