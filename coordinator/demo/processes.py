@@ -122,7 +122,9 @@ async def run_participant(
     except KeyError:
         raise SystemExit(f"unknown participant {name!r}; one of {sorted(PARTICIPANTS)}") from None
     pace.delay_s = handler_delay_s
-    engine = create_engine(settings.database.url, pool_size=5)
+    # No pre-ping (a round trip per transaction): the runner retries a stale connection's
+    # transient error after a database restart, on a fresh connection.
+    engine = create_engine(settings.database.url, pool_size=5, pre_ping=False)
     try:
         registry = CollectorRegistry()
         runner = ServiceRunner(
@@ -134,6 +136,7 @@ async def run_participant(
                 bootstrap_servers=settings.kafka.bootstrap_servers,
                 idempotent=settings.kafka.idempotent,
                 client_id=f"{name}-service",
+                max_request_size=settings.kafka.max_message_bytes,
             ),
             engine=engine,
             topics=Topics(settings.kafka.topic_prefix),

@@ -282,3 +282,88 @@ async def test_a_timer_survives_a_coordinator_restart_and_fires_once(
             assert len(await reminders.everything(second)) == 1
             history = await _history(second, saga_id)
     assert [h.kind for h in history].count(HistoryKind.TIMER_FIRED.value) == 1
+
+
+QUICK = timedelta(seconds=1.5)
+
+
+def _quick(name: str, service: str, backoff: timedelta) -> Step[Trip]:
+    return Step[Trip](
+        name=name,
+        service=service,
+        command=Do,
+        build=lambda d: Do(),
+        compensation=Compensation[Trip](Undo, lambda d: Undo(), timeout=PATIENT),
+        timeout=QUICK,
+        retry=RetryPolicy(max_attempts=2, initial_backoff=backoff, max_backoff=backoff),
+    )
+
+
+class SilentGroupTrip(SagaDefinition[Trip]):
+    """Two bookings at once whose participants never answer the first time."""
+
+    name = "silent_group_trip"
+    data_model = Trip
+    # Both first deadlines fall together (one scan fires both); the hotel's second comes
+    # seconds after the flight's, so the flight's success is in before the hotel gives up.
+    steps = (
+        Parallel[Trip](
+            "book",
+            (
+                _quick("flight", "flights", timedelta(seconds=0.1)),
+                _quick("hotel", "hotels", timedelta(seconds=4)),
+            ),
+        ),
+    )
+
+
+async def test_each_member_of_a_group_has_its_own_deadline_and_retries(
+    coordinator_settings: Settings, running_coordinator: Any, topic_reader: Any, send_envelope: Any
+) -> None:
+    settings = _settings(coordinator_settings)
+    topics = Topics(settings.kafka.topic_prefix)
+    async with (
+        running_coordinator(settings, SagaRegistry([SilentGroupTrip])) as coordinator,
+        topic_reader(topics.commands("flights")) as flights_topic,
+        topic_reader(topics.commands("hotels")) as hotels_topic,
+    ):
+        flights, hotels = Participant(flights_topic), Participant(hotels_topic)
+        saga_id = await coordinator.client.start(
+            "silent_group_trip", Trip(trip_id="t-silent"), saga_id="silent"
+        )
+        # Both members time out together: each is sent again, under its own id.
+        flight_sends = await flights.wait(Do.message_type, 2)
+        await send_envelope(topics.replies, participant_reply(flight_sends[1]))
+
+        async def flight_done() -> bool:
+            saga = await _saga(coordinator, saga_id)
+            assert saga.status is SagaStatus.RUNNING, "the hotel gave up before the flight's reply"
+            return "flight" in saga.completed_steps
+
+        await eventually(flight_done, timeout=WAIT_S, what="the flight's success applied")
+        # The hotel never answers: after its second attempt it is given up and undone, and
+        # the flight, which succeeded, is compensated too.
+        (hotel_undo,) = await hotels.wait(Undo.message_type)
+        hotel_sends = [e for e in hotels.seen if e.message_type == Do.message_type]
+        assert [e.attempt for e in hotel_sends] == [1, 2]
+        assert hotel_undo.compensates == hotel_sends[0].command_id  # it may still run: fenced
+        await send_envelope(topics.replies, participant_reply(hotel_undo, payload={"fenced": True}))
+        (flight_undo,) = await flights.wait(Undo.message_type)
+        assert flight_undo.compensates is None  # it succeeded: an ordinary compensation
+        await send_envelope(topics.replies, participant_reply(flight_undo))
+        saga = await _status(coordinator, saga_id, SagaStatus.COMPENSATED)
+        assert saga.failure_reason == "hotel: no reply after 2 attempts"
+        assert sorted(saga.compensated_steps) == ["flight", "hotel"]
+        assert [e.attempt for e in flight_sends] == [1, 2]
+        assert len({e.command_id for e in flight_sends}) == 1
+        for participant in (flights, hotels):
+            received = await participant.everything(coordinator)
+            assert [e.message_type for e in received].count(Undo.message_type) == 1
+    history = await _history(coordinator, saga_id)
+    missed = [h for h in history if h.kind == HistoryKind.DEADLINE_MISSED.value]
+    assert sorted(h.step or "" for h in missed) == ["flight", "hotel", "hotel"]
+    # The first deadlines of both members fell together: one scan fired both.
+    first_flight, first_hotel = (
+        next(h for h in missed if h.step == s) for s in ("flight", "hotel")
+    )
+    assert first_flight.at == first_hotel.at

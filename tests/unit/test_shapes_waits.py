@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from coordinator.core.admission import AdmissionLimits, InFlight
 from coordinator.core.definition import SagaDefinition, Timer, WaitForSignal
 from coordinator.core.errors import SagaDefinitionError
 from coordinator.core.state import (
@@ -214,3 +215,40 @@ def test_a_retryable_reply_and_other_replies_never_fire_a_timer() -> None:
     )
     assert [e.kind for e in t.history] == [HistoryKind.STALE_REPLY]
     assert not t.changed
+
+
+def test_a_kept_signal_that_no_longer_folds_is_recorded_and_the_wait_begins() -> None:
+    def fold(d: Trip, signal: object) -> Trip:
+        if d.flight is not None:
+            raise ValueError("too late for this signal")
+        return d
+
+    class Picky(SagaDefinition[Trip]):
+        name = "picky"
+        data_model = Trip
+        steps = (
+            step("book_flight", field="flight"),
+            WaitForSignal[Trip]("ok", signal="ok", timeout=timedelta(minutes=1), on_signal=fold),
+        )
+
+    inst = begin(Picky).instance
+    kept = run(inst, SignalReceived("s1", "ok", {}), definition=Picky).instance
+    t = run(kept, reply(kept, "book_flight"), definition=Picky)
+    rejected = [e for e in t.history if e.kind is HistoryKind.SIGNAL_REJECTED]
+    assert [e.detail["reason"] for e in rejected] == ["on_signal failed: too late for this signal"]
+    assert t.instance.pending_signals == ()
+    assert [e.step for e in t.instance.awaiting] == ["ok"]
+
+
+def test_a_saga_starting_with_a_timer_is_not_held_by_a_participants_cap() -> None:
+    class Delayed(SagaDefinition[Trip]):
+        name = "delayed"
+        data_model = Trip
+        steps = (Timer[Trip]("later", delay=lambda d: timedelta(hours=1)), step("book_flight"))
+
+    limits = AdmissionLimits(default_max_outstanding_per_service=1)
+    in_flight = InFlight()
+    in_flight.add("other", "book-flight")
+    assert Delayed.entry_service() == ""
+    assert in_flight.has_room(limits, "delayed", Delayed.entry_service())
+    assert not in_flight.has_room(limits, "delayed", "book-flight")
