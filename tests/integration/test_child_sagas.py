@@ -281,3 +281,27 @@ async def test_aborting_a_child_makes_its_parent_compensate(
     assert fence.saga_id == child_id
     assert child.status is SagaStatus.COMPENSATED
     assert "fraud suspected" in (parent.failure_reason or "")
+
+
+async def test_a_child_whose_data_fails_its_model_fails_the_parents_step(
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    send_envelope: Any,
+) -> None:
+    topics = Topics(coordinator_settings.kafka.topic_prefix)
+    async with (
+        running_coordinator(coordinator_settings, booking_registry()) as coordinator,
+        topic_reader(topics.commands("ledger")) as ledger_topic,
+    ):
+        ledger = Participant(ledger_topic, send_envelope, topics)
+        negative = Booking(order_id="o-8", amount=-5)  # award_points wants amount >= 0
+        parent_id = await coordinator.client.start("booking", negative, saga_id="trip-6")
+        await ledger.answer("ledger.reserve")
+        await ledger.answer("ledger.release")
+        parent = await _status(coordinator, parent_id, SagaStatus.COMPENSATED)
+        async with coordinator.store.engine.connect() as conn:
+            never = await coordinator.store.select_saga(conn, _child_id(parent_id, "points"))
+    assert never is None
+    assert "cannot start" in (parent.failure_reason or "")
+    assert parent.compensated_steps == ("reserve",)

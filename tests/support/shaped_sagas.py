@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from coordinator.core.definition import (
     ChildCompensation,
@@ -56,7 +56,7 @@ class Points(BaseModel):
     """The data of ``award_points`` and ``revoke_points``."""
 
     customer: str
-    amount: int
+    amount: int = Field(ge=0)
     points: int | None = None
 
 
