@@ -61,7 +61,7 @@ def _for_saga(message: Inbound) -> bool:
     return isinstance(message, SignalEnvelope) or message.kind is MessageKind.REPLY
 
 
-def _input(message: Envelope | SignalEnvelope) -> SagaInput:
+def _input(message: Inbound) -> SagaInput:
     if isinstance(message, SignalEnvelope):
         return SignalReceived(message.message_id, message.name, dict(message.payload))
     return _reply_input(message)
