@@ -243,6 +243,10 @@ def test_any_interleaving_settles_every_step(amount: int, actions: list[tuple[An
             assert after.awaiting
             assert all(e.deadline_at is not None for e in after.awaiting)
             assert all(not e.is_undo for e in after.awaiting)
+            # Everything awaited belongs to the stage the saga stands at; it only moves on.
+            assert {Mixed.stage_index(e.step) for e in after.awaiting} == {after.stage}
+            if inst.status is SagaStatus.RUNNING:
+                assert after.stage >= inst.stage
         if after.status is SagaStatus.FAILED:
             assert after.awaiting
             assert all(e.deadline_at is None and e.is_undo for e in after.awaiting)
