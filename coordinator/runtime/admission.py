@@ -102,6 +102,7 @@ class Admitter:
                         [t.instance for t in transitions],
                         transitions,
                         now,
+                        registry=self._registry,
                     )
             self.backlog = backlog - len(transitions)
         self.admitted += len(transitions)

@@ -141,6 +141,7 @@ class HeartbeatListener:
                     ),
                     transitions,
                     now,
+                    registry=self._registry,
                 )
         self.received += len(beats)
         return transitions

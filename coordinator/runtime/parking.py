@@ -1,4 +1,4 @@
-"""Parking: replies for sagas whose definition version this coordinator does not have.
+"""Parking: replies (and signals) for sagas whose definition version this coordinator lacks.
 
 A saga always advances with the definition version it started with. When a reply arrives for
 a saga whose version is not loaded here (a rolling deploy: old and new coordinators side by
@@ -7,6 +7,10 @@ transaction, and the offset moves on: the reply is neither applied with another 
 lost. :class:`ParkedReplyResumer` runs in every coordinator and applies, through the batch
 processor, the parked replies of the versions it has; the processor's inbox makes that
 idempotent (a crash between applying and deleting a parked reply applies it once).
+
+Signals are parked the same way. A parked signal the saga then refuses is dead-lettered by the
+resumer to ``saga.signals.dlq`` with its reason, like one refused on arrival (its original
+partition and offset are not kept: ``-1``).
 """
 
 from __future__ import annotations
@@ -20,22 +24,45 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.core.batch import BatchOutcome
 from coordinator.core.definition import SagaRegistry
 from coordinator.core.state import SagaInstance
+from coordinator.runtime.dead_letters import DeadLetterPublisher, RejectedRecord
 from coordinator.store.parking import ParkedReply, ParkingStore
 from coordinator.store.saga_store import SagaStore
-from service_sdk.contract import Envelope, MalformedMessageError, MessageKind, decode_envelope
+from service_sdk.contract import (
+    Envelope,
+    MalformedMessageError,
+    MessageKind,
+    SignalEnvelope,
+    Topics,
+    decode_envelope,
+    decode_signal,
+    encode_headers,
+)
 from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
-    from coordinator.runtime.processor import BatchProcessor
+    from coordinator.runtime.processor import BatchProcessor, Inbound
 
-__all__ = ["ParkedReplyResumer", "ReplyParking", "this_coordinator"]
+__all__ = ["ParkedReplyResumer", "ReplyParking", "decode_parked", "this_coordinator"]
 
 logger = logging.getLogger(__name__)
+
+
+def decode_parked(body: bytes) -> Envelope | SignalEnvelope:
+    """A parked message: a reply envelope, or a signal (``"kind": "signal"``).
+
+    Raises:
+        MalformedMessageError: Neither.
+    """
+    try:
+        return decode_envelope(body)
+    except MalformedMessageError:
+        return decode_signal(body)
 
 
 def this_coordinator() -> str:
@@ -54,18 +81,18 @@ class ReplyParking:
     async def park_unloaded(
         self,
         conn: AsyncConnection,
-        candidates: Sequence[tuple[int, Envelope]],
+        candidates: Sequence[tuple[int, Inbound]],
         current: dict[str, SagaInstance],
         now: datetime,
         outcome: BatchOutcome,
-    ) -> list[tuple[int, Envelope]]:
-        """The candidates this coordinator can apply; parks the others' replies."""
-        keep: list[tuple[int, Envelope]] = []
+    ) -> list[tuple[int, Inbound]]:
+        """The candidates this coordinator can apply; parks the others' replies and signals."""
+        keep: list[tuple[int, Inbound]] = []
         parked: list[ParkedReply] = []
         for index, envelope in candidates:
             saga = current.get(envelope.saga_id)
             if (
-                envelope.kind is not MessageKind.REPLY
+                (isinstance(envelope, Envelope) and envelope.kind is not MessageKind.REPLY)
                 or saga is None
                 or self._registry.has(saga.saga_type, saga.definition_version)
             ):
@@ -85,7 +112,7 @@ class ReplyParking:
             outcome.parked += len(parked)
             for reply in parked:
                 logger.warning(
-                    "saga %s runs on %s version %d, not loaded here: its reply %s is parked "
+                    "saga %s runs on %s version %d, not loaded here: its message %s is parked "
                     "until a coordinator that has that version takes it",
                     reply.saga_id,
                     reply.saga_type,
@@ -108,8 +135,17 @@ class ParkedReplyResumer:
         interval_s: float = 1.0,
         batch_size: int = 200,
         on_commit: Callable[[BatchOutcome], None] | None = None,
+        dead_letters: DeadLetterPublisher | None = None,
+        topics: Topics | None = None,
     ) -> None:
+        """
+        Args:
+            dead_letters: Publishes the parked signals their saga refuses (to
+                ``<topics.signals>.dlq``); without it they stay parked.
+        """
         self._store = store
+        self._dead_letters = dead_letters
+        self._topics = topics or Topics()
         self._registry = registry
         self._processor = processor
         self._interval_s = interval_s
@@ -132,17 +168,34 @@ class ParkedReplyResumer:
             )
             if not claimed:
                 return 0
-            envelopes: list[Envelope] = []
+            envelopes: list[Inbound] = []
             for reply in claimed:
                 try:
-                    envelopes.append(decode_envelope(reply.body))
+                    envelopes.append(decode_parked(reply.body))
                 except MalformedMessageError:  # pragma: no cover - written by us, from an envelope
                     logger.exception("parked reply %s is unreadable", reply.message_id)
             # Its own transaction: the claim's locks keep other resumers off these rows, and the
             # inbox makes a repeat harmless should this one roll back after the apply committed.
             outcome = await self._processor.process(envelopes)
-            rejected = {envelopes[r.index].message_id for r in outcome.rejections}
+            refused = (
+                [r for r in outcome.rejections if isinstance(envelopes[r.index], SignalEnvelope)]
+                if self._dead_letters is not None
+                else []
+            )
+            if refused and self._dead_letters is not None:
+                # Before the parked rows go: a failed publish rolls their deletion back.
+                await self._dead_letters.publish(
+                    [
+                        RejectedRecord(self._record(envelopes[r.index]), r.reason, r.error)
+                        for r in refused
+                    ]
+                )
+            rejected = {envelopes[r.index].message_id for r in outcome.rejections} - {
+                envelopes[r.index].message_id for r in refused
+            }
             for rejection in outcome.rejections:
+                if rejection in refused:
+                    continue
                 logger.error(
                     "parked reply %s cannot be applied (%s): %s; it stays parked",
                     envelopes[rejection.index].message_id,
@@ -157,6 +210,24 @@ class ParkedReplyResumer:
         if done:
             logger.info("resumed %d parked repl(ies)", len(done))
         return len(claimed)
+
+    def _record(self, message: Inbound) -> ConsumerRecord[bytes, bytes]:
+        """A parked signal as the record it came as (its position is not kept)."""
+        value = message.to_bytes()
+        key = message.key()
+        return ConsumerRecord(
+            topic=self._topics.signals,
+            partition=-1,
+            offset=-1,
+            timestamp=-1,
+            timestamp_type=0,
+            key=key,
+            value=value,
+            checksum=None,
+            serialized_key_size=len(key),
+            serialized_value_size=len(value),
+            headers=encode_headers(message.headers()),
+        )
 
     async def run(self) -> None:
         """Resume every ``interval_s`` (at once again after a full batch) until stopped."""
