@@ -146,3 +146,8 @@ app.add_typer(_db_app, name="db")
 from coordinator.cli.dlq import dlq_app as _dlq_app  # noqa: E402
 
 app.add_typer(_dlq_app, name="dlq")
+
+# Scheduled sagas: saga schedules list | pause | resume.
+from coordinator.cli.schedules import schedules_app as _schedules_app  # noqa: E402
+
+app.add_typer(_schedules_app, name="schedules")

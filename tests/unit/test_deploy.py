@@ -153,6 +153,22 @@ def test_the_overview_shows_admission_and_every_participant_service() -> None:
                 assert (f'"{step.name}"' in rates) == (step.service == service), (service, step)
 
 
+def test_the_overview_has_a_schedules_row_with_ticks_lag_and_pauses() -> None:
+    overview = dashboards.build_dashboards()["saga-overview.json"]
+    panels = overview["panels"]
+    titles = [panel["title"] for panel in panels]
+    row = titles.index("Schedules")
+    assert [p["type"] for p in panels[:row] if p["type"] == "row"][-1:] == ["row"]
+    queries = {
+        panel["title"]: " ".join(t["expr"] for t in panel.get("targets", []))
+        for panel in panels[row + 1 : row + 6]
+    }
+    assert 'saga_schedules{state="paused"}' in queries["Paused schedules"]
+    assert 'outcome=~"skipped|failed"' in queries["Ticks skipped or failed (last day)"]
+    assert "saga_schedule_ticks_total" in queries["Ticks per hour by schedule"]
+    assert "saga_schedule_lag_seconds_bucket" in queries["Schedule lag (tick to saga start)"]
+
+
 _DB_GAUGES = (
     "saga_instances",
     "saga_overdue_sagas",
