@@ -30,6 +30,7 @@ from coordinator.ops.client import SagaClient
 from coordinator.ops.console import ConsoleService
 from coordinator.ops.dead_letter_admin import DeadLetterAdmin
 from coordinator.ops.schedules import ScheduleAdmin
+from coordinator.ops.signals import SentSignal, SignalSender
 from coordinator.runtime.admission import Admitter
 from coordinator.runtime.consumer import ReplyConsumer
 from coordinator.runtime.dead_letters import DeadLetterPublisher
@@ -99,6 +100,7 @@ class Coordinator:
         self.admitter: Admitter
         self.heartbeats: HeartbeatListener
         self.operator: OperatorActions
+        self.signals: SignalSender
         self.http: HttpServer | None = None
         """The HTTP API's server; None when ``settings.http.port`` is None."""
         self.dead_letter_admin: DeadLetterAdmin | None = None
@@ -149,10 +151,12 @@ class Coordinator:
         plan = [
             (topics.replies, k.reply_partitions),
             (topics.requests, k.reply_partitions),
+            (topics.signals, k.reply_partitions),
             (topics.events, k.reply_partitions),
             (topics.heartbeats, 1),
             (Topics.dead_letters(topics.replies), 1),
             (Topics.dead_letters(topics.requests), 1),
+            (Topics.dead_letters(topics.signals), 1),
         ]
         for service in self.registry.services():
             plan.append((topics.commands(service), k.command_partitions))
@@ -176,7 +180,8 @@ class Coordinator:
         self.store = SagaStore(self._engine)
         self.metrics.instrument_engine(self._engine)
         self.metrics.prime(
-            self.registry, dead_letter_topics=(self.topics.replies, self.topics.requests)
+            self.registry,
+            dead_letter_topics=(self.topics.replies, self.topics.requests, self.topics.signals),
         )
         self.relay = OutboxRelay(
             self.store,
@@ -212,6 +217,7 @@ class Coordinator:
         self.operator = OperatorActions(
             self.store, self.registry, self.topics, self.clock, on_commit=self.relay.wake
         )
+        self.signals = SignalSender(self.store, self.producers, self.topics, source="http-api")
         self.consumer = ReplyConsumer(
             self.processor,
             DeadLetterPublisher(
@@ -483,6 +489,19 @@ class CoordinatorBackend:
     async def abort(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
         return await self._coordinator.operator.abort(
             saga_id, actor=actor, reason=reason, dry_run=dry_run
+        )
+
+    async def send_signal(
+        self,
+        saga_id: str,
+        name: str,
+        payload: Mapping[str, Any],
+        *,
+        message_id: str | None,
+        traceparent: str | None,
+    ) -> SentSignal:
+        return await self._coordinator.signals.send(
+            saga_id, name, payload, message_id=message_id, traceparent=traceparent
         )
 
     async def readiness(self) -> Readiness:

@@ -23,10 +23,12 @@ from service_sdk.contract import (
     MessageKind,
     Outcome,
     ParticipantError,
+    SignalEnvelope,
     Topics,
     UnknownMessageTypeError,
     decode_envelope,
     decode_headers,
+    decode_signal,
     encode_headers,
     new_message_id,
 )
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from service_sdk.observer import RunnerObserver
     from service_sdk.runner import ServiceRunner
     from service_sdk.service import Deferred, HandlerContext, HandlerResult, Service
+    from service_sdk.signals import send_signal, signal_envelope
 
 __all__ = [
     "FENCE_MESSAGE_TYPE",
@@ -64,13 +67,17 @@ __all__ = [
     "Service",
     "ServiceMetrics",
     "ServiceRunner",
+    "SignalEnvelope",
     "Topics",
     "UnknownMessageTypeError",
     "dead_letter_headers",
     "decode_envelope",
     "decode_headers",
+    "decode_signal",
     "encode_headers",
     "new_message_id",
+    "send_signal",
+    "signal_envelope",
 ]
 
 _LAZY = {
@@ -84,6 +91,8 @@ _LAZY = {
     "HandlerContext": "service_sdk.service",
     "HandlerResult": "service_sdk.service",
     "Service": "service_sdk.service",
+    "send_signal": "service_sdk.signals",
+    "signal_envelope": "service_sdk.signals",
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from coordinator.core.state import SagaInstance, SagaStatus
 from coordinator.ops.actions import ActionResult, SagaTimeline
+from coordinator.ops.signals import SentSignal
 
 __all__ = ["Readiness", "SagaBackend"]
 
@@ -97,6 +98,23 @@ class SagaBackend(Protocol):
         Raises:
             SagaNotFoundError: No saga has this id.
             InvalidOperatorActionError: The action does not apply to the saga's status.
+        """
+        ...
+
+    async def send_signal(
+        self,
+        saga_id: str,
+        name: str,
+        payload: Mapping[str, Any],
+        *,
+        message_id: str | None,
+        traceparent: str | None,
+    ) -> SentSignal:
+        """Publish signal ``name`` for the saga to ``saga.signals`` (see
+        :class:`coordinator.ops.signals.SignalSender`).
+
+        Raises:
+            SagaNotFoundError: No saga has this id.
         """
         ...
 

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_ACTOR",
     "ActionRequest",
     "ActionResponse",
+    "ChildView",
     "CommandView",
     "ErrorItem",
     "ErrorResponse",
@@ -23,6 +24,7 @@ __all__ = [
     "SagaPage",
     "SagaTimelineView",
     "SagaView",
+    "SignalResponse",
     "StartResponse",
 ]
 
@@ -60,6 +62,23 @@ class StartResponse(BaseModel):
     location: str = Field(description="Where to follow it: `GET /sagas/{saga_id}`.")
 
 
+class SignalResponse(BaseModel):
+    """A signal was published to `saga.signals`; the coordinators apply it from there."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    signal_id: str = Field(
+        description="The signal's message id: its history entry (and any dead letter) names it."
+    )
+    saga_id: str
+    name: str
+    topic: str
+    saga_status: SagaStatus = Field(
+        description="The saga's status when sent: a terminal saga dead-letters the signal "
+        "(`saga_terminal`)."
+    )
+
+
 class SagaView(BaseModel):
     """A saga instance."""
 
@@ -95,8 +114,27 @@ class SagaView(BaseModel):
         description="The definition's search keys as `name=value`, stored at start "
         "(`GET /sagas?key=...` finds them).",
     )
+    parent_saga_id: str | None = Field(
+        default=None, description="The saga that started this one as a child step, if any."
+    )
+    parent_step: str | None = Field(
+        default=None, description="The parent's step this saga stands for."
+    )
     traceparent: str | None
     version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ChildView(BaseModel):
+    """A saga this one started as a child step (`GET /sagas/{saga_id}` has the rest)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    saga_id: str
+    saga_type: str
+    status: SagaStatus
+    parent_step: str | None = Field(description="The step of the parent it stands for.")
     created_at: datetime
     updated_at: datetime
 
@@ -115,9 +153,14 @@ class HistoryView(BaseModel):
 
 
 class SagaTimelineView(BaseModel):
-    """A saga and its history, oldest first."""
+    """A saga, the child sagas it started, and its history, oldest first."""
 
     saga: SagaView
+    children: list[ChildView] = Field(
+        default_factory=list,
+        description="The sagas this one started as child steps, oldest first; the parent, if "
+        "any, is `saga.parent_saga_id`.",
+    )
     history: list[HistoryView]
 
 

@@ -137,6 +137,11 @@ from coordinator.cli.sagas import register as _register_sagas  # noqa: E402
 
 _register_sagas(app)
 
+# saga signal <saga id> <name> --data '{...}'
+from coordinator.cli.signals import signal as _signal  # noqa: E402
+
+app.command("signal")(_signal)
+
 # saga db upgrade
 from coordinator.cli.db import db_app as _db_app  # noqa: E402
 

@@ -481,6 +481,19 @@ def render_timeline(console: Console, timeline: SagaTimeline, now: datetime) -> 
                 style="yellow",
             ),
         )
+    if inst.parent_saga_id is not None:
+        header.add_row(
+            "parent",
+            Text(f"{inst.parent_saga_id} (its step {inst.parent_step or '?'})"),
+        )
+    for child in timeline.children:
+        header.add_row(
+            "child",
+            Text.assemble(
+                f"{child.saga_id} ({child.saga_type}, for {child.parent_step or '?'}) ",
+                _status(child.status),
+            ),
+        )
     if inst.epoch:
         header.add_row("epoch", Text(f"{inst.epoch} (operator retries out of FAILED)"))
     header.add_row("deadline", _deadline(inst.deadline_at, now))

@@ -7,19 +7,27 @@ wire contract (:mod:`service_sdk.contract`) and pydantic.
 
 from coordinator.core.clock import Clock, FakeClock, SystemClock
 from coordinator.core.definition import (
+    ChildCompensation,
+    ChildSaga,
     Compensation,
+    Parallel,
     RetryPolicy,
     SagaDefinition,
     SagaRegistry,
     Step,
+    Timer,
+    WaitForSignal,
 )
 from coordinator.core.errors import SagaDefinitionError, SagaError
 from coordinator.core.machine import apply, start_saga
 
 __all__ = [
+    "ChildCompensation",
+    "ChildSaga",
     "Clock",
     "Compensation",
     "FakeClock",
+    "Parallel",
     "RetryPolicy",
     "SagaDefinition",
     "SagaDefinitionError",
@@ -27,6 +35,8 @@ __all__ = [
     "SagaRegistry",
     "Step",
     "SystemClock",
+    "Timer",
+    "WaitForSignal",
     "apply",
     "start_saga",
 ]

@@ -25,8 +25,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, ClassVar, Generic, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -38,11 +38,18 @@ from coordinator.core.errors import (
 from service_sdk.contract import Command
 
 __all__ = [
+    "ChildCompensation",
+    "ChildSaga",
     "Compensation",
+    "Parallel",
     "RetryPolicy",
     "SagaDefinition",
     "SagaRegistry",
+    "Stage",
     "Step",
+    "Timer",
+    "Unit",
+    "WaitForSignal",
     "unknown_fields",
 ]
 
@@ -135,6 +142,108 @@ class Step(Generic[D]):
     compensation: Compensation[D] | None = None
     timeout: timedelta = timedelta(seconds=30)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    run_if: Callable[[D], bool] | None = None
+    """A pure predicate over the saga data: False skips the step (no command, nothing to
+    compensate; the history says ``step_skipped``)."""
+
+
+@dataclass(frozen=True)
+class Parallel(Generic[D]):
+    """Steps whose commands are sent together; the saga moves on once all of them succeeded.
+
+    When one fails for good, the members still in flight are fenced like a step in doubt
+    (their compensation, or a fence, names the command), every member that succeeded is
+    compensated, then the earlier stages in reverse.
+
+    Attributes:
+        name: Unique within the saga, like the names of the steps.
+        steps: Two or more plain steps; each keeps its own timeout and retries.
+        run_if: False skips the whole group.
+    """
+
+    name: str
+    steps: tuple[Step[D], ...]
+    run_if: Callable[[D], bool] | None = None
+
+
+@dataclass(frozen=True)
+class WaitForSignal(Generic[D]):
+    """A step that sends nothing and waits for the named signal for this saga.
+
+    Attributes:
+        signal: The signal's name (``[a-z][a-z0-9_]*``).
+        timeout: How long to wait from the moment the wait begins.
+        payload_model: Validates the signal's payload; an invalid one is rejected.
+        on_signal: Folds the payload (as ``payload_model`` when given) into the saga data.
+        on_timeout: ``"fail"``: the step fails and the saga compensates; ``"continue"``: the
+            step ends as succeeded by default and the saga goes on.
+        run_if: False skips the wait.
+    """
+
+    name: str
+    signal: str
+    timeout: timedelta
+    payload_model: type[BaseModel] | None = None
+    on_signal: Callable[[D, Any], D] | None = None
+    on_timeout: Literal["fail", "continue"] = "fail"
+    run_if: Callable[[D], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Timer(Generic[D]):
+    """A durable timer: the saga waits a duration, or until a time, computed from its data.
+
+    Exactly one of ``delay`` and ``until``. The fire time is the saga's deadline in
+    PostgreSQL, so the timer survives restarts. Nothing to compensate.
+    """
+
+    name: str
+    delay: Callable[[D], timedelta] | None = None
+    until: Callable[[D], datetime] | None = None
+    run_if: Callable[[D], bool] | None = None
+
+
+@dataclass(frozen=True)
+class ChildCompensation(Generic[D]):
+    """How to undo a COMPLETED child saga: start another saga (its COMPLETED is the undo)."""
+
+    saga_type: str
+    build: Callable[[D], BaseModel | dict[str, Any]]
+    timeout: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class ChildSaga(Generic[D]):
+    """A step that starts another registered saga and waits for its end.
+
+    COMPLETED is the step's success (``on_success`` receives the child's final data);
+    COMPENSATED or FAILED is its failure. The child's saga id is the command id the parent
+    awaits (:func:`~coordinator.core.state.command_id_for`).
+
+    Attributes:
+        saga_type: The child's saga type, registered in the same registry.
+        build: The child's start data.
+        compensation: Starts the saga that undoes a COMPLETED child; None: nothing to undo.
+        timeout: How long to wait for the child's end before starting it again (a duplicate
+            start changes nothing, or re-sends the end of a child that has ended).
+    """
+
+    name: str
+    saga_type: str
+    build: Callable[[D], BaseModel | dict[str, Any]]
+    on_success: Callable[[D, dict[str, Any]], D] | None = None
+    compensation: ChildCompensation[D] | None = None
+    timeout: timedelta = timedelta(hours=1)
+    run_if: Callable[[D], bool] | None = None
+
+
+Unit = Step[D] | WaitForSignal[D] | Timer[D] | ChildSaga[D]
+"""Something one command (or one wait) stands for: what the saga awaits, by name."""
+
+Stage = Step[D] | Parallel[D] | WaitForSignal[D] | Timer[D] | ChildSaga[D]
+"""One element of :attr:`SagaDefinition.steps`."""
+
+_UNITS = (Step, WaitForSignal, Timer, ChildSaga)
 
 
 def unknown_fields(model: type[BaseModel], data: Mapping[str, Any]) -> tuple[str, ...]:
@@ -163,6 +272,94 @@ def _check_command(model: object, where: str) -> None:
         )
 
 
+def _check_predicate(value: object, where: str) -> None:
+    if value is not None and not callable(value):
+        raise SagaDefinitionError(f"{where}: run_if must be callable")
+
+
+def _check_step(step: Step[Any], at: str) -> None:
+    if not _SERVICE.match(step.service):
+        raise SagaDefinitionError(f"{at}: service must match {_SERVICE.pattern}")
+    _check_command(step.command, f"{at}.command")
+    if not callable(step.build):
+        raise SagaDefinitionError(f"{at}: build must be callable")
+    if step.on_success is not None and not callable(step.on_success):
+        raise SagaDefinitionError(f"{at}: on_success must be callable")
+    if step.timeout <= timedelta(0):
+        raise SagaDefinitionError(f"{at}: timeout must be positive")
+    step.retry.validate(at)
+    comp = step.compensation
+    if comp is not None:
+        if not isinstance(comp, Compensation):
+            raise SagaDefinitionError(
+                f"{at}: compensation must be a Compensation, got {type(comp).__name__}"
+            )
+        _check_command(comp.command, f"{at}.compensation.command")
+        if not callable(comp.build):
+            raise SagaDefinitionError(f"{at}: compensation.build must be callable")
+        if comp.timeout <= timedelta(0):
+            raise SagaDefinitionError(f"{at}: compensation timeout must be positive")
+        comp.retry.validate(f"{at}.compensation")
+
+
+def _check_wait(wait: WaitForSignal[Any], at: str) -> None:
+    if not isinstance(wait.signal, str) or not _NAME.match(wait.signal):
+        raise SagaDefinitionError(f"{at}: signal must match {_NAME.pattern}")
+    if not isinstance(wait.timeout, timedelta) or wait.timeout <= timedelta(0):
+        raise SagaDefinitionError(f"{at}: timeout must be a positive timedelta")
+    model = wait.payload_model
+    if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise SagaDefinitionError(f"{at}: payload_model must be a pydantic model")
+    if wait.on_signal is not None and not callable(wait.on_signal):
+        raise SagaDefinitionError(f"{at}: on_signal must be callable")
+    if wait.on_timeout not in ("fail", "continue"):
+        raise SagaDefinitionError(f"{at}: on_timeout must be 'fail' or 'continue'")
+
+
+def _check_timer(timer: Timer[Any], at: str) -> None:
+    if (timer.delay is None) == (timer.until is None):
+        raise SagaDefinitionError(f"{at}: give exactly one of delay and until")
+    if not callable(timer.delay or timer.until):
+        raise SagaDefinitionError(f"{at}: delay/until must be callable")
+
+
+def _check_child(child: ChildSaga[Any], at: str) -> None:
+    if not isinstance(child.saga_type, str) or not _NAME.match(child.saga_type):
+        raise SagaDefinitionError(f"{at}: saga_type must match {_NAME.pattern}")
+    if not callable(child.build):
+        raise SagaDefinitionError(f"{at}: build must be callable")
+    if child.on_success is not None and not callable(child.on_success):
+        raise SagaDefinitionError(f"{at}: on_success must be callable")
+    if child.timeout <= timedelta(0):
+        raise SagaDefinitionError(f"{at}: timeout must be positive")
+    comp = child.compensation
+    if comp is not None:
+        if not isinstance(comp, ChildCompensation):
+            raise SagaDefinitionError(
+                f"{at}: compensation must be a ChildCompensation, got {type(comp).__name__}"
+            )
+        if not isinstance(comp.saga_type, str) or not _NAME.match(comp.saga_type):
+            raise SagaDefinitionError(f"{at}.compensation: saga_type must match {_NAME.pattern}")
+        if not callable(comp.build):
+            raise SagaDefinitionError(f"{at}.compensation: build must be callable")
+        if comp.timeout <= timedelta(0):
+            raise SagaDefinitionError(f"{at}.compensation: timeout must be positive")
+
+
+def _check_unit(unit: Unit[Any], at: str) -> None:
+    if not _NAME.match(unit.name):
+        raise SagaDefinitionError(f"{at}: step name must match {_NAME.pattern}")
+    _check_predicate(unit.run_if, at)
+    if isinstance(unit, Step):
+        _check_step(unit, at)
+    elif isinstance(unit, WaitForSignal):
+        _check_wait(unit, at)
+    elif isinstance(unit, Timer):
+        _check_timer(unit, at)
+    else:
+        _check_child(unit, at)
+
+
 class SagaDefinition(Generic[D]):
     """Base class of saga definitions; subclasses are validated when they are created.
 
@@ -170,7 +367,8 @@ class SagaDefinition(Generic[D]):
         name: The saga type, unique in a registry (``[a-z][a-z0-9_]*``).
         version: Bumped when the steps change; stored with each instance.
         data_model: The pydantic model of the saga's data.
-        steps: The steps, in order.
+        steps: The stages, in order: a :class:`Step`, a :class:`Parallel` group of steps, a
+            :class:`WaitForSignal`, a :class:`Timer` or a :class:`ChildSaga`.
         search_keys: Fields of the data model operators search sagas by (business keys such
             as ``order_id``); their values at start are stored in an indexed column.
     """
@@ -178,7 +376,7 @@ class SagaDefinition(Generic[D]):
     name: ClassVar[str]
     version: ClassVar[int] = 1
     data_model: ClassVar[type[BaseModel]]
-    steps: ClassVar[tuple[Step[Any], ...]]
+    steps: ClassVar[tuple[Stage[Any], ...]]
     search_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -205,63 +403,119 @@ class SagaDefinition(Generic[D]):
         if not isinstance(steps, tuple) or not steps:
             raise SagaDefinitionError(f"{where}: steps must be a non-empty tuple of Step")
         seen: set[str] = set()
-        for index, step in enumerate(steps):
+
+        def claim(name: object) -> None:
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise SagaDefinitionError(f"{where}: step name must match {_NAME.pattern}")
+            if name in seen:
+                raise SagaDefinitionError(f"{where}: duplicate step name {name!r}")
+            seen.add(name)
+
+        for index, stage in enumerate(steps):
             at = f"{where}.steps[{index}]"
-            if not isinstance(step, Step):
-                raise SagaDefinitionError(f"{at}: must be a Step, got {type(step).__name__}")
-            at = f"{where}.{step.name}"
-            if not _NAME.match(step.name):
-                raise SagaDefinitionError(f"{at}: step name must match {_NAME.pattern}")
-            if step.name in seen:
-                raise SagaDefinitionError(f"{where}: duplicate step name {step.name!r}")
-            seen.add(step.name)
-            if not _SERVICE.match(step.service):
-                raise SagaDefinitionError(f"{at}: service must match {_SERVICE.pattern}")
-            _check_command(step.command, f"{at}.command")
-            if not callable(step.build):
-                raise SagaDefinitionError(f"{at}: build must be callable")
-            if step.on_success is not None and not callable(step.on_success):
-                raise SagaDefinitionError(f"{at}: on_success must be callable")
-            if step.timeout <= timedelta(0):
-                raise SagaDefinitionError(f"{at}: timeout must be positive")
-            step.retry.validate(at)
-            comp = step.compensation
-            if comp is not None:
-                if not isinstance(comp, Compensation):
+            if isinstance(stage, Parallel):
+                claim(stage.name)
+                _check_predicate(stage.run_if, f"{where}.{stage.name}")
+                members = stage.steps
+                if not isinstance(members, tuple) or len(members) < 2:
                     raise SagaDefinitionError(
-                        f"{at}: compensation must be a Compensation, got {type(comp).__name__}"
+                        f"{where}.{stage.name}: a parallel group needs a tuple of two or more steps"
                     )
-                _check_command(comp.command, f"{at}.compensation.command")
-                if not callable(comp.build):
-                    raise SagaDefinitionError(f"{at}: compensation.build must be callable")
-                if comp.timeout <= timedelta(0):
-                    raise SagaDefinitionError(f"{at}: compensation timeout must be positive")
-                comp.retry.validate(f"{at}.compensation")
+                for member in members:
+                    if not isinstance(member, Step):
+                        raise SagaDefinitionError(
+                            f"{where}.{stage.name}: a parallel group holds plain Steps only, "
+                            f"got {type(member).__name__}"
+                        )
+                    claim(member.name)
+                    _check_unit(member, f"{where}.{member.name}")
+                continue
+            if not isinstance(stage, _UNITS):
+                raise SagaDefinitionError(
+                    f"{at}: must be a Step, Parallel, WaitForSignal, Timer or ChildSaga, "
+                    f"got {type(stage).__name__}"
+                )
+            claim(stage.name)
+            _check_unit(stage, f"{where}.{stage.name}")
 
     @classmethod
-    def step(cls, name: str) -> Step[Any]:
-        """The step called ``name``.
+    def units(cls) -> tuple[Unit[Any], ...]:
+        """Every step, wait, timer and child saga, group members included, in order."""
+        found: list[Unit[Any]] = []
+        for stage in cls.steps:
+            if isinstance(stage, Parallel):
+                found.extend(stage.steps)
+            else:
+                found.append(stage)
+        return tuple(found)
 
-        Raises:
-            KeyError: No such step.
-        """
-        for step in cls.steps:
-            if step.name == name:
-                return step
+    @classmethod
+    def command_steps(cls) -> tuple[Step[Any], ...]:
+        """The plain steps (group members included): those that send participants commands."""
+        return tuple(unit for unit in cls.units() if isinstance(unit, Step))
+
+    @classmethod
+    def unit(cls, name: str) -> Unit[Any]:
+        """The step, wait, timer or child saga called ``name`` (raises ``KeyError``)."""
+        for unit in cls.units():
+            if unit.name == name:
+                return unit
         raise KeyError(name)
 
     @classmethod
-    def step_index(cls, name: str) -> int:
-        """The position of step ``name`` (raises ``KeyError`` if absent)."""
-        for index, step in enumerate(cls.steps):
-            if step.name == name:
+    def step(cls, name: str) -> Step[Any]:
+        """The plain step called ``name``.
+
+        Raises:
+            KeyError: No such plain step (a wait, timer or child saga is not one).
+        """
+        unit = cls.unit(name)
+        if not isinstance(unit, Step):
+            raise KeyError(name)
+        return unit
+
+    @classmethod
+    def stage_index(cls, name: str) -> int:
+        """The position in :attr:`steps` of the stage holding ``name`` (a unit or a group)."""
+        for index, stage in enumerate(cls.steps):
+            if stage.name == name:
+                return index
+            if isinstance(stage, Parallel) and any(m.name == name for m in stage.steps):
                 return index
         raise KeyError(name)
 
     @classmethod
+    def step_index(cls, name: str) -> int:
+        """The position of stage ``name`` (raises ``KeyError`` if absent); see
+        :meth:`stage_index`."""
+        return cls.stage_index(name)
+
+    @classmethod
     def services(cls) -> tuple[str, ...]:
         """The participant services the saga talks to, in step order, without repeats."""
-        return tuple(dict.fromkeys(step.service for step in cls.steps))
+        return tuple(dict.fromkeys(step.service for step in cls.command_steps()))
+
+    @classmethod
+    def entry_service(cls) -> str:
+        """The service admission control counts a new saga against: that of its first
+        command, or ``""`` when it starts with no participant command."""
+        for stage in cls.steps:
+            if isinstance(stage, Step):
+                return stage.service
+            if isinstance(stage, Parallel):
+                return stage.steps[0].service
+        return ""
+
+    @classmethod
+    def child_types(cls) -> tuple[str, ...]:
+        """The saga types this saga starts (child sagas and their compensations)."""
+        found: list[str] = []
+        for unit in cls.units():
+            if isinstance(unit, ChildSaga):
+                found.append(unit.saga_type)
+                if unit.compensation is not None:
+                    found.append(unit.compensation.saga_type)
+        return tuple(dict.fromkeys(found))
 
 
 class SagaRegistry:
@@ -297,6 +551,13 @@ class SagaRegistry:
                     f"start version {version} of saga type {name!r} is not registered"
                 )
             self._start[name] = self._by_key[(name, version)]
+        for definition in self._by_key.values():
+            for child in definition.child_types():
+                if child not in self._start:
+                    raise SagaDefinitionError(
+                        f"{definition.name} version {definition.version} starts saga type "
+                        f"{child!r}, which is not registered"
+                    )
 
     def get(self, name: str, version: int | None = None) -> type[SagaDefinition[Any]]:
         """The definition ``name`` at ``version``; without a version, the one new sagas start.

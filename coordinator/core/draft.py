@@ -7,6 +7,7 @@ them. It is mutable because it lives for one decision only; what leaves it is th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +17,9 @@ from pydantic import BaseModel, ValidationError
 from coordinator.core.definition import RetryPolicy, SagaDefinition, Step
 from coordinator.core.errors import InvalidSagaDataError, SagaDefinitionError
 from coordinator.core.state import (
+    Awaited,
+    AwaitKind,
+    ChildStart,
     CommandPurpose,
     HistoryEntry,
     HistoryKind,
@@ -23,12 +27,14 @@ from coordinator.core.state import (
     LifecycleKind,
     OutgoingCommand,
     SagaInstance,
+    SagaStatus,
     Transition,
     command_id_for,
+    head_of,
 )
 from service_sdk.contract import FENCE_MESSAGE_TYPE
 
-__all__ = ["TransitionDraft", "awaited_timeout", "describe", "retry_policy"]
+__all__ = ["TransitionDraft", "as_data", "awaited_timeout", "describe", "retry_policy"]
 
 _MAX_ERROR_CHARS = 500
 
@@ -48,6 +54,8 @@ class TransitionDraft:
     commands: list[OutgoingCommand] = field(default_factory=list)
     history: list[HistoryEntry] = field(default_factory=list)
     events: list[LifecycleEvent] = field(default_factory=list)
+    child_starts: list[ChildStart] = field(default_factory=list)
+    rejection: str | None = None
 
     def update(self, **changes: Any) -> None:
         """Replace fields of the instance (which stays frozen)."""
@@ -63,6 +71,7 @@ class TransitionDraft:
 
     def finish(self, original: SagaInstance | None) -> Transition:
         """The transition; ``original`` is the instance before (None for a new saga)."""
+        self.set_awaiting(self.instance.awaiting)  # the scalars follow the final status too
         changed = self.instance != original
         instance = self.instance
         if changed:
@@ -70,7 +79,13 @@ class TransitionDraft:
         elif original is not None:
             instance = original  # the very object, as Transition promises
         return Transition(
-            instance, tuple(self.commands), tuple(self.history), tuple(self.events), changed
+            instance,
+            tuple(self.commands),
+            tuple(self.history),
+            tuple(self.events),
+            changed,
+            tuple(self.child_starts),
+            self.rejection,
         )
 
     def data(self) -> BaseModel:
@@ -109,6 +124,45 @@ class TransitionDraft:
             return f"invalid reply: {describe(exc)}"
         return folded.model_dump(mode="json")
 
+    def set_awaiting(self, entries: tuple[Awaited, ...]) -> None:
+        """Replace what the saga awaits; the scalar fields follow (see ``SagaInstance``)."""
+        head = head_of(entries)
+        in_doubt = next(
+            (e for e in entries if e.compensates is not None or self._given_up(e)), None
+        )
+        self.update(
+            awaiting=entries,
+            current_step=head.step if head else None,
+            command_id=head.command_id if head else None,
+            attempt=head.attempt if head else 0,
+            deadline_at=head.deadline_at if head else None,
+            service=head.service if head else None,
+            picked_up_at=head.picked_up_at if head else None,
+            in_doubt_step=in_doubt.step if in_doubt else None,
+            in_doubt_command_id=(
+                (in_doubt.compensates or in_doubt.command_id) if in_doubt else None
+            ),
+        )
+
+    def _given_up(self, entry: Awaited) -> bool:
+        return entry.kind is AwaitKind.FORWARD and self.instance.status not in (
+            SagaStatus.RUNNING,
+            SagaStatus.QUEUED,
+        )
+
+    def put(self, entry: Awaited) -> None:
+        """Await ``entry`` instead of whatever the saga awaited for its step."""
+        entries = self.instance.awaiting
+        if any(e.step == entry.step for e in entries):
+            # In place: what is undone first, when several are given up, stays in step order.
+            self.set_awaiting(tuple(entry if e.step == entry.step else e for e in entries))
+        else:
+            self.set_awaiting((*entries, entry))
+
+    def drop(self, step: str) -> None:
+        """Stop awaiting anything for ``step``."""
+        self.set_awaiting(tuple(e for e in self.instance.awaiting if e.step != step))
+
     def send(
         self,
         step: Step[Any],
@@ -117,55 +171,35 @@ class TransitionDraft:
         attempt: int,
         purpose: CommandPurpose,
         delay: timedelta = timedelta(0),
-        track: bool = True,
         command_id: str | None = None,
-    ) -> None:
-        """Emit a step's command (or its compensation), built from the current data.
+        compensates: str | None = None,
+    ) -> Awaited:
+        """Emit a step's command (or its compensation), built from the current data, and
+        await its reply.
 
         Args:
             delay: Added to the timeout: the backoff spaces out deadlines.
-            track: Make it the awaited command (``current_step``, ``command_id``, ``attempt``,
-                ``deadline_at``); False sends it fire-and-forget.
             command_id: Re-send under this id; by default the id of the saga's current epoch.
+            compensates: For the undo of a step in doubt: the forward command it settles, so
+                the participant refuses that command if it has not run it yet.
 
         Raises:
             SagaDefinitionError: ``build`` failed or returned the wrong command type.
         """
         saga_id = self.instance.saga_id
-        inst = self.instance
-        # Undoing the step the saga gave up on: the participant must also learn which command
-        # to refuse if it has not run it yet.
-        compensates = (
-            inst.in_doubt_command_id if compensation and step.name == inst.in_doubt_step else None
-        )
         if compensation and step.compensation is None:
             if compensates is None:
                 raise SagaDefinitionError(
                     f"{step.name} has no compensation", saga_id=saga_id, step=step.name
                 )
-            self._send_fence(step, compensates, attempt, delay, command_id)
-            return
+            return self._send_fence(step, compensates, attempt, delay, command_id)
         if compensation:
             assert step.compensation is not None
             comp = step.compensation
             model, build, timeout = comp.command, comp.build, comp.timeout
         else:
             model, build, timeout = step.command, step.build, step.timeout
-        data = self.data()
-        try:
-            command = build(data)
-        except Exception as exc:
-            raise SagaDefinitionError(
-                f"{step.name}: building {model.__name__} failed: {describe(exc)}",
-                saga_id=saga_id,
-                step=step.name,
-            ) from exc
-        if not isinstance(command, model):
-            raise SagaDefinitionError(
-                f"{step.name}: build returned {type(command).__name__}, expected {model.__name__}",
-                saga_id=saga_id,
-                step=step.name,
-            )
+        command = self.build(step.name, build, model)
         if command_id is None:
             command_id = command_id_for(
                 saga_id, step.name, compensation=compensation, epoch=self.instance.epoch
@@ -182,9 +216,17 @@ class TransitionDraft:
                 compensates=compensates,
             )
         )
-        deadline = self.now + delay + timeout if track else None
-        if deadline is not None:
-            self._await(step, command_id, attempt, deadline)
+        deadline = self.now + delay + timeout
+        entry = Awaited(
+            step=step.name,
+            command_id=command_id,
+            attempt=attempt,
+            deadline_at=deadline,
+            service=step.service,
+            kind=AwaitKind.COMPENSATION if compensation else AwaitKind.FORWARD,
+            compensates=compensates,
+        )
+        self.put(entry)
         self.record(
             HistoryKind.COMPENSATION_SENT if compensation else HistoryKind.COMMAND_SENT,
             step.name,
@@ -192,9 +234,32 @@ class TransitionDraft:
             attempt=attempt,
             purpose=purpose.value,
             message_type=model.message_type,
-            deadline_at=deadline.isoformat() if deadline else None,
+            deadline_at=deadline.isoformat(),
             **({"compensates": compensates} if compensates else {}),
         )
+        return entry
+
+    def build(self, name: str, build: Callable[[Any], Any], model: type[Any] | None) -> Any:
+        """``build(data)``, checked to be a ``model`` when one is given.
+
+        Raises:
+            SagaDefinitionError: ``build`` failed or returned the wrong type.
+        """
+        saga_id = self.instance.saga_id
+        what = model.__name__ if model is not None else "the data"
+        try:
+            built = build(self.data())
+        except Exception as exc:
+            raise SagaDefinitionError(
+                f"{name}: building {what} failed: {describe(exc)}", saga_id=saga_id, step=name
+            ) from exc
+        if model is not None and not isinstance(built, model):
+            raise SagaDefinitionError(
+                f"{name}: build returned {type(built).__name__}, expected {model.__name__}",
+                saga_id=saga_id,
+                step=name,
+            )
+        return built
 
     def _send_fence(
         self,
@@ -203,7 +268,7 @@ class TransitionDraft:
         attempt: int,
         delay: timedelta,
         command_id: str | None,
-    ) -> None:
+    ) -> Awaited:
         """Undo ``step``, which has no compensation: the participant refuses its command."""
         if command_id is None:
             command_id = command_id_for(
@@ -222,7 +287,16 @@ class TransitionDraft:
             )
         )
         deadline = self.now + delay + step.timeout
-        self._await(step, command_id, attempt, deadline)
+        entry = Awaited(
+            step=step.name,
+            command_id=command_id,
+            attempt=attempt,
+            deadline_at=deadline,
+            service=step.service,
+            kind=AwaitKind.COMPENSATION,
+            compensates=compensates,
+        )
+        self.put(entry)
         self.record(
             HistoryKind.COMPENSATION_SENT,
             step.name,
@@ -233,17 +307,7 @@ class TransitionDraft:
             deadline_at=deadline.isoformat(),
             compensates=compensates,
         )
-
-    def _await(self, step: Step[Any], command_id: str, attempt: int, deadline: datetime) -> None:
-        """Make the command just sent the awaited one; nobody has picked it up yet."""
-        self.update(
-            current_step=step.name,
-            command_id=command_id,
-            attempt=attempt,
-            deadline_at=deadline,
-            service=step.service,
-            picked_up_at=None,
-        )
+        return entry
 
 
 def awaited_timeout(step: Step[Any], *, compensation: bool) -> timedelta:
@@ -258,6 +322,19 @@ def retry_policy(step: Step[Any], *, compensation: bool) -> RetryPolicy:
     if compensation and step.compensation is not None:
         return step.compensation.retry
     return step.retry
+
+
+def as_data(built: Any) -> dict[str, Any]:
+    """A child saga's start data as JSON-ready values (built as a pydantic model or a dict).
+
+    Raises:
+        TypeError: Neither a model nor a dict.
+    """
+    if isinstance(built, dict):
+        return dict(built)
+    if isinstance(built, BaseModel):
+        return built.model_dump(mode="json")
+    raise TypeError(f"a child saga's data must be a pydantic model or a dict, got {built!r}")
 
 
 def describe(exc: Exception) -> str:

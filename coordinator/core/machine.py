@@ -6,11 +6,15 @@ the returned instance, history and outbox rows in one transaction.
 
 Rules worth knowing before reading the code:
 
-* A reply matches the awaited command iff its step and command id are the awaited ones and its
-  attempt is not newer than the last send. Anything else changes nothing and is recorded as a
+* A saga awaits one or more things (``SagaInstance.awaiting``: several inside a parallel
+  group). A reply matches an awaited command iff its step and command id are an awaited pair
+  and its attempt is not newer than the last send of it. Anything else changes nothing and is recorded as a
   duplicate (already answered), late (for the step the saga gave up on) or stale reply.
+* Going forward (:mod:`coordinator.core.stages`) enters one stage at a time: a step, a
+  parallel group, a timer, a signal wait or a child saga; a stage whose ``run_if`` says no is
+  skipped.
 * Compensation (:mod:`coordinator.core.compensation`) undoes ``completed_steps`` in reverse.
-  The step in flight when the saga gave up (deadline or retries exhausted, aborted, or an
+  A command in flight when the saga gave up (deadline or retries exhausted, aborted, or an
   unusable success reply: its payload fails the step's model, or it is a participant's
   stand-in for a reply Kafka would never take) is *in doubt*: it is undone first, by its
   compensation or, without one, by a fence, both naming the command they undo so the
@@ -33,6 +37,7 @@ Rules worth knowing before reading the code:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -44,14 +49,24 @@ from coordinator.core.compensation import (
     compensate_next,
     fail_compensation,
     in_doubt_reply,
-    mark_in_doubt,
+    start_child_undo,
 )
-from coordinator.core.definition import SagaDefinition, Step, unknown_fields
+from coordinator.core.definition import (
+    ChildSaga,
+    SagaDefinition,
+    Step,
+    WaitForSignal,
+    unknown_fields,
+)
 from coordinator.core.draft import TransitionDraft, awaited_timeout, describe, retry_policy
 from coordinator.core.errors import InvalidOperatorActionError, InvalidSagaDataError
+from coordinator.core.signals import on_signal
+from coordinator.core.stages import advance, start_child, succeed
 from coordinator.core.state import (
     ACTIVE_STATUSES,
     AdmitSaga,
+    Awaited,
+    AwaitKind,
     CommandPickedUp,
     CommandPurpose,
     DeadlineFired,
@@ -63,13 +78,14 @@ from coordinator.core.state import (
     SagaInput,
     SagaInstance,
     SagaStatus,
+    SignalReceived,
     StartSaga,
     Transition,
     command_id_for,
 )
 from service_sdk.contract import Outcome, undeliverable_reason
 
-__all__ = ["STALE_REASONS", "apply", "start_saga"]
+__all__ = ["STALE_REASONS", "apply", "apply_all", "start_saga"]
 
 STALE_REASONS = (
     "missing_step",
@@ -87,6 +103,9 @@ Definition = type[SagaDefinition[Any]]
 _RETRYABLE_REPLY_JITTER = 0.5
 """Replies carry no random number; the midpoint yields the policy's nominal backoff."""
 
+_COMMANDS = (AwaitKind.FORWARD, AwaitKind.COMPENSATION)
+"""Entries that await a participant's reply (timers, waits and child sagas await none)."""
+
 
 def start_saga(
     definition: Definition,
@@ -96,7 +115,7 @@ def start_saga(
     *,
     admit: bool = True,
 ) -> Transition:
-    """Create a saga instance from a start request and send its first command.
+    """Create a saga instance from a start request and enter its first stage.
 
     With ``admit=False`` (the admission caps are full) the saga is created QUEUED and sends
     nothing until an :class:`AdmitSaga` input lets it go.
@@ -122,6 +141,8 @@ def start_saga(
         created_at=now,
         updated_at=now,
         traceparent=event.traceparent,
+        parent_saga_id=event.parent_saga_id,
+        parent_step=event.parent_step,
         business_keys=business_keys(definition.search_keys, data.model_dump(mode="json")),
     )
     draft = TransitionDraft(definition, instance, now, event.message_id)
@@ -147,8 +168,8 @@ def _ignored(message_type: str, fields: Iterable[str], prefix: str = "") -> dict
 
 
 def _begin(d: TransitionDraft, **noted: Any) -> None:
-    """Start going forward: the first step's command."""
-    d.update(status=SagaStatus.RUNNING)
+    """Start going forward: enter the first stage."""
+    d.update(status=SagaStatus.RUNNING, stage=-1)
     d.record(
         HistoryKind.STARTED,
         None,
@@ -157,7 +178,7 @@ def _begin(d: TransitionDraft, **noted: Any) -> None:
         **noted,
     )
     d.emit(LifecycleKind.STARTED)
-    d.send(d.definition.steps[0], compensation=False, attempt=1, purpose=CommandPurpose.FORWARD)
+    advance(d)
 
 
 def apply(
@@ -185,11 +206,41 @@ def apply(
         _on_abort(draft, event)
     elif isinstance(event, OperatorRetry):
         _on_retry(draft, event)
+    elif isinstance(event, SignalReceived):
+        draft.message_id = event.message_id
+        on_signal(draft, event)
     else:
         # The saga exists already: a redelivered or repeated start request changes nothing.
         draft.message_id = event.message_id
         draft.record(HistoryKind.DUPLICATE_START, None)
     return draft.finish(instance)
+
+
+def apply_all(
+    definition: Definition, instance: SagaInstance, events: Iterable[SagaInput], now: datetime
+) -> Transition:
+    """Apply ``events`` in turn, as one transition (the deadline scanner fires every overdue
+    command of a saga at once this way)."""
+    commands: list[Any] = []
+    history: list[Any] = []
+    lifecycle: list[Any] = []
+    children: list[Any] = []
+    current = instance
+    for event in events:
+        step = apply(definition, current, event, now)
+        commands.extend(step.commands)
+        history.extend(step.history)
+        lifecycle.extend(step.events)
+        children.extend(step.child_starts)
+        current = step.instance
+    return Transition(
+        current,
+        tuple(commands),
+        tuple(history),
+        tuple(lifecycle),
+        current is not instance,
+        tuple(children),
+    )
 
 
 # --- replies -------------------------------------------------------------------------------
@@ -207,26 +258,36 @@ def _on_reply(d: TransitionDraft, reply: ReplyReceived) -> None:
     if (undeliverable := undeliverable_reason(reply.payload)) is not None:
         # A participant's stand-in for a reply Kafka would never take (see the marker).
         seen["undeliverable"] = undeliverable
-    awaited = (
-        reply.step is not None
-        and reply.step == inst.current_step
-        and reply.command_id == inst.command_id
-        and reply.attempt <= inst.attempt
+    entry = (
+        inst.awaited(reply.step, reply.command_id)
+        if reply.step is not None and reply.command_id is not None
+        else None
     )
-    if awaited and reply.step is not None:
-        step = d.definition.step(reply.step)
-        if inst.status is SagaStatus.RUNNING:
-            _forward_reply(d, step, reply, seen)
-        elif inst.status is SagaStatus.COMPENSATING:
-            _compensation_reply(d, step, reply, seen)
-        elif reply.outcome is Outcome.SUCCESS:
-            # FAILED gave up on this compensation, but it happened after all: carry on.
-            d.record(HistoryKind.LATE_REPLY, step.name, **seen, action="resume")
-            _compensation_reply(d, step, reply, seen)
-        else:
-            d.record(HistoryKind.LATE_REPLY, step.name, **seen)
+    if (
+        entry is None
+        or reply.attempt > entry.attempt
+        or entry.kind in (AwaitKind.TIMER, AwaitKind.SIGNAL)
+    ):
+        _on_unexpected_reply(d, reply, seen)
         return
-    _on_unexpected_reply(d, reply, seen)
+    live = entry.deadline_at is not None
+    if entry.kind in (AwaitKind.FORWARD, AwaitKind.CHILD):
+        if inst.status is SagaStatus.RUNNING:
+            _forward_reply(d, entry, reply, seen)
+        elif entry.kind is AwaitKind.CHILD and live:
+            _child_reply_backward(d, entry, reply, seen)
+        else:
+            # Given up: its undo (a compensation or a fence) settles it, whatever this says.
+            d.record(HistoryKind.LATE_REPLY, entry.step, **seen, undone_by="in_doubt")
+        return
+    if live and inst.status is SagaStatus.COMPENSATING:
+        _compensation_reply(d, entry, reply, seen)
+    elif reply.outcome is Outcome.SUCCESS:
+        # The saga gave up on this undo, but it happened after all: carry on.
+        d.record(HistoryKind.LATE_REPLY, entry.step, **seen, action="resume")
+        _compensation_reply(d, entry, reply, seen)
+    else:
+        d.record(HistoryKind.LATE_REPLY, entry.step, **seen)
 
 
 def _stale_reason(d: TransitionDraft, reply: ReplyReceived) -> str:
@@ -236,13 +297,14 @@ def _stale_reason(d: TransitionDraft, reply: ReplyReceived) -> str:
         return "missing_step"
     if reply.command_id is None:
         return "missing_command_id"
-    if reply.step not in {step.name for step in d.definition.steps}:
+    if reply.step not in {unit.name for unit in d.definition.units()}:
         return "unknown_step"
-    if inst.current_step is None:
+    if not inst.awaiting:
         return "not_awaiting"
-    if reply.step != inst.current_step:
+    mine = [entry for entry in inst.awaiting if entry.step == reply.step]
+    if not mine:
         return "other_step"
-    if reply.command_id != inst.command_id:
+    if all(entry.command_id != reply.command_id for entry in mine):
         return "other_command_id"
     return "future_attempt"
 
@@ -258,32 +320,43 @@ def _on_unexpected_reply(d: TransitionDraft, reply: ReplyReceived, seen: dict[st
         ):
             d.record(HistoryKind.DUPLICATE_REPLY, name, **seen)
             return
-        late = _abandoned_step(d)
-        if late is not None and late.name == name and forward:
+        if forward and _abandoned(d, name):
             # The saga gave up on this step and sent its undo (a compensation or a fence)
-            # behind it, so whatever this reply says, that undo settles it.
-            undone_by = "in_doubt" if inst.in_doubt_step == name else "settled"
-            d.record(HistoryKind.LATE_REPLY, name, **seen, undone_by=undone_by)
+            # behind it, or its command failed for good, so that settles it.
+            in_doubt = any(e.step == name for e in inst.awaiting)
+            d.record(
+                HistoryKind.LATE_REPLY,
+                name,
+                **seen,
+                undone_by="in_doubt" if in_doubt else "settled",
+            )
             return
     d.record(HistoryKind.STALE_REPLY, name, **seen, reason=_stale_reason(d, reply))
 
 
 def _forward_reply(
-    d: TransitionDraft, step: Step[Any], reply: ReplyReceived, seen: dict[str, Any]
+    d: TransitionDraft, entry: Awaited, reply: ReplyReceived, seen: dict[str, Any]
 ) -> None:
+    unit = d.definition.unit(entry.step)
+    if isinstance(unit, ChildSaga):
+        _child_reply(d, unit, reply, seen)
+        return
+    assert isinstance(unit, Step)
+    step = unit
     if reply.outcome is Outcome.SUCCESS:
         if "undeliverable" in seen:
             # The effect happened, but its result can never be delivered, whatever the
             # payload model would accept: undo it with the rest.
             _fail_step(
-                d, step, f"reply undeliverable: {seen['undeliverable']}", in_doubt=True, **seen
+                d, step.name, f"reply undeliverable: {seen['undeliverable']}", in_doubt=True, **seen
             )
             return
         data = d.fold(step, reply.payload)
         if isinstance(data, str):
             # The effect happened; only its reply is unusable: undo it with the rest.
-            _fail_step(d, step, data, in_doubt=True, **seen)
+            _fail_step(d, step.name, data, in_doubt=True, **seen)
             return
+        d.drop(step.name)
         d.update(data=data, completed_steps=(*d.instance.completed_steps, step.name))
         model = step.command.reply_model
         ignored = unknown_fields(model, reply.payload) if model is not None else ()
@@ -295,38 +368,77 @@ def _forward_reply(
             **_ignored(step.command.message_type, ignored, "payload."),
         )
         d.emit(LifecycleKind.STEP_COMPLETED, step.name)
-        _advance(d, step)
+        advance(d)
     elif reply.outcome is Outcome.RETRYABLE:
-        _retryable_reply(d, step, reply, seen, compensation=False)
+        _retryable_reply(d, step, entry, reply, seen)
     else:
-        _fail_step(d, step, reply.error or "failed", **seen)
+        _fail_step(d, step.name, reply.error or "failed", **seen)
+
+
+def _child_reply(
+    d: TransitionDraft, child: ChildSaga[Any], reply: ReplyReceived, seen: dict[str, Any]
+) -> None:
+    """The child saga ended: COMPLETED is the step's success, anything else its failure."""
+    if reply.outcome is not Outcome.SUCCESS:
+        _fail_step(d, child.name, reply.error or "child saga did not complete", **seen)
+        return
+    d.drop(child.name)
+    # Completed whatever its data says: if the data is unusable, it is undone with the rest.
+    d.update(completed_steps=(*d.instance.completed_steps, child.name))
+    data: dict[str, Any] | str = d.instance.data
+    if child.on_success is not None:
+        try:
+            folded = child.on_success(d.data(), dict(reply.payload))
+            data = d.definition.data_model.model_validate(folded).model_dump(mode="json")
+        except Exception as exc:
+            data = f"invalid child data: {describe(exc)}"
+    if isinstance(data, str):
+        d.record(HistoryKind.STEP_FAILED, child.name, **seen, error=data, in_doubt=False)
+        begin_compensation(d, f"{child.name}: {data}")
+        return
+    d.update(data=data)
+    d.record(HistoryKind.STEP_SUCCEEDED, child.name, **seen, payload=dict(reply.payload))
+    d.emit(LifecycleKind.STEP_COMPLETED, child.name)
+    advance(d)
+
+
+def _child_reply_backward(
+    d: TransitionDraft, entry: Awaited, reply: ReplyReceived, seen: dict[str, Any]
+) -> None:
+    """A child saga that still ran when the parent gave up has ended: undo it if it
+    completed."""
+    d.drop(entry.step)
+    if reply.outcome is Outcome.SUCCESS:
+        d.update(completed_steps=(*d.instance.completed_steps, entry.step))
+        d.record(HistoryKind.STEP_SUCCEEDED, entry.step, **seen, payload=dict(reply.payload))
+    else:
+        d.record(HistoryKind.STEP_FAILED, entry.step, **seen, error=reply.error, in_doubt=False)
+    compensate_next(d)
 
 
 def _compensation_reply(
-    d: TransitionDraft, step: Step[Any], reply: ReplyReceived, seen: dict[str, Any]
+    d: TransitionDraft, entry: Awaited, reply: ReplyReceived, seen: dict[str, Any]
 ) -> None:
-    if reply.outcome is Outcome.SUCCESS and step.name == d.instance.in_doubt_step:
-        in_doubt_reply(d, step, reply, seen)
-    elif reply.outcome is Outcome.SUCCESS:
-        d.update(compensated_steps=(*d.instance.compensated_steps, step.name))
-        d.record(HistoryKind.COMPENSATION_SUCCEEDED, step.name, **seen)
+    unit = d.definition.unit(entry.step)
+    success = reply.outcome is Outcome.SUCCESS
+    if success and entry.compensates is not None and isinstance(unit, Step):
+        in_doubt_reply(d, unit, entry, reply, seen)
+    elif success:
+        d.drop(entry.step)
+        d.update(compensated_steps=(*d.instance.compensated_steps, entry.step))
+        d.record(HistoryKind.COMPENSATION_SUCCEEDED, entry.step, **seen)
         compensate_next(d)
-    elif reply.outcome is Outcome.RETRYABLE:
-        _retryable_reply(d, step, reply, seen, compensation=True)
+    elif reply.outcome is Outcome.RETRYABLE and isinstance(unit, Step):
+        _retryable_reply(d, unit, entry, reply, seen)
     else:
-        fail_compensation(d, step, reply.error or "failed", **seen)
+        fail_compensation(d, entry.step, reply.error or "failed", **seen)
 
 
 def _retryable_reply(
-    d: TransitionDraft,
-    step: Step[Any],
-    reply: ReplyReceived,
-    seen: dict[str, Any],
-    *,
-    compensation: bool,
+    d: TransitionDraft, step: Step[Any], entry: Awaited, reply: ReplyReceived, seen: dict[str, Any]
 ) -> None:
-    attempt = d.instance.attempt
-    superseded = reply.attempt < attempt
+    compensation = entry.is_undo
+    superseded = reply.attempt < entry.attempt
     d.record(
         HistoryKind.STEP_RETRYABLE_FAILURE,
         step.name,
@@ -340,9 +452,9 @@ def _retryable_reply(
     _retry_or_give_up(
         d,
         step,
-        compensation=compensation,
+        entry,
         random_unit=_RETRYABLE_REPLY_JITTER,
-        exhausted=f"{error} (still failing after {attempt} attempts)",
+        exhausted=f"{error} (still failing after {entry.attempt} attempts)",
     )
 
 
@@ -352,19 +464,48 @@ def _retryable_reply(
 def _on_deadline(d: TransitionDraft, event: DeadlineFired) -> None:
     inst = d.instance
     detail = {"command_id": event.command_id, "attempt": event.attempt, "deadline": True}
-    active = inst.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
-    awaited = (inst.current_step, inst.command_id, inst.attempt)
-    if not active or (event.step, event.command_id, event.attempt) != awaited:
+    entry = inst.awaited(event.step, event.command_id)
+    if (
+        inst.status not in ACTIVE_STATUSES
+        or entry is None
+        or entry.attempt != event.attempt
+        or entry.deadline_at is None
+    ):
         d.record(HistoryKind.STALE_DEADLINE, event.step, **detail)
         return
-    compensation = inst.status is SagaStatus.COMPENSATING
-    step = d.definition.step(event.step)
-    if inst.picked_up_at is None and (event.participant_alive or event.command_unsent):
+    unit = d.definition.unit(entry.step)
+    if entry.kind is AwaitKind.TIMER:
+        succeed(d, entry.step, HistoryKind.TIMER_FIRED, **detail)
+        return
+    if isinstance(unit, WaitForSignal):
+        if unit.on_timeout == "continue":
+            succeed(d, entry.step, HistoryKind.TIMED_OUT_DEFAULT, **detail, signal=unit.signal)
+            return
+        d.record(HistoryKind.DEADLINE_MISSED, entry.step, **detail)
+        _fail_step(d, entry.step, f"no signal {unit.signal!r} within {unit.timeout}")
+        return
+    if isinstance(unit, ChildSaga):
+        # A child saga always ends: ask again (a duplicate start changes nothing, or re-sends
+        # the end of a child that has ended) rather than give it up.
+        d.record(HistoryKind.DEADLINE_MISSED, entry.step, **detail)
+        if entry.kind is AwaitKind.CHILD:
+            start_child(d, unit, attempt=entry.attempt + 1, purpose=CommandPurpose.RETRY.value)
+        else:
+            start_child_undo(
+                d,
+                unit,
+                attempt=entry.attempt + 1,
+                purpose=CommandPurpose.RETRY,
+                command_id=entry.command_id,
+            )
+        return
+    assert isinstance(unit, Step)
+    if entry.picked_up_at is None and (event.participant_alive or event.command_unsent):
         # Not sent yet (Kafka unreachable), or queued behind other work at a participant that
         # is alive: a capacity or transport matter, not a failure of this command. Look again
         # one timeout later.
-        deadline = d.now + awaited_timeout(step, compensation=compensation)
-        d.update(deadline_at=deadline)
+        deadline = d.now + awaited_timeout(unit, compensation=entry.is_undo)
+        d.put(replace(entry, deadline_at=deadline))
         d.record(
             HistoryKind.DEADLINE_POSTPONED,
             event.step,
@@ -376,28 +517,29 @@ def _on_deadline(d: TransitionDraft, event: DeadlineFired) -> None:
     d.record(HistoryKind.DEADLINE_MISSED, event.step, **detail)
     _retry_or_give_up(
         d,
-        step,
-        compensation=compensation,
+        unit,
+        entry,
         random_unit=event.random_unit,
-        exhausted=f"no reply after {inst.attempt} attempts",
+        exhausted=f"no reply after {entry.attempt} attempts",
     )
 
 
 def _on_pickup(d: TransitionDraft, event: CommandPickedUp) -> None:
     inst = d.instance
+    entry = inst.awaited(event.step, event.command_id)
     awaited = (
         inst.status in ACTIVE_STATUSES
-        and inst.picked_up_at is None
-        and event.step == inst.current_step
-        and event.command_id == inst.command_id
-        and event.attempt <= inst.attempt
+        and entry is not None
+        and entry.kind in _COMMANDS
+        and entry.deadline_at is not None
+        and entry.picked_up_at is None
+        and event.attempt <= entry.attempt
     )
-    if not awaited:
+    if not awaited or entry is None:
         return  # a report about a command the saga no longer awaits: nothing to record
     step = d.definition.step(event.step)
-    timeout = awaited_timeout(step, compensation=inst.status is SagaStatus.COMPENSATING)
-    deadline = event.at + timeout
-    d.update(picked_up_at=event.at, deadline_at=deadline)
+    deadline = event.at + awaited_timeout(step, compensation=entry.is_undo)
+    d.put(replace(entry, picked_up_at=event.at, deadline_at=deadline))
     d.record(
         HistoryKind.COMMAND_PICKED_UP,
         event.step,
@@ -423,18 +565,19 @@ def _on_abort(d: TransitionDraft, event: OperatorAbort) -> None:
         ignored=not running,
     )
     if running:
-        if inst.status is SagaStatus.RUNNING and inst.current_step is not None:
-            # The command in flight may still take effect: undo it first (or fence it).
-            mark_in_doubt(d)
+        # Commands in flight may still take effect: they are undone (or fenced) first.
         begin_compensation(d, f"aborted by {event.actor}: {event.reason}")
 
 
 def _on_retry(d: TransitionDraft, event: OperatorRetry) -> None:
     inst = d.instance
-    if inst.current_step is None or inst.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED):
+    if not inst.awaiting or inst.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED):
         raise InvalidOperatorActionError(
             f"cannot retry a {inst.status.value} saga", saga_id=inst.saga_id, step=inst.current_step
         )
+    if inst.status is SagaStatus.FAILED:
+        _retry_failed(d, event)
+        return
     d.record(
         HistoryKind.OPERATOR_ACTION,
         inst.current_step,
@@ -442,51 +585,80 @@ def _on_retry(d: TransitionDraft, event: OperatorRetry) -> None:
         action="retry",
         reason=event.reason,
     )
-    step = d.definition.step(inst.current_step)
-    if inst.status is SagaStatus.FAILED:
-        # A fresh retry budget: attempts count from the operator's action. A new epoch, so a
-        # new command id: the participant answers the old one from its record of the refusal.
-        d.update(status=SagaStatus.COMPENSATING, epoch=inst.epoch + 1)
-        d.emit(LifecycleKind.COMPENSATING, reason=inst.failure_reason)
-        d.send(step, compensation=True, attempt=1, purpose=CommandPurpose.RETRY)
-    else:
-        # No final answer is recorded for the awaited command (it would have moved the saga
-        # on), so the same id is safe and keeps a participant that did act from acting twice.
-        compensation = inst.status is SagaStatus.COMPENSATING
-        attempt = inst.attempt + 1
-        d.send(
-            step,
-            compensation=compensation,
-            attempt=attempt,
-            purpose=CommandPurpose.RETRY,
-            command_id=inst.command_id,
-        )
+    for entry in inst.awaiting:
+        if entry.deadline_at is None:
+            continue  # given up: its undo comes in turn
+        unit = d.definition.unit(entry.step)
+        if isinstance(unit, Step) and entry.kind in _COMMANDS:
+            # No final answer is recorded for the awaited command (it would have moved the
+            # saga on), so the same id is safe and keeps a participant that did act from
+            # acting twice.
+            d.send(
+                unit,
+                compensation=entry.is_undo,
+                attempt=entry.attempt + 1,
+                purpose=CommandPurpose.RETRY,
+                command_id=entry.command_id,
+                compensates=entry.compensates,
+            )
+        elif isinstance(unit, ChildSaga) and entry.kind is AwaitKind.CHILD:
+            start_child(d, unit, attempt=entry.attempt + 1, purpose=CommandPurpose.RETRY.value)
+        elif isinstance(unit, ChildSaga):
+            start_child_undo(
+                d,
+                unit,
+                attempt=entry.attempt + 1,
+                purpose=CommandPurpose.RETRY,
+                command_id=entry.command_id,
+            )
+
+
+def _retry_failed(d: TransitionDraft, event: OperatorRetry) -> None:
+    """Resume a FAILED saga at its refused undos, with a fresh retry budget and a new epoch
+    (so new command ids: the participant answers the old ones from its record of the
+    refusal)."""
+    inst = d.instance
+    refused = [entry for entry in inst.awaiting if entry.is_undo]
+    for entry in refused:
+        unit = d.definition.unit(entry.step)
+        if isinstance(unit, Step) and unit.compensation is None and entry.compensates is None:
+            raise InvalidOperatorActionError(
+                f"{unit.name} took effect and has no compensation: there is nothing to retry",
+                saga_id=inst.saga_id,
+                step=unit.name,
+            )
+    d.record(
+        HistoryKind.OPERATOR_ACTION,
+        inst.current_step,
+        actor=event.actor,
+        action="retry",
+        reason=event.reason,
+    )
+    d.update(status=SagaStatus.COMPENSATING, epoch=inst.epoch + 1)
+    d.emit(LifecycleKind.COMPENSATING, reason=inst.failure_reason)
+    for entry in refused:
+        unit = d.definition.unit(entry.step)
+        if isinstance(unit, ChildSaga):
+            start_child_undo(d, unit, attempt=1, purpose=CommandPurpose.RETRY)
+        else:
+            assert isinstance(unit, Step)
+            d.send(
+                unit,
+                compensation=True,
+                attempt=1,
+                purpose=CommandPurpose.RETRY,
+                compensates=entry.compensates,
+            )
 
 
 # --- moves ---------------------------------------------------------------------------------
 
 
-def _advance(d: TransitionDraft, done: Step[Any]) -> None:
-    steps = d.definition.steps
-    index = d.definition.step_index(done.name) + 1
-    if index < len(steps):
-        d.send(steps[index], compensation=False, attempt=1, purpose=CommandPurpose.FORWARD)
-        return
-    d.update(
-        status=SagaStatus.COMPLETED,
-        current_step=None,
-        command_id=None,
-        attempt=0,
-        deadline_at=None,
-    )
-    d.record(HistoryKind.COMPLETED, None)
-    d.emit(LifecycleKind.COMPLETED)
-
-
 def _retry_or_give_up(
-    d: TransitionDraft, step: Step[Any], *, compensation: bool, random_unit: float, exhausted: str
+    d: TransitionDraft, step: Step[Any], entry: Awaited, *, random_unit: float, exhausted: str
 ) -> None:
-    attempt = d.instance.attempt
+    compensation = entry.is_undo
+    attempt = entry.attempt
     policy = retry_policy(step, compensation=compensation)
     if attempt < policy.max_attempts:
         delay = policy.backoff(attempt, random_unit)
@@ -496,21 +668,25 @@ def _retry_or_give_up(
             attempt=attempt + 1,
             purpose=CommandPurpose.RETRY,
             delay=delay,
+            command_id=entry.command_id,
+            compensates=entry.compensates,
         )
     elif compensation:
-        fail_compensation(d, step, exhausted)
+        fail_compensation(d, step.name, exhausted)
     else:
         # No answer we can trust: a copy of the command may still run. Undo it first.
-        _fail_step(d, step, exhausted, in_doubt=True)
+        _fail_step(d, step.name, exhausted, in_doubt=True)
 
 
 def _fail_step(
-    d: TransitionDraft, step: Step[Any], error: str, /, *, in_doubt: bool = False, **detail: Any
+    d: TransitionDraft, name: str, error: str, /, *, in_doubt: bool = False, **detail: Any
 ) -> None:
-    d.record(HistoryKind.STEP_FAILED, step.name, **{**detail, "error": error, "in_doubt": in_doubt})
-    if in_doubt:
-        mark_in_doubt(d)
-    begin_compensation(d, f"{step.name}: {error}")
+    """``name`` failed: stop going forward. Unless its command is in doubt, nothing of it is
+    left to undo; its siblings still in flight are given up (undone first)."""
+    d.record(HistoryKind.STEP_FAILED, name, **{**detail, "error": error, "in_doubt": in_doubt})
+    if not in_doubt:
+        d.drop(name)
+    begin_compensation(d, f"{name}: {error}")
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -524,10 +700,14 @@ def _command_ids(inst: SagaInstance, step: str, *, compensation: bool) -> frozen
     )
 
 
-def _abandoned_step(d: TransitionDraft) -> Step[Any] | None:
-    """The forward step that was in flight when the saga stopped going forward, if any."""
-    if d.instance.status in (SagaStatus.RUNNING, SagaStatus.COMPLETED):
-        return None
-    index = len(d.instance.completed_steps)
-    steps = d.definition.steps
-    return steps[index] if index < len(steps) else None
+def _abandoned(d: TransitionDraft, name: str) -> bool:
+    """Whether ``name`` belongs to the stage that was running when the saga stopped going
+    forward (its command failed for good, or was given up)."""
+    if d.instance.status in (SagaStatus.RUNNING, SagaStatus.COMPLETED, SagaStatus.QUEUED):
+        return False
+    if name in d.instance.completed_steps:
+        return False
+    try:
+        return d.definition.stage_index(name) == d.instance.stage
+    except KeyError:
+        return False

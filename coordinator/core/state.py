@@ -18,6 +18,9 @@ __all__ = [
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
     "AdmitSaga",
+    "AwaitKind",
+    "Awaited",
+    "ChildStart",
     "CommandPickedUp",
     "CommandPurpose",
     "DeadlineFired",
@@ -28,13 +31,16 @@ __all__ = [
     "OperatorAbort",
     "OperatorRetry",
     "OutgoingCommand",
+    "PendingSignal",
     "ReplyReceived",
     "SagaInput",
     "SagaInstance",
     "SagaStatus",
+    "SignalReceived",
     "StartSaga",
     "Transition",
     "command_id_for",
+    "head_of",
 ]
 
 _COMMAND_NAMESPACE = uuid.UUID("6f1c2a4e-8a3b-4f7e-9a51-3c0d2e9b7a10")
@@ -77,6 +83,76 @@ def command_id_for(saga_id: str, step: str, *, compensation: bool, epoch: int = 
     return str(uuid.uuid5(_COMMAND_NAMESPACE, f"{saga_id}/{step}/{phase}{suffix}"))
 
 
+class AwaitKind(StrEnum):
+    """What an awaited entry waits for."""
+
+    FORWARD = "forward"
+    """A participant's reply to a step's command."""
+    COMPENSATION = "compensation"
+    """A participant's reply to a compensation or a fence."""
+    TIMER = "timer"
+    """A timer's fire time (the deadline); no participant is involved."""
+    SIGNAL = "signal"
+    """A signal for this saga; the deadline is the wait's timeout."""
+    CHILD = "child"
+    """The end of a child saga (forward), announced as an ordinary reply."""
+    CHILD_COMPENSATION = "child_compensation"
+    """The end of the saga that undoes a completed child."""
+
+
+@dataclass(frozen=True)
+class Awaited:
+    """One thing a saga awaits: a command's reply, a timer, a signal or a child saga's end.
+
+    A saga awaits several at once inside a parallel group, one otherwise.
+
+    Attributes:
+        step: The step (or wait, timer, child saga) it belongs to.
+        command_id: The id of the command awaited (for a child saga: the child's saga id).
+        attempt: How many times that command has been sent.
+        deadline_at: When the reply is overdue (a timer's fire time, a wait's timeout); None
+            once the saga FAILED (an operator decides).
+        service: The participant the command went to; None when no participant is involved.
+        picked_up_at: When the participant was seen working on it (see
+            :attr:`SagaInstance.picked_up_at`).
+        kind: What is awaited.
+        compensates: For an undo of a step in doubt, the forward command id it settles.
+    """
+
+    step: str
+    command_id: str
+    attempt: int
+    deadline_at: datetime | None
+    service: str | None = None
+    picked_up_at: datetime | None = None
+    kind: AwaitKind = AwaitKind.FORWARD
+    compensates: str | None = None
+
+    @property
+    def is_undo(self) -> bool:
+        """True for a compensation (or a fence, or a child's undo saga)."""
+        return self.kind in (AwaitKind.COMPENSATION, AwaitKind.CHILD_COMPENSATION)
+
+
+def _due_first(entry: Awaited) -> tuple[bool, datetime | None]:
+    # Entries without a deadline (a FAILED saga's) sort last; ties keep the given order.
+    return (entry.deadline_at is None, entry.deadline_at)
+
+
+def head_of(awaiting: tuple[Awaited, ...]) -> Awaited | None:
+    """The awaited entry due first (None when nothing is awaited)."""
+    return min(awaiting, key=_due_first) if awaiting else None
+
+
+@dataclass(frozen=True)
+class PendingSignal:
+    """A signal that arrived before its wait began: kept until the wait consumes it."""
+
+    message_id: str
+    name: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class SagaInstance:
     """One saga's persisted state.
@@ -104,6 +180,18 @@ class SagaInstance:
             every command sent since (see :func:`command_id_for`).
         business_keys: The definition's ``search_keys`` with their values at start, as
             ``name=value`` (see :mod:`coordinator.core.business_keys`); never changed after.
+        awaiting: Everything the saga awaits (several inside a parallel group). The scalar
+            fields ``current_step``, ``command_id``, ``attempt``, ``deadline_at``, ``service``
+            and ``picked_up_at`` describe the entry due first, and ``in_doubt_step`` /
+            ``in_doubt_command_id`` the first undo of a step in doubt: kept for the deadline
+            scanner's index and for readers that show one step. An instance built with the
+            scalars only (rows written before parallel groups) awaits what they describe.
+        stage: The index in the definition's ``steps`` of the stage the saga runs, or where
+            going forward stopped.
+        skipped_steps: Steps (and groups) whose ``run_if`` said no.
+        pending_signals: Signals kept for a wait that lies ahead (the latest per name).
+        parent_saga_id: The saga that started this one as a child, if any.
+        parent_step: The parent's step this saga stands for.
         version: Incremented on every change; guards concurrent writers.
     """
 
@@ -128,7 +216,41 @@ class SagaInstance:
     in_doubt_step: str | None = None
     in_doubt_command_id: str | None = None
     business_keys: tuple[str, ...] = ()
+    awaiting: tuple[Awaited, ...] = ()
+    stage: int = 0
+    skipped_steps: tuple[str, ...] = ()
+    pending_signals: tuple[PendingSignal, ...] = ()
+    parent_saga_id: str | None = None
+    parent_step: str | None = None
     version: int = 0
+
+    def __post_init__(self) -> None:
+        if self.awaiting or self.current_step is None or self.command_id is None:
+            return
+        # Written before ``awaiting`` existed: the scalars describe the one awaited command.
+        undo = self.status not in (SagaStatus.RUNNING, SagaStatus.QUEUED)
+        legacy = Awaited(
+            step=self.current_step,
+            command_id=self.command_id,
+            attempt=self.attempt,
+            deadline_at=self.deadline_at,
+            service=self.service,
+            picked_up_at=self.picked_up_at,
+            kind=AwaitKind.COMPENSATION if undo else AwaitKind.FORWARD,
+            compensates=(
+                self.in_doubt_command_id
+                if undo and self.in_doubt_step == self.current_step
+                else None
+            ),
+        )
+        object.__setattr__(self, "awaiting", (legacy,))
+
+    def awaited(self, step: str, command_id: str) -> Awaited | None:
+        """The awaited entry of ``step`` with ``command_id``, if the saga awaits it."""
+        for entry in self.awaiting:
+            if entry.step == step and entry.command_id == command_id:
+                return entry
+        return None
 
     @property
     def is_terminal(self) -> bool:
@@ -143,6 +265,18 @@ class StartSaga:
     message_id: str
     data: dict[str, Any]
     traceparent: str | None = None
+    parent_saga_id: str | None = None
+    """Set when a parent saga starts this one as a child (see :class:`ChildStart`)."""
+    parent_step: str | None = None
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    """A named signal for a saga (an approval, say), with its payload."""
+
+    message_id: str
+    name: str
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -222,6 +356,7 @@ SagaInput = (
     | AdmitSaga
     | OperatorAbort
     | OperatorRetry
+    | SignalReceived
 )
 
 
@@ -249,6 +384,23 @@ class OutgoingCommand:
     compensates: str | None = None
     """The forward command id this compensation (or fence) undoes when it may not have run:
     the participant then refuses that command for good if it has not run it yet."""
+
+
+@dataclass(frozen=True)
+class ChildStart:
+    """A child saga the runtime must start, in the parent's transaction (a duplicate start of
+    the same ``saga_id`` changes nothing, or re-sends the end of a child that has ended).
+
+    ``saga_id`` is the command id the parent awaits; the child's end comes back as an ordinary
+    reply to it: step ``parent_step``, attempt ``attempt``.
+    """
+
+    saga_type: str
+    saga_id: str
+    data: dict[str, Any]
+    parent_saga_id: str
+    parent_step: str
+    attempt: int
 
 
 class HistoryKind(StrEnum):
@@ -281,6 +433,19 @@ class HistoryKind(StrEnum):
     """A deadline for a command the saga no longer awaits: nothing changes."""
     LATE_REPLY = "late_reply"
     OPERATOR_ACTION = "operator_action"
+    STEP_SKIPPED = "step_skipped"
+    """A step's (or group's) ``run_if`` said no: no command, nothing to compensate."""
+    TIMER_SET = "timer_set"
+    TIMER_FIRED = "timer_fired"
+    SIGNAL_AWAITED = "signal_awaited"
+    SIGNAL_RECEIVED = "signal_received"
+    SIGNAL_KEPT = "signal_kept"
+    """A signal for a wait that lies ahead: kept until the wait begins."""
+    SIGNAL_REJECTED = "signal_rejected"
+    """A signal nobody waits for (or an invalid one): dead-lettered by the runtime."""
+    TIMED_OUT_DEFAULT = "timed_out_default"
+    """A wait timed out and its ``on_timeout="continue"`` took the default branch."""
+    CHILD_STARTED = "child_started"
     COMPLETED = "completed"
     COMPENSATED = "compensated"
     FAILED = "failed"
@@ -328,6 +493,9 @@ class Transition:
         events: Lifecycle events to publish.
         changed: False when the input was recognised as a no-op (duplicate, stale, late);
             the history still records it.
+        child_starts: Child sagas to start in the same transaction.
+        rejection: Why a signal was refused (``signal_not_awaited``, ``signal_invalid``,
+            ``saga_terminal``); the runtime dead-letters it with that reason.
     """
 
     instance: SagaInstance
@@ -335,3 +503,5 @@ class Transition:
     history: tuple[HistoryEntry, ...] = ()
     events: tuple[LifecycleEvent, ...] = ()
     changed: bool = True
+    child_starts: tuple[ChildStart, ...] = ()
+    rejection: str | None = None

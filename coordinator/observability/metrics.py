@@ -173,6 +173,9 @@ DEAD_LETTER_REASONS = (
     DeadLetterReason.INVALID_DATA,
     DeadLetterReason.CONFLICTING_START,
     DeadLetterReason.PROCESSING_ERROR,
+    DeadLetterReason.SIGNAL_NOT_AWAITED,
+    DeadLetterReason.SIGNAL_INVALID,
+    DeadLetterReason.SAGA_TERMINAL,
 )
 """The reasons the reply consumer dead-letters with."""
 
@@ -363,7 +366,7 @@ class CoordinatorMetrics:
                 self.stale_replies.labels(name, stale)
             # An empty field: "no unknown field seen yet" (Prometheus drops empty labels).
             self.unknown_fields.labels(f"{name}.start", "")
-            for step in definition.steps:
+            for step in definition.command_steps():
                 self.unknown_fields.labels(step.command.message_type, "")
             self.started.labels(name)
             self.overdue.labels(name).set(0)
@@ -373,11 +376,12 @@ class CoordinatorMetrics:
                 self.replies.labels(name, outcome.value)
             for kind in _UNEXPECTED.values():
                 self.unexpected_replies.labels(name, kind)
-            for step in definition.steps:
-                self.step_failures.labels(name, step.name)
-                self.deadlines_fired.labels(name, step.name)
-                self.deadlines_postponed.labels(name, step.name)
-                self.commands_picked_up.labels(name, step.name)
+            for unit in definition.units():
+                self.step_failures.labels(name, unit.name)
+                self.deadlines_fired.labels(name, unit.name)
+                self.deadlines_postponed.labels(name, unit.name)
+                self.commands_picked_up.labels(name, unit.name)
+            for step in definition.command_steps():
                 self.commands_sent.labels(name, step.service, CommandPurpose.FORWARD.value)
                 self.commands_sent.labels(name, step.service, CommandPurpose.RETRY.value)
                 if step.compensation is not None:

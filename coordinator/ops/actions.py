@@ -29,6 +29,7 @@ from coordinator.core.errors import (
 from coordinator.core.machine import apply
 from coordinator.core.migration import migrate_saga
 from coordinator.core.state import OperatorAbort, OperatorRetry, SagaInstance, SagaStatus
+from coordinator.store.children import ChildStore
 from coordinator.store.messages import command_message
 from coordinator.store.parking import ParkedSaga, ParkingStore
 from coordinator.store.persist import persist
@@ -44,6 +45,7 @@ __all__ = [
     "OperatorActions",
     "SagaTimeline",
     "SentCommand",
+    "child_as_dict",
     "saga_as_dict",
 ]
 
@@ -79,6 +81,8 @@ def saga_as_dict(instance: SagaInstance) -> dict[str, Any]:
         "failure_reason": instance.failure_reason,
         "data": instance.data,
         "business_keys": list(instance.business_keys),
+        "parent_saga_id": instance.parent_saga_id,
+        "parent_step": instance.parent_step,
         "traceparent": instance.traceparent,
         "version": instance.version,
         "created_at": _iso(instance.created_at),
@@ -86,17 +90,36 @@ def saga_as_dict(instance: SagaInstance) -> dict[str, Any]:
     }
 
 
+def child_as_dict(child: SagaInstance) -> dict[str, Any]:
+    """A child saga as its parent shows it: the link and where the child is."""
+    return {
+        "saga_id": child.saga_id,
+        "saga_type": child.saga_type,
+        "status": child.status.value,
+        "parent_step": child.parent_step,
+        "created_at": _iso(child.created_at),
+        "updated_at": _iso(child.updated_at),
+    }
+
+
 @dataclass(frozen=True)
 class SagaTimeline:
-    """A saga and its history, oldest entry first."""
+    """A saga and its history, oldest entry first.
+
+    Attributes:
+        children: The sagas this one started as child steps (found by their
+            ``parent_saga_id``), oldest first; the parent is ``instance.parent_saga_id``.
+    """
 
     instance: SagaInstance
     history: tuple[HistoryRecord, ...]
+    children: tuple[SagaInstance, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready values: ``{"saga": {...}, "history": [...]}``."""
+        """JSON-ready values: ``{"saga": {...}, "children": [...], "history": [...]}``."""
         return {
             "saga": saga_as_dict(self.instance),
+            "children": [child_as_dict(c) for c in self.children],
             "history": [
                 {
                     "id": r.id,
@@ -247,7 +270,8 @@ class OperatorActions:
                 if instance is None:
                     raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
                 history = await self._store.select_history(conn, saga_id)
-        return SagaTimeline(instance, tuple(history))
+                children = await ChildStore().select_children(conn, saga_id)
+        return SagaTimeline(instance, tuple(history), tuple(children))
 
     async def list(
         self,
@@ -407,6 +431,7 @@ class OperatorActions:
                 [transition.instance] if transition.changed else [],
                 [transition],
                 now,
+                registry=self._registry,
             )
             if dry_run:
                 await tx.rollback()

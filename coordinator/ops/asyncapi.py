@@ -2,8 +2,10 @@
 
 Every topic and every message the coordinator and its participants exchange: the commands of
 each registered saga's steps (all versions) and their compensations, the fence, the replies
-with the JSON Schema of each command's ``reply_model``, the start requests with each saga
-type's data model, the lifecycle events, and the dead letters with their headers. The JSON
+with the JSON Schema of each command's ``reply_model`` (and the end notices of child sagas,
+which reach their parent as replies), the start requests with each saga type's data model,
+the signals with the payload model of each wait, the lifecycle events, and the dead letters
+with their headers. The JSON
 Schemas come from the pydantic models themselves, so the document cannot drift from the code;
 ``docs/asyncapi.yaml`` is this document for :func:`saga_defs.default_registry`, kept in sync by
 a unit test (``saga contract --asyncapi > docs/asyncapi.yaml``).
@@ -21,7 +23,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from coordinator.core.definition import SagaRegistry
+from coordinator.core.definition import SagaRegistry, WaitForSignal
 from coordinator.core.state import LifecycleKind
 from service_sdk.contract import (
     FENCE_MESSAGE_TYPE,
@@ -30,6 +32,7 @@ from service_sdk.contract import (
     DeadLetterReason,
     Envelope,
     Header,
+    SignalEnvelope,
 )
 
 __all__ = ["asyncapi_document", "message_key", "render_asyncapi"]
@@ -52,6 +55,7 @@ _HEADER_DOCS = {
     Header.REPLY_TO: "The topic to publish the reply to (commands only).",
     Header.COMPENSATES: "The forward command id a compensation or fence undoes.",
     Header.OUTCOME: "success, failure or retryable (replies only).",
+    Header.SIGNAL: "The signal's name (signals only).",
     Header.TRACEPARENT: "W3C trace context.",
 }
 
@@ -128,12 +132,26 @@ def asyncapi_document(registry: SagaRegistry, *, version: str = "1.0.0") -> dict
     """The AsyncAPI 3.0 document of ``registry``'s sagas and the wire contract."""
     commands: dict[str, dict[str, type[Command]]] = {}
     for definition in registry:
-        for step in definition.steps:
+        for step in definition.command_steps():
             found = commands.setdefault(step.service, {})
             found[step.command.message_type] = step.command
             if step.compensation is not None:
                 found[step.compensation.command.message_type] = step.compensation.command
-    models: dict[str, type[BaseModel]] = {"Envelope": Envelope}
+    models: dict[str, type[BaseModel]] = {"Envelope": Envelope, "SignalEnvelope": SignalEnvelope}
+    waits: dict[str, type[BaseModel] | None] = {}
+    children: set[str] = set()
+    for definition in registry:
+        children.update(definition.child_types())
+        for unit in definition.units():
+            if not isinstance(unit, WaitForSignal):
+                continue
+            if unit.signal in waits and waits[unit.signal] is not unit.payload_model:
+                waits[unit.signal] = None  # waits differ on the payload: it stays open
+            else:
+                waits[unit.signal] = unit.payload_model
+    for wait_model in waits.values():
+        if wait_model is not None:
+            models[wait_model.__name__] = wait_model
     for by_type in commands.values():
         for command in by_type.values():
             models[command.__name__] = command
@@ -224,6 +242,64 @@ def asyncapi_document(registry: SagaRegistry, *, version: str = "1.0.0") -> dict
             "summary": f"The coordinator sends {service}'s commands, compensations and fences.",
         }
 
+    for child in sorted(children):
+        # A child saga's end reaches its parent as a reply to the child's "start command".
+        key = message_key("reply", f"{child}.start")
+        replies[key] = message(
+            key,
+            f"end of a {child} child saga",
+            f"A {child} saga started as a child step announces its end to the parent: "
+            "command_id is the child's saga id; success (COMPLETED) carries its final data, "
+            "failure (COMPENSATED or FAILED) its failure reason in error.",
+            {
+                "allOf": [
+                    _envelope_of(
+                        "reply",
+                        f"{child}.start",
+                        {"type": "object"},
+                        ["step", "command_id", "outcome"],
+                    ),
+                    {
+                        "if": {
+                            "properties": {"outcome": {"const": "success"}},
+                            "required": ["outcome"],
+                        },
+                        "then": {"properties": {"payload": _ref(registry.get(child).data_model)}},
+                    },
+                ]
+            },
+        )
+    signals: dict[str, Any] = {
+        "signal": message(
+            "signal",
+            "signal",
+            "A named signal for one saga (any name). A saga waiting for it takes it; an active "
+            "saga whose wait for it lies ahead keeps it until the wait begins; otherwise it is "
+            "dead-lettered (signal_not_awaited, signal_invalid, saga_terminal, unknown_saga).",
+            _ref(SignalEnvelope),
+        )
+    }
+    for signal_name, wait_model in sorted(waits.items()):
+        key = message_key("signal", signal_name)
+        signals[key] = message(
+            key,
+            f"{signal_name} signal",
+            f"The {signal_name} signal a WaitForSignal step waits for.",
+            {
+                "allOf": [
+                    _ref(SignalEnvelope),
+                    {
+                        "type": "object",
+                        "properties": {
+                            "name": {"const": signal_name},
+                            "payload": _ref(wait_model)
+                            if wait_model is not None
+                            else {"type": "object"},
+                        },
+                    },
+                ]
+            },
+        )
     starts: dict[str, Any] = {}
     for name in registry.names():
         definition = registry.get(name)
@@ -260,6 +336,14 @@ def asyncapi_document(registry: SagaRegistry, *, version: str = "1.0.0") -> dict
         "parameters": prefix,
         "messages": starts,
     }
+    channels["signals"] = {
+        "address": "{prefix}saga.signals",
+        "title": "Signals for sagas",
+        "description": "Keyed by saga id. Also sent by POST /sagas/{id}/signals/{name} and "
+        "`saga signal`. The inbox de-duplicates on message_id.",
+        "parameters": prefix,
+        "messages": signals,
+    }
     channels["events"] = {
         "address": "{prefix}saga.events",
         "title": "Saga lifecycle events",
@@ -295,6 +379,11 @@ def asyncapi_document(registry: SagaRegistry, *, version: str = "1.0.0") -> dict
         "action": "receive",
         "channel": {"$ref": "#/channels/requests"},
         "summary": "The coordinator starts sagas.",
+    }
+    operations["receive_signals"] = {
+        "action": "receive",
+        "channel": {"$ref": "#/channels/signals"},
+        "summary": "The coordinator applies signals to the sagas they are for.",
     }
     operations["send_events"] = {
         "action": "send",

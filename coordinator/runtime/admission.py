@@ -85,7 +85,7 @@ class Admitter:
                     if not self._registry.has(instance.saga_type, instance.definition_version):
                         continue  # a coordinator that runs this type and version admits it
                     definition = self._registry.get(instance.saga_type, instance.definition_version)
-                    service = definition.steps[0].service
+                    service = definition.entry_service()
                     if not in_flight.has_room(self._limits, instance.saga_type, service):
                         continue
                     in_flight.add(instance.saga_type, service)
@@ -98,6 +98,7 @@ class Admitter:
                         [t.instance for t in transitions],
                         transitions,
                         now,
+                        registry=self._registry,
                     )
             self.backlog = backlog - len(transitions)
         self.admitted += len(transitions)

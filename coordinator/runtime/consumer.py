@@ -1,4 +1,4 @@
-"""The reply consumer: reads replies and start requests in batches and applies them."""
+"""The reply consumer: reads replies, start requests and signals in batches and applies them."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from coordinator.core.batch import BatchOutcome, Rejection, count_unknown_fields
 from coordinator.observability.logs import envelope_extra
 from coordinator.observability.tracing import with_header_traceparent
 from coordinator.runtime.dead_letters import DeadLetterPublisher, RejectedRecord
-from coordinator.runtime.processor import BatchProcessor
+from coordinator.runtime.processor import BatchProcessor, Inbound
 from coordinator.runtime.transient import is_transient
 from service_sdk.contract import (
     DeadLetterReason,
     Envelope,
     MalformedMessageError,
+    SignalEnvelope,
     Topics,
     decode_envelope,
+    decode_signal,
 )
 from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries, cancellation_requested
 
@@ -53,8 +55,19 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
+def _unknown_fields(messages: Sequence[Inbound]) -> dict[tuple[str, str], int]:
+    counts = count_unknown_fields(m for m in messages if isinstance(m, Envelope))
+    for message in messages:
+        if isinstance(message, SignalEnvelope):
+            for name in message.unknown_fields:
+                key = (message.message_type, name)
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 class ReplyConsumer:
-    """Consumes ``saga.replies`` and ``saga.requests`` as one consumer-group member.
+    """Consumes ``saga.replies``, ``saga.requests`` and ``saga.signals`` as one consumer-group
+    member.
 
     Each ``getmany`` batch is applied in one database transaction; dead letters are then
     published and acknowledged, the outbox relay woken, and only then are offsets committed.
@@ -105,7 +118,7 @@ class ReplyConsumer:
             max_poll_records=self._settings.max_batch,
         )
         consumer.subscribe(
-            [self._topics.replies, self._topics.requests],
+            [self._topics.replies, self._topics.requests, self._topics.signals],
             listener=_DrainOnRevoke(self._lock),
         )
         try:
@@ -213,11 +226,14 @@ class ReplyConsumer:
     ) -> None:
         records = [record for partition in batch.values() for record in partition]
         letters: list[RejectedRecord] = []
-        envelopes: list[Envelope] = []
+        envelopes: list[Inbound] = []
         origins: list[Record] = []
         for record in records:
             try:
-                envelopes.append(with_header_traceparent(decode_envelope(record.value), record))
+                if record.topic == self._topics.signals:
+                    envelopes.append(decode_signal(record.value))
+                else:
+                    envelopes.append(with_header_traceparent(decode_envelope(record.value), record))
                 origins.append(record)
             except MalformedMessageError as exc:
                 letters.append(RejectedRecord(record, exc.reason_code, exc))
@@ -228,7 +244,7 @@ class ReplyConsumer:
         if letters:
             await self._retry_transient(lambda: self._dead_letters.publish(letters))
         outcome.records = len(records)
-        outcome.unknown_fields = count_unknown_fields(envelopes)
+        outcome.unknown_fields = _unknown_fields(envelopes)
         if self._on_commit is not None:
             self._on_commit(outcome)
         offsets = {tp: partition[-1].offset + 1 for tp, partition in batch.items() if partition}
@@ -240,7 +256,7 @@ class ReplyConsumer:
             logger.warning("offset commit failed after a rebalance: %s", exc)
         self.batches += 1
 
-    async def _apply(self, envelopes: Sequence[Envelope]) -> BatchOutcome:
+    async def _apply(self, envelopes: Sequence[Inbound]) -> BatchOutcome:
         if not envelopes:
             return BatchOutcome()
         try:
@@ -260,7 +276,9 @@ class ReplyConsumer:
                 logger.exception(
                     "message %s cannot be applied",
                     envelope.message_id,
-                    extra=envelope_extra(envelope),
+                    extra=envelope_extra(envelope)
+                    if isinstance(envelope, Envelope)
+                    else {"saga_id": envelope.saga_id, "message_id": envelope.message_id},
                 )
 
                 merged.rejections.append(Rejection(index, DeadLetterReason.PROCESSING_ERROR, exc))
@@ -273,7 +291,7 @@ class ReplyConsumer:
             merged.rejections.extend(type(r)(index, r.reason, r.error) for r in single.rejections)
         return merged
 
-    async def _with_retries(self, envelopes: Sequence[Envelope]) -> BatchOutcome:
+    async def _with_retries(self, envelopes: Sequence[Inbound]) -> BatchOutcome:
         return await self._retry_transient(lambda: self._processor.process(envelopes))
 
     async def _retry_transient(self, action: Callable[[], Awaitable[T]]) -> T:

@@ -114,6 +114,7 @@ class DeadlineScanner:
                     [t.instance for t in transitions if t.changed],
                     transitions,
                     now,
+                    registry=self._registry,
                 )
         self.fired += len(transitions)
         fired = list(zip(befores, transitions, strict=True))

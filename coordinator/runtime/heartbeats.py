@@ -136,6 +136,7 @@ class HeartbeatListener:
                     [current[t.instance.saga_id] for t in transitions],
                     transitions,
                     now,
+                    registry=self._registry,
                 )
         self.received += len(beats)
         return transitions

@@ -1,4 +1,4 @@
-"""Parking: replies for sagas whose definition version this coordinator does not have.
+"""Parking: replies (and signals) for sagas whose definition version this coordinator lacks.
 
 A saga always advances with the definition version it started with. When a reply arrives for
 a saga whose version is not loaded here (a rolling deploy: old and new coordinators side by
@@ -27,15 +27,34 @@ from coordinator.core.definition import SagaRegistry
 from coordinator.core.state import SagaInstance
 from coordinator.store.parking import ParkedReply, ParkingStore
 from coordinator.store.saga_store import SagaStore
-from service_sdk.contract import Envelope, MalformedMessageError, MessageKind, decode_envelope
+from service_sdk.contract import (
+    Envelope,
+    MalformedMessageError,
+    MessageKind,
+    SignalEnvelope,
+    decode_envelope,
+    decode_signal,
+)
 from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
 if TYPE_CHECKING:
-    from coordinator.runtime.processor import BatchProcessor
+    from coordinator.runtime.processor import BatchProcessor, Inbound
 
-__all__ = ["ParkedReplyResumer", "ReplyParking", "this_coordinator"]
+__all__ = ["ParkedReplyResumer", "ReplyParking", "decode_parked", "this_coordinator"]
 
 logger = logging.getLogger(__name__)
+
+
+def decode_parked(body: bytes) -> Envelope | SignalEnvelope:
+    """A parked message: a reply envelope, or a signal (``"kind": "signal"``).
+
+    Raises:
+        MalformedMessageError: Neither.
+    """
+    try:
+        return decode_envelope(body)
+    except MalformedMessageError:
+        return decode_signal(body)
 
 
 def this_coordinator() -> str:
@@ -54,18 +73,18 @@ class ReplyParking:
     async def park_unloaded(
         self,
         conn: AsyncConnection,
-        candidates: Sequence[tuple[int, Envelope]],
+        candidates: Sequence[tuple[int, Inbound]],
         current: dict[str, SagaInstance],
         now: datetime,
         outcome: BatchOutcome,
-    ) -> list[tuple[int, Envelope]]:
-        """The candidates this coordinator can apply; parks the others' replies."""
-        keep: list[tuple[int, Envelope]] = []
+    ) -> list[tuple[int, Inbound]]:
+        """The candidates this coordinator can apply; parks the others' replies and signals."""
+        keep: list[tuple[int, Inbound]] = []
         parked: list[ParkedReply] = []
         for index, envelope in candidates:
             saga = current.get(envelope.saga_id)
             if (
-                envelope.kind is not MessageKind.REPLY
+                (isinstance(envelope, Envelope) and envelope.kind is not MessageKind.REPLY)
                 or saga is None
                 or self._registry.has(saga.saga_type, saga.definition_version)
             ):
@@ -132,10 +151,10 @@ class ParkedReplyResumer:
             )
             if not claimed:
                 return 0
-            envelopes: list[Envelope] = []
+            envelopes: list[Inbound] = []
             for reply in claimed:
                 try:
-                    envelopes.append(decode_envelope(reply.body))
+                    envelopes.append(decode_parked(reply.body))
                 except MalformedMessageError:  # pragma: no cover - written by us, from an envelope
                     logger.exception("parked reply %s is unreadable", reply.message_id)
             # Its own transaction: the claim's locks keep other resumers off these rows, and the

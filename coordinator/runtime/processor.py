@@ -1,11 +1,12 @@
 """Applies a batch of inbound messages to saga state in ONE database transaction.
 
-For a batch of start requests and replies the processor, inside a single transaction:
-locks the sagas the replies belong to, records every new message id in the inbox (a
-redelivered message is recognised there and changes nothing), runs the pure engine, and
-writes the new saga states, their history and the outgoing messages (outbox). Kafka offsets
-are committed by the caller only after this returns. Messages that cannot be applied are
-returned as rejections for the caller to dead-letter; they are not written to the inbox, so a
+For a batch of start requests, replies and signals the processor, inside a single
+transaction: locks the sagas the replies and signals belong to, records every new message id
+in the inbox (a redelivered message is recognised there and changes nothing), runs the pure
+engine, and writes the new saga states, their history and the outgoing messages (outbox).
+Kafka offsets are committed by the caller only after this returns. Messages that cannot be
+applied are returned as rejections for the caller to dead-letter; they are not written to the
+inbox (a signal the engine refuses is taken out of it again, in the same transaction), so a
 repaired message can be replayed.
 """
 
@@ -28,7 +29,9 @@ from coordinator.core.errors import InvalidSagaDataError, SagaError
 from coordinator.core.machine import apply, start_saga
 from coordinator.core.state import (
     ReplyReceived,
+    SagaInput,
     SagaInstance,
+    SignalReceived,
     StartSaga,
     Transition,
 )
@@ -39,11 +42,37 @@ from coordinator.runtime.starts import RepeatedStarts
 from coordinator.store.admission import AdmissionStore
 from coordinator.store.persist import persist
 from coordinator.store.saga_store import SagaStore
-from service_sdk.contract import DeadLetterReason, Envelope, MessageKind, Topics
+from service_sdk.contract import DeadLetterReason, Envelope, MessageKind, SignalEnvelope, Topics
 
-__all__ = ["BatchProcessor"]
+__all__ = ["BatchProcessor", "Inbound"]
 
 logger = logging.getLogger(__name__)
+
+Inbound = Envelope | SignalEnvelope
+"""What the processor applies: start requests and replies (envelopes), and signals."""
+
+
+def _is_start(message: Inbound) -> bool:
+    return isinstance(message, Envelope) and message.kind is MessageKind.START
+
+
+def _for_saga(message: Inbound) -> bool:
+    """True for the messages applied to an existing saga: replies and signals."""
+    return isinstance(message, SignalEnvelope) or message.kind is MessageKind.REPLY
+
+
+def _input(message: Envelope | SignalEnvelope) -> SagaInput:
+    if isinstance(message, SignalEnvelope):
+        return SignalReceived(message.message_id, message.name, dict(message.payload))
+    return _reply_input(message)
+
+
+def _signal_reason(rejection: str) -> DeadLetterReason:
+    try:
+        return DeadLetterReason(rejection)
+    except ValueError:
+        # A reason this contract version does not name still dead-letters the signal.
+        return DeadLetterReason.PROCESSING_ERROR
 
 
 def _reply_input(envelope: Envelope) -> ReplyReceived:
@@ -72,6 +101,8 @@ class _Applied:
     changed_ids: set[str] = field(default_factory=set)
     repeats: list[tuple[int, Envelope]] = field(default_factory=list)
     """Starts of a saga id started earlier in the same batch."""
+    refused: list[str] = field(default_factory=list)
+    """Message ids of the signals the engine refused (taken out of the inbox again)."""
 
 
 class BatchProcessor:
@@ -95,7 +126,9 @@ class BatchProcessor:
         self._parking = ReplyParking(registry)
         self._repeats = RepeatedStarts(store, registry)
 
-    def _screen(self, index: int, envelope: Envelope) -> Rejection | None:
+    def _screen(self, index: int, envelope: Inbound) -> Rejection | None:
+        if isinstance(envelope, SignalEnvelope):
+            return None  # validated when decoded; its saga is looked up with the replies
         if envelope.kind not in (MessageKind.START, MessageKind.REPLY):
             return Rejection(
                 index,
@@ -118,7 +151,7 @@ class BatchProcessor:
             )
         return None
 
-    async def process(self, envelopes: Sequence[Envelope]) -> BatchOutcome:
+    async def process(self, envelopes: Sequence[Inbound]) -> BatchOutcome:
         """Apply ``envelopes`` (in order) in one transaction and return what happened.
 
         Raises whatever the database raises; the caller retries or isolates the batch.
@@ -143,6 +176,9 @@ class BatchProcessor:
                 conn, [(e.message_id, e.saga_id) for _, e in accepted], now
             )
             batch = self._apply_replies(accepted, fresh, starts, current, now, outcome)
+            # A refused signal is dead-lettered, not consumed: out of the inbox again, so a
+            # redelivery (the dead letter not yet published) or a replay is judged anew.
+            await self._store.delete_inbox_messages(conn, batch.refused)
             admitted = await self._admit_or_queue(conn, batch.starts, now)
             existing = await self._insert_starts(conn, admitted, outcome)
             outcome.outbox_ids = await persist(
@@ -152,9 +188,10 @@ class BatchProcessor:
                 [current[i] for i in sorted(batch.changed_ids)],
                 [t for _, t in outcome.transitions],
                 now,
+                registry=self._registry,
             )
             # A saga id started again: a duplicate, or (other data) a conflicting start.
-            by_message = {e.message_id: (i, e) for i, e in accepted}
+            by_message = {e.message_id: (i, e) for i, e in accepted if isinstance(e, Envelope)}
             await self._repeats.settle(
                 conn,
                 [*batch.repeats, *(by_message[m] for m in existing)],
@@ -173,10 +210,10 @@ class BatchProcessor:
         return outcome
 
     def _screen_all(
-        self, envelopes: Sequence[Envelope], outcome: BatchOutcome
-    ) -> list[tuple[int, Envelope]]:
+        self, envelopes: Sequence[Inbound], outcome: BatchOutcome
+    ) -> list[tuple[int, Inbound]]:
         """The messages this processor can apply, with their batch index; rejects the rest."""
-        candidates: list[tuple[int, Envelope]] = []
+        candidates: list[tuple[int, Inbound]] = []
         for index, envelope in enumerate(envelopes):
             rejection = self._screen(index, envelope)
             if rejection is None:
@@ -186,12 +223,12 @@ class BatchProcessor:
         return candidates
 
     def _decide_starts(
-        self, candidates: Sequence[tuple[int, Envelope]], now: datetime, outcome: BatchOutcome
+        self, candidates: Sequence[tuple[int, Inbound]], now: datetime, outcome: BatchOutcome
     ) -> dict[int, Transition]:
         """The start transition of every start request whose data is valid, by batch index."""
         starts: dict[int, Transition] = {}
         for index, envelope in candidates:
-            if envelope.kind is not MessageKind.START:
+            if not isinstance(envelope, Envelope) or envelope.kind is not MessageKind.START:
                 continue
             definition = self._registry.get(envelope.saga_type)
             try:
@@ -211,29 +248,41 @@ class BatchProcessor:
         return starts
 
     async def _lock_sagas(
-        self, conn: AsyncConnection, candidates: Sequence[tuple[int, Envelope]]
+        self, conn: AsyncConnection, candidates: Sequence[tuple[int, Inbound]]
     ) -> dict[str, SagaInstance]:
-        """Lock (``FOR UPDATE``) and read the sagas the replies of the batch belong to."""
-        saga_ids = {e.saga_id for _, e in candidates if e.kind is MessageKind.REPLY}
+        """Lock (``FOR UPDATE``) and read the sagas the replies and signals belong to."""
+        saga_ids = {e.saga_id for _, e in candidates if _for_saga(e)}
         if not saga_ids:
             return {}
         return await self._store.select_sagas_for_update(conn, saga_ids)
 
     def _admit(
         self,
-        candidates: Sequence[tuple[int, Envelope]],
+        candidates: Sequence[tuple[int, Inbound]],
         starts: Mapping[int, Transition],
         current: Mapping[str, SagaInstance],
         outcome: BatchOutcome,
-    ) -> list[tuple[int, Envelope]]:
-        """Valid starts and replies to existing sagas; a reply to an unknown saga is rejected."""
-        accepted: list[tuple[int, Envelope]] = []
+    ) -> list[tuple[int, Inbound]]:
+        """Valid starts, and replies and signals to existing sagas; one to an unknown saga is
+        rejected."""
+        accepted: list[tuple[int, Inbound]] = []
         for index, envelope in candidates:
-            if envelope.kind is MessageKind.START:
+            if _is_start(envelope):
                 if index in starts:
                     accepted.append((index, envelope))
             elif envelope.saga_id in current:
                 accepted.append((index, envelope))
+            elif isinstance(envelope, SignalEnvelope):
+                outcome.rejections.append(
+                    Rejection(
+                        index,
+                        DeadLetterReason.UNKNOWN_SAGA,
+                        SagaError(
+                            f"signal {envelope.name!r} for an unknown saga",
+                            saga_id=envelope.saga_id,
+                        ),
+                    )
+                )
             elif envelope.saga_type not in self._registry:
                 outcome.rejections.append(
                     Rejection(
@@ -256,7 +305,7 @@ class BatchProcessor:
 
     def _apply_replies(
         self,
-        accepted: Sequence[tuple[int, Envelope]],
+        accepted: Sequence[tuple[int, Inbound]],
         fresh: Collection[str],
         starts: Mapping[int, Transition],
         current: dict[str, SagaInstance],
@@ -275,7 +324,7 @@ class BatchProcessor:
                 outcome.duplicates += 1
                 continue
             seen.add(envelope.message_id)
-            if envelope.kind is MessageKind.START:
+            if isinstance(envelope, Envelope) and envelope.kind is MessageKind.START:
                 if envelope.saga_id in starting:
                     # Starting the same saga id twice starts it once.
                     applied.repeats.append((index, envelope))
@@ -287,11 +336,25 @@ class BatchProcessor:
             saga_def: type[SagaDefinition[Any]] = self._registry.get(
                 before.saga_type, before.definition_version
             )
-            transition = apply(saga_def, before, _reply_input(envelope), now)
+            transition = apply(saga_def, before, _input(envelope), now)
             current[envelope.saga_id] = transition.instance
             if transition.changed:
                 applied.changed_ids.add(envelope.saga_id)
-            outcome.transitions.append((before, transition))
+            outcome.transitions.append((before, transition))  # a refusal's history too
+            if transition.rejection is not None and isinstance(envelope, SignalEnvelope):
+                applied.refused.append(envelope.message_id)
+                outcome.rejections.append(
+                    Rejection(
+                        index,
+                        _signal_reason(transition.rejection),
+                        SagaError(
+                            f"signal {envelope.name!r} refused: {transition.rejection} "
+                            f"(saga {before.status.value}, at {before.current_step or '-'})",
+                            saga_id=envelope.saga_id,
+                        ),
+                    )
+                )
+                continue
             outcome.applied += 1
         return applied
 
@@ -312,7 +375,7 @@ class BatchProcessor:
         for transition in starts:
             instance = transition.instance
             definition = self._registry.get(instance.saga_type, instance.definition_version)
-            service = definition.steps[0].service
+            service = definition.entry_service()
             if backlog == 0 and in_flight.has_room(self._limits, instance.saga_type, service):
                 in_flight.add(instance.saga_type, service)
                 decided.append(transition)

@@ -338,6 +338,16 @@ class SagaStore:
         )
         return set(result.scalars().all())
 
+    async def delete_inbox_messages(
+        self, conn: AsyncConnection, message_ids: Sequence[str]
+    ) -> None:
+        """Forget these message ids: the batch refused them (a redelivery is judged anew)."""
+        if not message_ids:
+            return
+        await conn.execute(
+            sa.delete(inbox).where(inbox.c.message_id == sa.any_(_text_array("ids", message_ids)))
+        )
+
     # -- saga instances ------------------------------------------------------------------
 
     async def insert_sagas(

@@ -23,6 +23,12 @@ from service_sdk.contract.errors import (
 from service_sdk.contract.headers import DeadLetterHeader, Header, decode_headers, encode_headers
 from service_sdk.contract.heartbeat import Heartbeat, PickedUpCommand
 from service_sdk.contract.reasons import DeadLetterReason
+from service_sdk.contract.signals import (
+    SIGNAL_MESSAGE_TYPE,
+    SIGNAL_NAME_PATTERN,
+    SignalEnvelope,
+    decode_signal,
+)
 from service_sdk.contract.topics import Topics
 from service_sdk.contract.undeliverable import (
     UNDELIVERABLE_KEY,
@@ -32,6 +38,8 @@ from service_sdk.contract.undeliverable import (
 
 __all__ = [
     "FENCE_MESSAGE_TYPE",
+    "SIGNAL_MESSAGE_TYPE",
+    "SIGNAL_NAME_PATTERN",
     "SPEC_VERSION",
     "UNDELIVERABLE_KEY",
     "Command",
@@ -46,10 +54,12 @@ __all__ = [
     "Outcome",
     "ParticipantError",
     "PickedUpCommand",
+    "SignalEnvelope",
     "Topics",
     "UnknownMessageTypeError",
     "decode_envelope",
     "decode_headers",
+    "decode_signal",
     "encode_headers",
     "new_message_id",
     "undeliverable_payload",

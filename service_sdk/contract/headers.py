@@ -31,6 +31,8 @@ class Header:
     REPLY_TO: Final = "ce_sagareplyto"
     COMPENSATES: Final = "ce_sagacompensates"
     OUTCOME: Final = "ce_sagaoutcome"
+    SIGNAL: Final = "ce_sagasignal"
+    """A signal's name (signals only)."""
     TRACEPARENT: Final = "traceparent"
 
 

@@ -29,7 +29,7 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_SAGA_TYPE = "unknown_saga_type"
     """No definition of that saga type is registered in the coordinator."""
     UNKNOWN_SAGA = "unknown_saga"
-    """A reply for a saga id the coordinator never started."""
+    """A reply or a signal for a saga id the coordinator never started."""
     INVALID_DATA = "invalid_data"
     """A start request whose data fails the saga's data model."""
     CONFLICTING_START = "conflicting_start"
@@ -40,3 +40,10 @@ class DeadLetterReason(StrEnum):
     UNSENDABLE = "unsendable"
     """Kafka refuses the record for good (larger than the producer's max request size, or an
     invalid topic): a coordinator's outbox row or a participant's reply, never published."""
+    SIGNAL_NOT_AWAITED = "signal_not_awaited"
+    """A signal its saga does not wait for and never will: no wait of that name, or the
+    wait already passed."""
+    SIGNAL_INVALID = "signal_invalid"
+    """A signal whose payload fails the payload model of the wait it is for."""
+    SAGA_TERMINAL = "saga_terminal"
+    """A signal for a saga that has ended (COMPLETED, COMPENSATED or FAILED)."""

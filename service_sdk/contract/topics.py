@@ -37,6 +37,11 @@ class Topics:
         return f"{self.prefix}saga.heartbeats"
 
     @property
+    def signals(self) -> str:
+        """The topic of signals: named events from outside for one saga (keyed by saga id)."""
+        return f"{self.prefix}saga.signals"
+
+    @property
     def events(self) -> str:
         """The topic of saga lifecycle events."""
         return f"{self.prefix}saga.events"

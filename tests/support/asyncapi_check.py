@@ -62,7 +62,11 @@ def check_record(topic: str, prefix: str, value: bytes, headers: dict[str, str])
         _validate(document, message["headers"], headers)
         return str(name)
     body = json.loads(value)
-    name = f"{body['kind']}.{body['message_type']}".replace(".", "_").replace("-", "_")
+    if body.get("kind") == "signal":
+        named = f"signal_{body['name']}".replace(".", "_").replace("-", "_").replace(":", "_")
+        name = named if named in names else "signal"
+    else:
+        name = f"{body['kind']}.{body['message_type']}".replace(".", "_").replace("-", "_")
     assert name in names, f"{name} is not a message of channel {channel['address']}"
     message = document["components"]["messages"][name]
     _validate(document, message["payload"], body)

@@ -167,3 +167,27 @@ def test_a_dry_run_lists_what_would_be_sent() -> None:
     assert "inventory.commands" in out
     assert "inventory.release_stock" in out
     assert result.as_dict()["commands"][0]["topic"] == "inventory.commands"
+
+
+def test_show_links_a_child_to_its_parent_and_a_parent_to_its_children() -> None:
+    timeline = _timeline()
+    child = replace(
+        timeline.instance,
+        saga_id="child-1",
+        saga_type="award_points",
+        status=SagaStatus.COMPLETED,
+        parent_saga_id="saga-1",
+        parent_step="points",
+    )
+    parent_view = replace(timeline, children=(child,))
+    console = Console(record=True, width=200)
+    render_timeline(console, parent_view, START)
+    out = console.export_text()
+    assert "child-1 (award_points, for points) COMPLETED" in out
+    assert parent_view.as_dict()["children"][0]["saga_id"] == "child-1"
+
+    console = Console(record=True, width=200)
+    render_timeline(console, SagaTimeline(child, timeline.history), START)
+    out = console.export_text()
+    assert "saga-1 (its step points)" in out
+    assert SagaTimeline(child, ()).as_dict()["saga"]["parent_saga_id"] == "saga-1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Collection
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -210,6 +211,20 @@ async def test_saga_data_is_escaped_in_the_pages(
         page = await ui.get(path)
         assert evil not in page.text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
+async def test_the_saga_page_links_parent_and_children(
+    ui: httpx.AsyncClient, console: FakeConsole
+) -> None:
+    await console.backend.start_saga("order", ORDER, saga_id="kid-1", traceparent=None)
+    sagas = console.backend.sagas
+    sagas["kid-1"] = replace(sagas["kid-1"], parent_saga_id="s-1", parent_step="points")
+    await _log_in(ui)
+    parent = await ui.get("/ui/sagas/s-1")
+    assert 'href="/ui/sagas/kid-1"' in parent.text
+    assert "for points" in parent.text
+    child = await ui.get("/ui/sagas/kid-1")
+    assert 'id="parent"><a href="/ui/sagas/s-1"' in child.text
 
 
 async def test_the_console_is_not_in_the_openapi_document(console: FakeConsole) -> None:

@@ -270,13 +270,17 @@ def test_sdk_public_api_is_pinned() -> None:
         "Service",
         "ServiceMetrics",
         "ServiceRunner",
+        "SignalEnvelope",
         "Topics",
         "UnknownMessageTypeError",
         "dead_letter_headers",
         "decode_envelope",
         "decode_headers",
+        "decode_signal",
         "encode_headers",
         "new_message_id",
+        "send_signal",
+        "signal_envelope",
     ]
     for name in service_sdk.__all__:
         assert hasattr(service_sdk, name), name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from coordinator.core.state import (
 )
 from coordinator.observability.tracing import ensure_traceparent, trace_id_of
 from coordinator.ops.actions import ActionResult, SagaTimeline, SentCommand
+from coordinator.ops.signals import SentSignal
 from coordinator.store.records import HistoryRecord
 from saga_defs import OrderSaga, default_registry
 from service_sdk.contract import Outcome
@@ -89,7 +91,8 @@ class FakeBackend:
     async def show(self, saga_id: str) -> SagaTimeline:
         if saga_id not in self.sagas:
             raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
-        return SagaTimeline(self.sagas[saga_id], tuple(self.history[saga_id]))
+        children = tuple(s for s in self.sagas.values() if s.parent_saga_id == saga_id)
+        return SagaTimeline(self.sagas[saga_id], tuple(self.history[saga_id]), children)
 
     async def list_sagas(
         self,
@@ -148,6 +151,20 @@ class FakeBackend:
 
     async def abort(self, saga_id: str, *, actor: str, reason: str, dry_run: bool) -> ActionResult:
         return await self._act("abort", saga_id, actor, reason, dry_run)
+
+    async def send_signal(
+        self,
+        saga_id: str,
+        name: str,
+        payload: Mapping[str, Any],
+        *,
+        message_id: str | None,
+        traceparent: str | None,
+    ) -> SentSignal:
+        saga = (await self.show(saga_id)).instance
+        self.calls.append(("signal", (saga_id, name, dict(payload), message_id)))
+        signal_id = message_id or f"signal-{len(self.calls)}"
+        return SentSignal(signal_id, saga_id, name, "saga.signals", saga.status)
 
     async def readiness(self) -> Readiness:
         return self.ready
@@ -459,6 +476,86 @@ async def test_a_bad_dry_run_value_is_422(api: httpx.AsyncClient) -> None:
     assert response.json()["errors"][0]["loc"] == ["query", "dry_run"]
 
 
+async def test_the_saga_document_links_parent_and_children(
+    api: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    await api.post("/sagas/order", params={"saga_id": "p-1"}, json=ORDER, headers=AUTH)
+    await api.post("/sagas/order", params={"saga_id": "c-1"}, json=ORDER, headers=AUTH)
+    backend.sagas["c-1"] = replace(backend.sagas["c-1"], parent_saga_id="p-1", parent_step="kid")
+    parent = (await api.get("/sagas/p-1", headers=AUTH)).json()
+    assert [(c["saga_id"], c["parent_step"], c["status"]) for c in parent["children"]] == [
+        ("c-1", "kid", "RUNNING")
+    ]
+    assert parent["saga"]["parent_saga_id"] is None
+    child = (await api.get("/sagas/c-1", headers=AUTH)).json()
+    assert (child["saga"]["parent_saga_id"], child["saga"]["parent_step"]) == ("p-1", "kid")
+    assert child["children"] == []
+
+
+# -- signals ---------------------------------------------------------------------------------
+
+
+async def test_a_signal_answers_202_with_its_id(
+    api: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    await api.post("/sagas/order", params={"saga_id": "o-1"}, json=ORDER, headers=AUTH)
+    response = await api.post(
+        "/sagas/o-1/signals/approval",
+        json={"approved_by": "ann"},
+        headers={**AUTH, "Idempotency-Key": "sig-1"},
+    )
+    assert response.status_code == 202, response.text
+    assert response.json() == {
+        "signal_id": "sig-1",
+        "saga_id": "o-1",
+        "name": "approval",
+        "topic": "saga.signals",
+        "saga_status": "RUNNING",
+    }
+    assert backend.calls[-1] == ("signal", ("o-1", "approval", {"approved_by": "ann"}, "sig-1"))
+
+
+async def test_a_signal_without_a_body_has_an_empty_payload(
+    api: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    await api.post("/sagas/order", params={"saga_id": "o-1"}, json=ORDER, headers=AUTH)
+    response = await api.post("/sagas/o-1/signals/approval", headers=AUTH)
+    assert response.status_code == 202, response.text
+    assert backend.calls[-1][1][2] == {}
+
+
+async def test_a_signal_for_an_unknown_saga_is_404(api: httpx.AsyncClient) -> None:
+    response = await api.post("/sagas/nobody/signals/approval", json={}, headers=AUTH)
+    assert response.status_code == 404
+    assert response.json()["error"] == "saga_not_found"
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("/sagas/o-1/signals/approval", "[1]"),
+        ("/sagas/o-1/signals/approval", "{not json"),
+        ("/sagas/o-1/signals/-dash-first", "{}"),
+        ("/sagas/o-1/signals/with%20space", "{}"),
+    ],
+)
+async def test_a_signal_with_a_bad_body_or_name_is_422(
+    api: httpx.AsyncClient, backend: FakeBackend, path: str, content: str
+) -> None:
+    await api.post("/sagas/order", params={"saga_id": "o-1"}, json=ORDER, headers=AUTH)
+    response = await api.post(
+        path, content=content, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert not [c for c in backend.calls if c[0] == "signal"]
+
+
+async def test_a_signal_needs_the_token(backend: FakeBackend) -> None:
+    async with _client(backend) as client:
+        response = await client.post("/sagas/o-1/signals/approval", json={})
+    assert response.status_code == 401
+
+
 # -- probes, unknown routes, schema ----------------------------------------------------------
 
 
@@ -511,4 +608,5 @@ def test_the_schema_documents_auth_on_every_saga_endpoint() -> None:
         ("/schedules/{name}", "get"),
         ("/schedules/{name}/pause", "post"),
         ("/schedules/{name}/resume", "post"),
+        ("/sagas/{saga_id}/signals/{name}", "post"),
     }

@@ -1,6 +1,6 @@
-"""Sagas: start one, read one, list them, retry or abort one.
+"""Sagas: start one, read one, list them, retry or abort one, send one a signal.
 
-The mutating endpoints (start, retry, abort) sit on a router guarded by the bearer token, the
+The mutating endpoints (start, retry, abort, signal) sit on a router guarded by the bearer token, the
 reads on one guarded while reads need it (:mod:`coordinator.api.auth`); both are combined in
 :data:`router`. What each parameter accepts is in :mod:`coordinator.api.validation`.
 
@@ -31,11 +31,13 @@ from coordinator.api.models import (
     DEFAULT_ACTOR,
     ActionRequest,
     ActionResponse,
+    ChildView,
     ErrorResponse,
     HistoryView,
     SagaPage,
     SagaTimelineView,
     SagaView,
+    SignalResponse,
     StartResponse,
 )
 from coordinator.api.validation import (
@@ -51,6 +53,9 @@ from coordinator.core.errors import UnknownSagaTypeError
 from coordinator.core.state import SagaStatus
 from coordinator.observability.tracing import ensure_traceparent
 from coordinator.ops.client import start_request
+from coordinator.ops.signals import record_bytes
+from service_sdk.contract import SIGNAL_NAME_PATTERN
+from service_sdk.signals import signal_envelope
 
 __all__ = ["router"]
 
@@ -231,6 +236,66 @@ async def abort_saga(
     return ActionResponse.model_validate(result)
 
 
+@_writes.post(
+    "/sagas/{saga_id}/signals/{name}",
+    status_code=202,
+    response_model=SignalResponse,
+    responses={
+        404: _NOT_FOUND,
+        413: {"model": ErrorResponse, "description": "The Kafka message is too large."},
+    },
+    summary="Send a saga a signal",
+)
+async def signal_saga(
+    backend: BackendDep,
+    max_message_bytes: MaxMessageBytesDep,
+    saga_id: SagaIdPath,
+    name: Annotated[
+        str,
+        Path(
+            min_length=1,
+            max_length=MAX_ID_LENGTH,
+            pattern=SIGNAL_NAME_PATTERN,
+            description="The signal's name, the one a WaitForSignal step waits for.",
+        ),
+    ],
+    payload: Annotated[
+        SagaData | None,
+        Body(description="The signal's payload (a JSON object); none: `{}`."),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=SAGA_ID_PATTERN,
+            description="Used as the signal id: the same id again is applied once. " + _NEW_ID_DOC,
+        ),
+    ] = None,
+    traceparent: Annotated[str | None, Header(description="W3C trace context.")] = None,
+) -> SignalResponse:
+    """Publish signal `name` for the saga to `saga.signals`; 202 once Kafka has it. A saga
+    waiting for it takes it; an active saga whose wait for it lies ahead keeps it; otherwise
+    the signal is dead-lettered with the reason (`signal_not_awaited`, `signal_invalid`,
+    `saga_terminal`)."""
+    body = dict(payload or {})
+    size = record_bytes(signal_envelope(saga_id, name, body, message_id=idempotency_key))
+    if size > max_message_bytes:
+        raise ApiError(
+            413,
+            "message_too_large",
+            f"the signal makes a {size}-byte Kafka message; the limit is {max_message_bytes} "
+            "bytes (SAGA_KAFKA__MAX_MESSAGE_BYTES)",
+        )
+    sent = await backend.send_signal(
+        saga_id,
+        name,
+        body,
+        message_id=idempotency_key,
+        traceparent=ensure_traceparent(traceparent) if traceparent else None,
+    )
+    return SignalResponse.model_validate(sent)
+
+
 @_reads.get(
     "/sagas/{saga_id}",
     response_model=SagaTimelineView,
@@ -238,10 +303,12 @@ async def abort_saga(
     summary="A saga and its history",
 )
 async def get_saga(backend: BackendDep, saga_id: SagaIdPath) -> SagaTimelineView:
-    """The saga's state and its timeline, oldest entry first."""
+    """The saga's state, the child sagas it started (its parent is `saga.parent_saga_id`), and
+    its timeline, oldest entry first."""
     timeline = await backend.show(saga_id)
     return SagaTimelineView(
         saga=SagaView.model_validate(timeline.instance),
+        children=[ChildView.model_validate(c) for c in timeline.children],
         history=[HistoryView.model_validate(r) for r in timeline.history],
     )
 

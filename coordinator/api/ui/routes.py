@@ -289,6 +289,7 @@ async def _saga_values(ctx: Context, saga_id: str) -> dict[str, Any]:
     )
     return {
         "saga": instance,
+        "children": timeline.children,
         "history": timeline.history,
         "history_json": [
             (r, json.dumps(r.detail, indent=2, sort_keys=True, default=str))
