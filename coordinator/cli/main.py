@@ -84,7 +84,12 @@ def run(
 
 @app.command()
 def participant(
-    name: Annotated[str, typer.Argument(help="inventory, payment or shipping")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="inventory, payment or shipping; flights, hotels, cars, fraud, tickets, loyalty or notifications; or trip (all seven)"
+        ),
+    ],
     bootstrap_servers: BootstrapOpt = None,
     database_url: DatabaseOpt = None,
     metrics_port: MetricsPortOpt = None,
