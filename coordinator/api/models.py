@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_ACTOR",
     "ActionRequest",
     "ActionResponse",
+    "AwaitedView",
     "ChildView",
     "CommandView",
     "ErrorItem",
@@ -79,6 +80,27 @@ class SignalResponse(BaseModel):
     )
 
 
+class AwaitedView(BaseModel):
+    """One thing a saga awaits: a command's reply, a timer, a signal or a child saga's end."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    step: str
+    kind: str = Field(
+        description="forward, compensation, timer, signal, child or child_compensation."
+    )
+    command_id: str = Field(description="The command id (for a child saga: its saga id).")
+    attempt: int
+    deadline_at: datetime | None = Field(
+        description="When it is overdue (a timer's fire time, a wait's timeout)."
+    )
+    service: str | None = None
+    picked_up_at: datetime | None = None
+    compensates: str | None = Field(
+        default=None, description="For the undo of a step in doubt: the command it settles."
+    )
+
+
 class SagaView(BaseModel):
     """A saga instance."""
 
@@ -105,7 +127,15 @@ class SagaView(BaseModel):
         "answered before the saga can end.",
     )
     in_doubt_command_id: str | None = None
+    awaiting: list[AwaitedView] = Field(
+        default_factory=list,
+        description="Everything the saga awaits (several inside a parallel group); the "
+        "scalar fields above describe the one due first.",
+    )
     completed_steps: list[str]
+    skipped_steps: list[str] = Field(
+        default_factory=list, description="Steps whose `run_if` said no."
+    )
     compensated_steps: list[str]
     failure_reason: str | None
     data: dict[str, Any]

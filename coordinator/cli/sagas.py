@@ -497,8 +497,21 @@ def render_timeline(console: Console, timeline: SagaTimeline, now: datetime) -> 
     if inst.epoch:
         header.add_row("epoch", Text(f"{inst.epoch} (operator retries out of FAILED)"))
     header.add_row("deadline", _deadline(inst.deadline_at, now))
+    if len(inst.awaiting) > 1:
+        header.add_row(
+            "awaiting",
+            Text(
+                "\n".join(
+                    f"{e.step} ({e.kind.value}, attempt {e.attempt}, command "
+                    f"{_short(e.command_id)}, due {_clock_time(e.deadline_at) if e.deadline_at else '-'})"
+                    for e in inst.awaiting
+                )
+            ),
+        )
     header.add_row("failure reason", Text(inst.failure_reason or "-", style="red"))
     header.add_row("completed", Text(", ".join(inst.completed_steps) or "-"))
+    if inst.skipped_steps:
+        header.add_row("skipped", Text(", ".join(inst.skipped_steps)))
     header.add_row("compensated", Text(", ".join(inst.compensated_steps) or "-"))
     header.add_row(
         "started",

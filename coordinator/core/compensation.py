@@ -158,7 +158,9 @@ def in_doubt_reply(
     executed = reply.payload.get("executed")
     if step.compensation is None and not fenced and executed == Outcome.SUCCESS.value:
         reason = f"{step.name} took effect after the saga gave up on it, and it has no compensation"
-        d.record(HistoryKind.COMPENSATION_FAILED, step.name, **seen, error=reason, fence=True)
+        d.record(
+            HistoryKind.COMPENSATION_FAILED, step.name, **{**seen, "error": reason, "fence": True}
+        )
         # Kept without a deadline (an operator decides), no longer in doubt: it is settled.
         d.put(replace(entry, deadline_at=None, compensates=None))
         d.update(failure_reason=reason)

@@ -393,7 +393,7 @@ def _child_reply(
         except Exception as exc:
             data = f"invalid child data: {describe(exc)}"
     if isinstance(data, str):
-        d.record(HistoryKind.STEP_FAILED, child.name, **seen, error=data, in_doubt=False)
+        d.record(HistoryKind.STEP_FAILED, child.name, **{**seen, "error": data, "in_doubt": False})
         begin_compensation(d, f"{child.name}: {data}")
         return
     d.update(data=data)
@@ -412,7 +412,8 @@ def _child_reply_backward(
         d.update(completed_steps=(*d.instance.completed_steps, entry.step))
         d.record(HistoryKind.STEP_SUCCEEDED, entry.step, **seen, payload=dict(reply.payload))
     else:
-        d.record(HistoryKind.STEP_FAILED, entry.step, **seen, error=reply.error, in_doubt=False)
+        failed = {**seen, "error": reply.error or "failed", "in_doubt": False}
+        d.record(HistoryKind.STEP_FAILED, entry.step, **failed)
     compensate_next(d)
 
 

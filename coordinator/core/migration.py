@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from coordinator.core.definition import SagaDefinition, SagaRegistry
+from coordinator.core.definition import Parallel, SagaDefinition, SagaRegistry
 from coordinator.core.draft import describe
 from coordinator.core.errors import InvalidOperatorActionError
 from coordinator.core.state import HistoryEntry, HistoryKind, SagaInstance, SagaStatus, Transition
@@ -44,6 +44,12 @@ def upcasters(registry: SagaRegistry, name: str, start: int, target: int) -> lis
     return found
 
 
+def _stage_names(stage: Any) -> set[str]:
+    if isinstance(stage, Parallel):
+        return {stage.name, *(member.name for member in stage.steps)}
+    return {stage.name}
+
+
 def _check_position(instance: SagaInstance, target: type[SagaDefinition[Any]]) -> None:
     where = {"saga_id": instance.saga_id, "step": instance.current_step}
     if instance.status is SagaStatus.QUEUED:
@@ -54,18 +60,22 @@ def _check_position(instance: SagaInstance, target: type[SagaDefinition[Any]]) -
             "to another version",
             **where,
         )
-    names = [step.name for step in target.steps]
-    done = list(instance.completed_steps)
-    position = len(done)
-    if (
-        names[:position] != done
-        or position >= len(names)
-        or (names[position] != instance.current_step)
-    ):
+    stages = target.steps
+    done = set(instance.completed_steps) | set(instance.skipped_steps)
+    awaited = {entry.step for entry in instance.awaiting}
+    position = instance.stage
+    fits = 0 <= position < len(stages) and awaited <= _stage_names(stages[position])
+    for stage in stages[:position] if fits else ():
+        # Done: the stage itself completed or was skipped, or each member of a group did.
+        members = _stage_names(stage) - {stage.name}
+        fits = fits and (stage.name in done or (bool(members) and members <= done))
+    ahead = set().union(*(_stage_names(s) for s in stages[position + 1 :])) if fits else set()
+    if not fits or done & ahead:
+        listed = [stage.name for stage in stages]
         raise InvalidOperatorActionError(
-            f"version {target.version} cannot carry on from here: the saga completed {done} "
-            f"and awaits {instance.current_step!r}, version {target.version}'s steps are "
-            f"{names}",
+            f"version {target.version} cannot carry on from here: the saga completed "
+            f"{list(instance.completed_steps)} and awaits {sorted(awaited)}, version "
+            f"{target.version}'s steps are {listed}",
             **where,
         )
 

@@ -76,13 +76,31 @@ def saga_as_dict(instance: SagaInstance) -> dict[str, Any]:
         "picked_up_at": _iso(instance.picked_up_at),
         "in_doubt_step": instance.in_doubt_step,
         "in_doubt_command_id": instance.in_doubt_command_id,
+        "awaiting": [
+            {
+                "step": e.step,
+                "kind": e.kind.value,
+                "command_id": e.command_id,
+                "attempt": e.attempt,
+                "deadline_at": _iso(e.deadline_at),
+                "service": e.service,
+                "picked_up_at": _iso(e.picked_up_at),
+                "compensates": e.compensates,
+            }
+            for e in instance.awaiting
+        ],
+        "stage": instance.stage,
         "completed_steps": list(instance.completed_steps),
+        "skipped_steps": list(instance.skipped_steps),
         "compensated_steps": list(instance.compensated_steps),
+        "pending_signals": [
+            {"message_id": s.message_id, "name": s.name} for s in instance.pending_signals
+        ],
+        "parent_saga_id": instance.parent_saga_id,
+        "parent_step": instance.parent_step,
         "failure_reason": instance.failure_reason,
         "data": instance.data,
         "business_keys": list(instance.business_keys),
-        "parent_saga_id": instance.parent_saga_id,
-        "parent_step": instance.parent_step,
         "traceparent": instance.traceparent,
         "version": instance.version,
         "created_at": _iso(instance.created_at),
@@ -378,9 +396,10 @@ class OperatorActions:
     ) -> ActionResult:
         """Stop a RUNNING saga and compensate what it did.
 
-        The step in flight is abandoned; if its participant still does it, the engine
-        compensates it when that late success arrives. Aborting a COMPENSATING saga is
-        recorded and changes nothing.
+        Every command in flight (several inside a parallel group) is undone or fenced first,
+        naming the command, so it cannot take effect later; a child saga still running is
+        awaited, then undone if it completed; timers and signal waits are dropped. Aborting a
+        COMPENSATING saga is recorded and changes nothing.
 
         Raises:
             SagaNotFoundError: No saga has this id.

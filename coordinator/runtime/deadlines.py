@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.config import DeadlineSettings
 from coordinator.core.clock import Clock
 from coordinator.core.definition import SagaRegistry
-from coordinator.core.machine import apply
+from coordinator.core.machine import apply_all
 from coordinator.core.state import DeadlineFired, SagaInstance, Transition
 from coordinator.observability.logs import log_transitions
 from coordinator.observability.tracing import record_transitions
@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 
 class DeadlineScanner:
-    """Claims sagas whose awaited reply is overdue and applies :class:`DeadlineFired`.
+    """Claims sagas whose awaited reply is overdue and applies :class:`DeadlineFired`, one per
+    overdue command (a saga awaits several inside a parallel group). A timer's fire time and a
+    signal wait's timeout are deadlines too.
 
     Deadlines live in PostgreSQL (``saga_instance.deadline_at``), so they survive restarts;
     rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several coordinator instances never
@@ -83,7 +85,12 @@ class DeadlineScanner:
             )
             alive, unsent = await self._waiting_facts(conn, due, now)
             for instance in due:
-                if instance.current_step is None or instance.command_id is None:
+                overdue = [
+                    entry
+                    for entry in instance.awaiting
+                    if entry.deadline_at is not None and entry.deadline_at <= now
+                ]
+                if not overdue:
                     continue
                 if not self._registry.has(instance.saga_type, instance.definition_version):
                     logger.error(
@@ -94,17 +101,23 @@ class DeadlineScanner:
                         extra={"saga_id": instance.saga_id},
                     )
                     continue
-                event = DeadlineFired(
-                    instance.current_step,
-                    instance.command_id,
-                    instance.attempt,
-                    self._random_unit(),
-                    participant_alive=instance.service in alive,
-                    command_unsent=instance.saga_id in unsent,
-                )
+                # One event per overdue command (several inside a parallel group), applied in
+                # turn as one transition. Timers, waits and child sagas involve no participant:
+                # nothing to postpone for them (their service is None).
+                events = [
+                    DeadlineFired(
+                        entry.step,
+                        entry.command_id,
+                        entry.attempt,
+                        self._random_unit(),
+                        participant_alive=entry.service is not None and entry.service in alive,
+                        command_unsent=entry.service is not None and instance.saga_id in unsent,
+                    )
+                    for entry in overdue
+                ]
                 # The version the saga started with, never the newest.
                 definition = self._registry.get(instance.saga_type, instance.definition_version)
-                transitions.append(apply(definition, instance, event, now))
+                transitions.append(apply_all(definition, instance, events, now))
                 befores.append(instance)
             if transitions:
                 await persist(

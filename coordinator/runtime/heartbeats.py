@@ -133,7 +133,12 @@ class HeartbeatListener:
                     self._store,
                     conn,
                     self._topics,
-                    [current[t.instance.saga_id] for t in transitions],
+                    # One row per saga: a saga in a parallel group may have several pickups.
+                    list(
+                        {
+                            t.instance.saga_id: current[t.instance.saga_id] for t in transitions
+                        }.values()
+                    ),
                     transitions,
                     now,
                     registry=self._registry,

@@ -21,6 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.core.errors import SagaConflictError
 from coordinator.core.state import TERMINAL_STATUSES, HistoryEntry, SagaInstance, SagaStatus
+from coordinator.store.awaiting import (
+    awaiting_from_json,
+    awaiting_to_json,
+    signals_from_json,
+    signals_to_json,
+)
 from coordinator.store.database import json_dumps
 from coordinator.store.records import HistoryRecord, OutboxMessage, OutboxRecord
 from coordinator.store.schema import (
@@ -76,6 +82,12 @@ def saga_to_row(instance: SagaInstance) -> dict[str, Any]:
         "updated_at": _aware(instance.updated_at, "updated_at"),
         "completed_at": instance.updated_at if instance.is_terminal else None,
         "business_keys": list(instance.business_keys),
+        "awaiting": awaiting_to_json(instance.awaiting),
+        "stage": instance.stage,
+        "skipped_steps": list(instance.skipped_steps),
+        "pending_signals": signals_to_json(instance.pending_signals),
+        "parent_saga_id": instance.parent_saga_id,
+        "parent_step": instance.parent_step,
     }
 
 
@@ -103,6 +115,12 @@ def saga_from_row(row: Mapping[Any, Any]) -> SagaInstance:
         in_doubt_step=row["in_doubt_step"],
         in_doubt_command_id=row["in_doubt_command_id"],
         business_keys=tuple(row.get("business_keys") or ()),
+        awaiting=awaiting_from_json(row.get("awaiting")),
+        stage=row.get("stage") or 0,
+        skipped_steps=tuple(row.get("skipped_steps") or ()),
+        pending_signals=signals_from_json(row.get("pending_signals")),
+        parent_saga_id=row.get("parent_saga_id"),
+        parent_step=row.get("parent_step"),
         version=row["version"],
     )
 
@@ -123,6 +141,10 @@ _UPDATED_COLUMNS = (
     "picked_up_at",
     "in_doubt_step",
     "in_doubt_command_id",
+    "awaiting",
+    "stage",
+    "skipped_steps",
+    "pending_signals",
     "updated_at",
 )
 """What a transition may change; id, type, definition version and creation time never do."""

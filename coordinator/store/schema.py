@@ -97,6 +97,15 @@ saga_instance = sa.Table(
         nullable=False,
         server_default=sa.text("'{}'::text[]"),
     ),
+    # Everything the saga awaits (several inside a parallel group); see coordinator.store.awaiting.
+    sa.Column("awaiting", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("stage", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column(
+        "skipped_steps", ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'::text[]")
+    ),
+    sa.Column("pending_signals", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("parent_saga_id", sa.Text),
+    sa.Column("parent_step", sa.Text),
     sa.CheckConstraint(_sql_in("status", tuple(SagaStatus)), name="status"),
     sa.Index(None, "status", "saga_type"),
     sa.Index("ix_saga_instance_business_keys", "business_keys", postgresql_using="gin"),
@@ -115,6 +124,11 @@ saga_instance = sa.Table(
         "ix_saga_instance_due_deadline",
         "deadline_at",
         postgresql_where=sa.text(ACTIVE_DEADLINE_PREDICATE),
+    ),
+    sa.Index(
+        "ix_saga_instance_parent_saga_id",
+        "parent_saga_id",
+        postgresql_where=sa.text("parent_saga_id IS NOT NULL"),
     ),
     sa.Index(
         "ix_saga_instance_queued",

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from coordinator.core.definition import Parallel, SagaDefinition
+import pytest
+
+from coordinator.core.definition import Parallel, SagaDefinition, SagaRegistry
+from coordinator.core.errors import InvalidOperatorActionError
+from coordinator.core.migration import migrate_saga
 from coordinator.core.state import (
     AwaitKind,
     CommandPickedUp,
@@ -203,3 +207,27 @@ def test_duplicate_replies_of_members_change_nothing() -> None:
     again = go(first.instance, reply(inst, "book_hotel", message_id="dup"))
     assert [e.kind for e in again.history] == [HistoryKind.DUPLICATE_REPLY]
     assert again.instance is first.instance
+
+
+class GroupV2(SagaDefinition[Trip]):
+    name = "group"
+    version = 2
+    data_model = Trip
+    steps = (*Group.steps[:2], step("insure"), step("confirm", undo=False))
+
+
+class GroupV3(SagaDefinition[Trip]):
+    name = "group"
+    version = 3
+    data_model = Trip
+    steps = (step("pay"), step("book_flight"), step("confirm", undo=False))
+
+
+def test_a_saga_in_a_group_migrates_only_where_the_group_stands_alike() -> None:
+    registry = SagaRegistry([Group, GroupV2, GroupV3])
+    inst = in_group()
+    inst = go(inst, reply(inst, "book_hotel")).instance
+    moved = migrate_saga(registry, inst, 2, actor="op", reason="r", now=NOW).instance
+    assert moved.definition_version == 2
+    with pytest.raises(InvalidOperatorActionError, match="cannot carry on"):
+        migrate_saga(registry, inst, 3, actor="op", reason="r", now=NOW)

@@ -1,8 +1,8 @@
 """Scheduled sagas: the schedules coordinators declared, and the ticks they fired.
 
 Revision ID: 0010
-Revises: 0009 (the signal transport's; chained onto 0007 until the lead merges the shapes
-branches: set down_revision to "0009" then)
+Revises: 0009 (the signal transport's, when it has one; chained onto 0008, the newest
+migration merged into this branch: the lead re-chains it at merge time)
 Create Date: 2026-12-01
 
 Written by hand and frozen: it does not import ``coordinator.store.schema``.
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | Sequence[str] | None = "0007"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
