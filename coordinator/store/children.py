@@ -102,7 +102,7 @@ class ChildStore:
     async def select_children(
         self, conn: AsyncConnection, parent_saga_id: str, *, limit: int = 200
     ) -> list[SagaInstance]:
-        """The sagas ``parent_saga_id`` started, oldest first (``ix_saga_instance_parent``)."""
+        """The sagas ``parent_saga_id`` started, oldest first (``ix_saga_instance_parent_saga_id``)."""
         stmt = (
             sa.select(saga_instance)
             .where(saga_instance.c.parent_saga_id == parent_saga_id)

@@ -51,9 +51,16 @@ def _channel(document: dict[str, Any], topic: str, prefix: str) -> dict[str, Any
     raise AssertionError(f"topic {topic!r} is no channel of the AsyncAPI document")
 
 
-def check_record(topic: str, prefix: str, value: bytes, headers: dict[str, str]) -> str:
-    """Validate one record; returns the name of the message it is. Raises on a mismatch."""
-    document = load_document()
+def check_record(
+    topic: str,
+    prefix: str,
+    value: bytes,
+    headers: dict[str, str],
+    document: dict[str, Any] | None = None,
+) -> str:
+    """Validate one record against ``document`` (default: the committed one); returns the
+    name of the message it is. Raises on a mismatch."""
+    document = document if document is not None else load_document()
     channel = _channel(document, topic, prefix)
     names = {ref["$ref"].rsplit("/", 1)[1] for ref in channel["messages"].values()}
     if topic.endswith(".dlq"):

@@ -4,20 +4,25 @@ the engine really produces (and refuses broken ones)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 from jsonschema import ValidationError
 
+from coordinator.core.definition import SagaRegistry
 from coordinator.core.machine import start_saga
-from coordinator.core.state import StartSaga
+from coordinator.core.state import SagaStatus, StartSaga
 from coordinator.ops.asyncapi import asyncapi_document, render_asyncapi
 from coordinator.ops.client import start_request
+from coordinator.store.children import child_end_message
 from coordinator.store.messages import command_message, event_message
 from saga_defs import OrderSaga, default_registry, versioned_registry
+from service_sdk import signal_envelope
 from service_sdk.contract import Outcome, Topics, decode_envelope
 from service_sdk.service import reply_envelope
 from tests.support.asyncapi_check import ASYNCAPI, check_record
+from tests.support.shaped_sagas import AwardPoints, approval_saga, booking_registry
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 DATA = {
@@ -71,3 +76,47 @@ def test_messages_the_engine_produces_validate_and_broken_ones_do_not() -> None:
         check_record(command.topic, "t.", json.dumps(body).encode(), command.headers)
     with pytest.raises(ValidationError, match="ce_sagaattempt"):
         check_record(command.topic, "t.", command.value, {**command.headers, "ce_sagaattempt": "x"})
+
+
+def test_signals_and_child_ends_are_in_the_document_and_validate() -> None:
+    registry = SagaRegistry([*booking_registry(), approval_saga()])
+    document = asyncapi_document(registry)
+    channel = document["channels"]["signals"]
+    assert channel["address"] == "{prefix}saga.signals"
+    assert set(channel["messages"]) == {"signal", "signal_approval"}
+    assert "reply_award_points_start" in document["channels"]["replies"]["messages"]
+    assert "receive_signals" in document["operations"]
+    topics = Topics("t.")
+
+    good = signal_envelope("s-1", "approval", {"approved_by": "ann"})
+    name = check_record(topics.signals, "t.", good.to_bytes(), good.headers(), document)
+    assert name == "signal_approval"
+    bad = signal_envelope("s-1", "approval", {"approved": True})
+    with pytest.raises(ValidationError, match="approved_by"):
+        check_record(topics.signals, "t.", bad.to_bytes(), bad.headers(), document)
+    other = signal_envelope("s-1", "nudge")
+    assert check_record(topics.signals, "t.", other.to_bytes(), other.headers(), document) == (
+        "signal"
+    )
+
+    started = start_saga(
+        AwardPoints, "c-1", StartSaga("m", {"customer": "c", "amount": 5}), NOW
+    ).instance
+    child = replace(
+        started,
+        status=SagaStatus.COMPLETED,
+        data={**started.data, "points": 3},
+        parent_saga_id="p-1",
+        parent_step="points",
+    )
+    notice = child_end_message(topics, child, "booking", 1, NOW)
+    name = check_record(notice.topic, "t.", notice.value, notice.headers, document)
+    assert name == "reply_award_points_start"
+    failed = child_end_message(
+        topics,
+        replace(child, status=SagaStatus.COMPENSATED, failure_reason="no"),
+        "booking",
+        1,
+        NOW,
+    )
+    check_record(failed.topic, "t.", failed.value, failed.headers, document)
