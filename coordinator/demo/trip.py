@@ -4,8 +4,8 @@ Two coordinators and one process running the seven trip participants. The plan (
 up what happens to each trip: most complete; some are refused by a booking desk (the parallel
 group unwinds), by the fraud check (only trips above 1,500 are screened) or at the tickets
 (after the loyalty child saga: its points are revoked by the undo saga). Trips above 5,000
-wait for a manager's approval: the demo sends it over ``saga.signals``, half of them right
-after the start (kept until the wait begins), half once the trip waits for it. Departures are
+wait for a manager's approval: the demo sends it over ``saga.signals``, half of them as soon
+as the trip exists (kept until its wait begins), half once the trip waits for it. Departures are
 seconds away, so each reminder timer fires during the run. A demo schedule starts a loyalty
 statement saga every five seconds on whichever coordinator claims the tick.
 
@@ -269,37 +269,43 @@ class TripCluster:
             await producer.stop()
 
     async def submit(self) -> None:
-        """Publish every trip; approve half of those that need it at once (before their
-        wait begins), the others once they wait (see :meth:`approve_waiting`)."""
+        """Publish every trip (approvals follow in :meth:`approve`)."""
         self.started_at = time.time()
         await self._publish(self.plan.trips)
-        early = self._needs_approval()[::2]
-        await self._approve(early)
-        self.approvals_before_wait = len(early)
 
-    async def approve_waiting(self) -> None:
-        """Approve the trips that wait for their approval and have none yet."""
-        wanted = {t.trip_id: t for t in self._needs_approval() if t.trip_id not in self._approved}
+    async def approve(self) -> None:
+        """Approve the trips that need it: half as soon as their saga exists (before their
+        wait begins: the signal is kept until it does), the others once they wait.
+
+        Never before the saga exists: a signal for an unknown saga is dead-lettered
+        (``unknown_saga``), and start requests and signals travel on different topics.
+        """
+        needed = self._needs_approval()
+        early = {t.trip_id for t in needed[::2]}
+        wanted = {t.trip_id: t for t in needed if t.trip_id not in self._approved}
         if not wanted:
             return
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT saga_id FROM saga.saga_instance "
-                    "WHERE saga_id = ANY(:ids) AND current_step = 'manager_approval'"
+                    "SELECT saga_id, current_step FROM saga.saga_instance "
+                    "WHERE saga_id = ANY(:ids) AND status = 'RUNNING'"
                 ),
                 {"ids": sorted(wanted)},
             )
-            waiting = [wanted[row.saga_id] for row in rows]
-        if waiting:
-            await self._approve(waiting)
+            found = [(row.saga_id, row.current_step) for row in rows]
+        waiting = [wanted[s] for s, step in found if step == "manager_approval"]
+        ahead = [wanted[s] for s, step in found if step != "manager_approval" and s in early]
+        if waiting or ahead:
+            await self._approve([*ahead, *waiting])
+            self.approvals_before_wait += len(ahead)
 
     async def wait(self) -> dict[str, tuple[str, datetime | None]]:
-        """Approve as trips come to wait; return when every trip ended, a child died, or
+        """Approve as trips come to need it; return when every trip ended, a child died, or
         the time is up."""
         deadline = time.time() + self.options.timeout_s
         while True:
-            await self.approve_waiting()
+            await self.approve()
             statuses = await _statuses(self.engine, self.trip_ids)
             done = sum(1 for s, _ in statuses.values() if s in TERMINAL)
             if done >= len(self.plan.trips) or time.time() >= deadline:
