@@ -96,6 +96,8 @@ class Scheduler:
         self._schedules = ScheduleStore()
         self._stopping = asyncio.Event()
         self._upkeep_at = 0.0
+        self._next_due: datetime | None = None
+        """No tick of ours is due before this (None: unknown, look in the database)."""
         # A failed round is tried again at the next interval, for as long as it takes: the
         # ticks it did not fire are still after the cursor.
         self._retries = RetryPolicy(
@@ -123,8 +125,11 @@ class Scheduler:
         if not self._by_name:
             return done
         now = self._clock.now()
+        if self._next_due is not None and now < self._next_due:
+            return done  # a nightly schedule costs no transaction a second
         async with self._store.engine.begin() as conn:
-            for record in await self._schedules.claim_schedules(conn, self._by_name):
+            claimed = await self._schedules.claim_schedules(conn, self._by_name)
+            for record in claimed:
                 await self._fire(conn, record, now, done)
             inserted = await self._store.insert_sagas(conn, [t.instance for t in done.started])
             # A saga id that exists already was started for this tick before: a duplicate.
@@ -132,6 +137,7 @@ class Scheduler:
             if done.started:
                 await persist(self._store, conn, self._topics, [], done.started, now)
         self._observe(done, now)
+        self._next_due = self._due_after(claimed, done, now)
         if done.started and self._on_commit is not None:
             self._on_commit(done.started)
         return done
@@ -186,6 +192,25 @@ class Scheduler:
         await self._schedules.update_progress(
             conn, schedule.name, cursor_at=plan.cursor, last=newest, now=now
         )
+
+    def _due_after(
+        self, claimed: Sequence[ScheduleRecord], done: SchedulerRound, now: datetime
+    ) -> datetime | None:
+        """The earliest next tick of our schedules, when every one of them was claimed.
+
+        Cursors only move forward (a fire, a skip, a resume), so no tick of ours can be due
+        before it. A schedule not claimed (paused, or another coordinator's this round) is
+        looked at again next round.
+        """
+        if len(claimed) < len(self._by_name):
+            return None
+        cursors = {r.name: r.cursor_at for r in claimed}
+        for tick in done.fired:
+            cursors[tick.schedule] = max(cursors[tick.schedule], tick.tick_at)
+        upcoming = [
+            self._by_name[name].cron.after(max(cursor, now)) for name, cursor in cursors.items()
+        ]
+        return min((t for t in upcoming if t is not None), default=None)
 
     def _start(
         self, schedule: ScheduledSaga, tick: datetime, saga_id: str, now: datetime

@@ -281,3 +281,27 @@ async def test_the_upkeep_counts_paused_schedules_and_forgets_old_ticks(store: S
         ticks = await conn.scalar(sa.select(sa.func.count()).select_from(saga_schedule_tick))
     assert ticks == 0
     assert len(await _sagas(store)) == 3  # only the ticks' records go, never their sagas
+
+
+async def test_before_the_next_tick_a_round_costs_no_statement(store: SagaStore) -> None:
+    clock = FakeClock(T0 + timedelta(minutes=1))
+    scheduler = _scheduler(store, clock, _only("hourly-skip"))
+    await scheduler.declare()
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert (await scheduler.fire_once()).fired == []
+        looked = len(statements)
+        assert looked > 0
+        clock.advance(timedelta(minutes=58))  # 02:59: the 03:00 tick is not due yet
+        assert (await scheduler.fire_once()).fired == []
+        assert len(statements) == looked
+        clock.advance(timedelta(minutes=1))
+        assert [t.tick_at.hour for t in (await scheduler.fire_once()).fired] == [3]
+        assert len(statements) > looked
+    finally:
+        sa.event.remove(store.engine.sync_engine, "before_cursor_execute", count)
