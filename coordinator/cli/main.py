@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli.common import registry_from, settings_from
+from coordinator.cli.common import fail, registry_from, settings_from
 from coordinator.cli.options import (
     BootstrapOpt,
     DatabaseOpt,
@@ -56,6 +56,7 @@ def run(
     from prometheus_client import CollectorRegistry
 
     from coordinator.app import Coordinator
+    from coordinator.core.schedule import ScheduleError
     from coordinator.observability.metrics import CoordinatorMetrics, serve_metrics
 
     _logging(verbose, log_format)
@@ -73,6 +74,10 @@ def run(
         metrics = CoordinatorMetrics(collectors)
         async with serve_metrics(collectors, settings.metrics):
             coordinator = Coordinator(settings, sagas, metrics=metrics)
+            try:
+                coordinator.scheduled()
+            except ScheduleError as exc:
+                fail(f"{exc} [env SAGA_SCHEDULES__DECLARED]")
             try:
                 # Not `async with`: a start still waiting for Kafka must end on SIGTERM too.
                 await coordinator.serve(stop)

@@ -217,3 +217,38 @@ def test_a_schedule_is_checked_when_declared() -> None:
         Schedule("Bad Name", "* * * * *", _build)
     with pytest.raises(ScheduleError, match="cron"):
         Schedule("x", "every night", _build)
+
+
+def test_schedules_are_declared_in_the_configuration_as_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from coordinator.config import Settings
+
+    monkeypatch.setenv(
+        "SAGA_SCHEDULES__DECLARED",
+        '[{"name": "hourly-audit", "saga_type": "audit", "cron": "0  * * * *", '
+        '"data": {"scope": "all"}, "tick_field": "at", "catch_up": "all"}]',
+    )
+    (config,) = Settings().schedules.declared
+    scheduled = config.scheduled()
+    assert (scheduled.name, scheduled.cron.expression, scheduled.catch_up) == (
+        "hourly-audit",
+        "0 * * * *",
+        CatchUp.ALL,
+    )
+    assert scheduled.source == "configuration"
+    assert scheduled.data_for(T0) == {"scope": "all", "at": "2026-12-01T02:00:00+00:00"}
+
+
+def test_a_configured_schedule_with_a_bad_cron_is_refused_when_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from coordinator.config import Settings
+
+    monkeypatch.setenv(
+        "SAGA_SCHEDULES__DECLARED", '[{"name": "x", "saga_type": "audit", "cron": "at two"}]'
+    )
+    with pytest.raises(ValidationError, match="cron expression"):
+        Settings()
