@@ -489,7 +489,7 @@ class CoordinatorMetrics:
                 and reply
                 and before is not None
                 and before.status is SagaStatus.RUNNING
-                and before.current_step == entry.step
+                and any(e.step == entry.step for e in before.awaiting)
             ):
                 self.step_duration.labels(saga_type, entry.step, decided).observe(
                     _seconds(after.updated_at, before.updated_at)

@@ -386,7 +386,12 @@ class BatchProcessor:
                 start_saga(
                     definition,
                     instance.saga_id,
-                    replace(request, traceparent=instance.traceparent),
+                    replace(
+                        request,
+                        traceparent=instance.traceparent,
+                        parent_saga_id=instance.parent_saga_id,
+                        parent_step=instance.parent_step,
+                    ),
                     now,
                     admit=False,
                 )

@@ -20,7 +20,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.core.errors import SagaConflictError
-from coordinator.core.state import TERMINAL_STATUSES, HistoryEntry, SagaInstance, SagaStatus
+from coordinator.core.state import (
+    TERMINAL_STATUSES,
+    HistoryEntry,
+    SagaInstance,
+    SagaStatus,
+    head_of,
+)
 from coordinator.store.awaiting import (
     awaiting_from_json,
     awaiting_to_json,
@@ -91,6 +97,37 @@ def saga_to_row(instance: SagaInstance) -> dict[str, Any]:
     }
 
 
+def _awaiting_of(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """``awaiting`` and ``stage`` of a row, unless a writer that predates them (a coordinator
+    of an older release, during a rolling deploy) moved the saga on: then its scalar columns
+    are the truth, and they describe a straight line of steps."""
+    awaiting = awaiting_from_json(row.get("awaiting"))
+    head = head_of(awaiting)
+    scalars = (
+        row["current_step"],
+        row["command_id"],
+        row["attempt"],
+        row["deadline_at"],
+        row["service"],
+        row["picked_up_at"],
+    )
+    if (head is None and row["current_step"] is None) or (
+        head is not None
+        and (
+            head.step,
+            head.command_id,
+            head.attempt,
+            head.deadline_at,
+            head.service,
+            head.picked_up_at,
+        )
+        == scalars
+    ):
+        return {"awaiting": awaiting, "stage": row.get("stage") or 0}
+    # SagaInstance derives the one awaited entry from the scalars.
+    return {"awaiting": (), "stage": len(row["completed_steps"])}
+
+
 def saga_from_row(row: Mapping[Any, Any]) -> SagaInstance:
     """The :class:`SagaInstance` stored in a ``saga_instance`` row."""
     return SagaInstance(
@@ -115,8 +152,7 @@ def saga_from_row(row: Mapping[Any, Any]) -> SagaInstance:
         in_doubt_step=row["in_doubt_step"],
         in_doubt_command_id=row["in_doubt_command_id"],
         business_keys=tuple(row.get("business_keys") or ()),
-        awaiting=awaiting_from_json(row.get("awaiting")),
-        stage=row.get("stage") or 0,
+        **_awaiting_of(row),
         skipped_steps=tuple(row.get("skipped_steps") or ()),
         pending_signals=signals_from_json(row.get("pending_signals")),
         parent_saga_id=row.get("parent_saga_id"),

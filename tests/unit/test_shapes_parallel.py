@@ -3,10 +3,14 @@ fences the siblings in flight, compensates every succeeded sibling once, then ea
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from rich.console import Console
 
+from coordinator.api.ui.timeline import attempts
+from coordinator.cli.sagas import render_timeline
 from coordinator.core.definition import Parallel, SagaDefinition, SagaRegistry
 from coordinator.core.errors import InvalidOperatorActionError
 from coordinator.core.migration import migrate_saga
@@ -23,6 +27,8 @@ from coordinator.core.state import (
     SagaStatus,
     Transition,
 )
+from coordinator.ops.actions import SagaTimeline
+from coordinator.store.records import HistoryRecord
 from service_sdk import FENCE_MESSAGE_TYPE, Outcome
 from tests.unit.shapes_support import NOW, Trip, awaited_steps, begin, comp, fwd, reply, run, step
 
@@ -231,3 +237,39 @@ def test_a_saga_in_a_group_migrates_only_where_the_group_stands_alike() -> None:
     assert moved.definition_version == 2
     with pytest.raises(InvalidOperatorActionError, match="cannot carry on"):
         migrate_saga(registry, inst, 3, actor="op", reason="r", now=NOW)
+
+
+def test_the_console_shows_every_member_in_flight_as_pending() -> None:
+    inst = begin(Group).instance
+    t = go(inst, reply(inst, "pay"))
+    history = [
+        HistoryRecord(i, inst.saga_id, NOW, e.kind.value, e.step, e.message_id, e.detail)
+        for i, e in enumerate((*begin(Group).history, *t.history))
+    ]
+    found = attempts(history, t.instance)
+    assert {(a.step, a.outcome) for a in found if a.step != "pay"} == {
+        ("book_flight", "pending"),
+        ("book_hotel", "pending"),
+        ("book_car", "pending"),
+    }
+
+
+def test_an_operator_retry_in_a_group_resends_every_member_in_flight() -> None:
+    inst = in_group()
+    inst = go(inst, reply(inst, "book_hotel")).instance
+    t = go(inst, OperatorRetry("op", "nudge"))
+    assert [(c.step, c.command_id, c.attempt, c.purpose) for c in t.commands] == [
+        ("book_flight", fwd("book_flight"), 2, CommandPurpose.RETRY),
+        ("book_car", fwd("book_car"), 2, CommandPurpose.RETRY),
+    ]
+
+
+def test_saga_show_lists_every_member_awaited_and_the_skipped_steps() -> None:
+    inst = replace(in_group(), skipped_steps=("check_fraud",))
+    console = Console(width=200, record=True)
+    render_timeline(console, SagaTimeline(inst, ()), NOW)
+    text = console.export_text()
+    for name in ("book_flight", "book_hotel", "book_car", "check_fraud"):
+        assert name in text
+    assert "awaiting" in text
+    assert "skipped" in text

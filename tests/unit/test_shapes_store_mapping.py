@@ -75,3 +75,37 @@ def test_a_row_from_before_awaiting_existed_awaits_what_its_scalars_say() -> Non
         AwaitKind.COMPENSATION,
         "fwd-1",
     )
+
+
+def test_a_row_moved_on_by_an_older_coordinator_trusts_its_scalar_columns() -> None:
+    # During a rolling deploy, a coordinator of the previous release advanced the saga: it
+    # wrote current_step ... deadline_at but knows nothing of ``awaiting`` and ``stage``.
+    older = SagaInstance(
+        saga_id="s-2",
+        saga_type="order",
+        definition_version=1,
+        status=SagaStatus.RUNNING,
+        data={},
+        created_at=NOW,
+        updated_at=NOW,
+        current_step="reserve",
+        command_id="c-reserve",
+        attempt=1,
+        deadline_at=NOW + timedelta(seconds=30),
+    )
+    row = {
+        **saga_to_row(older),
+        "current_step": "charge",
+        "command_id": "c-charge",
+        "deadline_at": NOW + timedelta(seconds=60),
+        "completed_steps": ["reserve"],
+        "version": 2,
+    }
+    loaded = saga_from_row(row)
+    (entry,) = loaded.awaiting
+    assert (entry.step, entry.command_id, entry.deadline_at) == (
+        "charge",
+        "c-charge",
+        NOW + timedelta(seconds=60),
+    )
+    assert loaded.stage == 1

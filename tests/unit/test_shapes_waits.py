@@ -214,3 +214,26 @@ def test_a_retryable_reply_and_other_replies_never_fire_a_timer() -> None:
     )
     assert [e.kind for e in t.history] == [HistoryKind.STALE_REPLY]
     assert not t.changed
+
+
+def test_a_kept_signal_that_no_longer_folds_is_recorded_and_the_wait_begins() -> None:
+    def fold(d: Trip, signal: object) -> Trip:
+        if d.flight is not None:
+            raise ValueError("too late for this signal")
+        return d
+
+    class Picky(SagaDefinition[Trip]):
+        name = "picky"
+        data_model = Trip
+        steps = (
+            step("book_flight", field="flight"),
+            WaitForSignal[Trip]("ok", signal="ok", timeout=timedelta(minutes=1), on_signal=fold),
+        )
+
+    inst = begin(Picky).instance
+    kept = run(inst, SignalReceived("s1", "ok", {}), definition=Picky).instance
+    t = run(kept, reply(kept, "book_flight"), definition=Picky)
+    rejected = [e for e in t.history if e.kind is HistoryKind.SIGNAL_REJECTED]
+    assert [e.detail["reason"] for e in rejected] == ["on_signal failed: too late for this signal"]
+    assert t.instance.pending_signals == ()
+    assert [e.step for e in t.instance.awaiting] == ["ok"]

@@ -112,9 +112,11 @@ def attempts(history: Sequence[HistoryRecord], instance: SagaInstance) -> list[A
             target.outcome = _ENDS[record.kind]
             error = detail.get("error")
             target.error = str(error) if error is not None else None
-    awaited = (instance.command_id, instance.attempt)
+    # Several inside a parallel group: each awaited attempt is still pending.
+    awaited: set[tuple[str | None, int]] = {(e.command_id, e.attempt) for e in instance.awaiting}
+    awaited.add((instance.command_id, instance.attempt))
     for a in found:
-        if a.answered_at is None and (a.command_id, a.attempt) != awaited:
+        if a.answered_at is None and (a.command_id, a.attempt) not in awaited:
             a.outcome = "abandoned"  # resent, aborted or superseded without an answer
     return found
 
