@@ -218,15 +218,16 @@ class Coordinator:
             self.store, self.registry, self.topics, self.clock, on_commit=self.relay.wake
         )
         self.signals = SignalSender(self.store, self.producers, self.topics, source="http-api")
+        dead_letters = DeadLetterPublisher(
+            self.producers,
+            settings.kafka.group_id,
+            on_published=lambda letters: self.metrics.dead_letters_published(
+                (letter.record.topic, letter.reason) for letter in letters
+            ),
+        )
         self.consumer = ReplyConsumer(
             self.processor,
-            DeadLetterPublisher(
-                self.producers,
-                settings.kafka.group_id,
-                on_published=lambda letters: self.metrics.dead_letters_published(
-                    (letter.record.topic, letter.reason) for letter in letters
-                ),
-            ),
+            dead_letters,
             settings.kafka,
             self.topics,
             on_commit=self._after_commit,
@@ -246,6 +247,8 @@ class Coordinator:
             self.processor,
             interval_s=settings.deadlines.scan_interval_s,
             on_commit=self._after_commit,
+            dead_letters=dead_letters,
+            topics=self.topics,
         )
         self.housekeeper = Housekeeper(self.store, self.clock, settings.housekeeping)
         self.scheduler = Scheduler(

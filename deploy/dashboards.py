@@ -607,6 +607,18 @@ def _messaging(registry: SagaRegistry) -> DashboardSpec:
             unit="ops",
         ),
         Panel(
+            "Signals per second by outcome",
+            (
+                _q(
+                    f"sum by (saga_type, outcome) (rate(saga_signals_total[{RATE}]))",
+                    "{{saga_type}} {{outcome}}",
+                ),
+            ),
+            unit="ops",
+            description="From saga.signals (services, the HTTP API, saga signal): received by "
+            "a wait, kept for a wait ahead, or rejected (dead-lettered to saga.signals.dlq).",
+        ),
+        Panel(
             "Commands sent per second by service and purpose",
             (
                 _q(

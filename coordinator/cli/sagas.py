@@ -76,7 +76,21 @@ _KIND_STYLE = {
     HistoryKind.DUPLICATE_START.value: "dim",
     HistoryKind.STALE_DEADLINE.value: "dim",
 }
+_PAYLOAD_KINDS = {
+    HistoryKind.STEP_SUCCEEDED.value,
+    HistoryKind.SIGNAL_RECEIVED.value,
+    HistoryKind.SIGNAL_KEPT.value,
+    HistoryKind.SIGNAL_REJECTED.value,
+}
 _SENT_KINDS = {HistoryKind.COMMAND_SENT.value, HistoryKind.COMPENSATION_SENT.value}
+_BEGUN_KINDS = {HistoryKind.SIGNAL_AWAITED.value, HistoryKind.CHILD_STARTED.value}
+"""A wait or a child saga began: its forward phase is "sent" then, like a command."""
+_AWAITING = {
+    HistoryKind.COMMAND_SENT.value: "awaiting reply",
+    HistoryKind.COMPENSATION_SENT.value: "awaiting reply",
+    HistoryKind.SIGNAL_AWAITED.value: "awaiting signal",
+    HistoryKind.CHILD_STARTED.value: "awaiting child saga",
+}
 
 
 # --- wiring ----------------------------------------------------------------------------------
@@ -371,6 +385,12 @@ def summarize(kind: str, detail: dict[str, Any]) -> str:
         return " ".join(parts)
     if kind == HistoryKind.STARTED.value:
         parts.append(f"definition v{detail.get('definition_version')}")
+    if detail.get("signal"):
+        parts.append(f"signal {detail['signal']}")
+    if kind == HistoryKind.CHILD_STARTED.value and detail.get("saga_type"):
+        parts.append(f"child saga {detail['saga_type']}")
+    if detail.get("kept"):
+        parts.append("kept before the wait")
     if detail.get("message_type"):
         parts.append(str(detail["message_type"]))
     if detail.get("command_id"):
@@ -394,7 +414,7 @@ def summarize(kind: str, detail: dict[str, Any]) -> str:
         parts.append(f"problem: {detail['problem']}")
     if detail.get("reason"):
         parts.append(f"reason: {detail['reason']}")
-    if kind == HistoryKind.STEP_SUCCEEDED.value and detail.get("payload"):
+    if kind in _PAYLOAD_KINDS and detail.get("payload"):
         parts.append(f"payload {_compact(detail['payload'])}")
     return ", ".join(parts)
 
@@ -425,11 +445,17 @@ def step_phases(instance: SagaInstance, history: tuple[HistoryRecord, ...]) -> l
         if entry.step is None:
             continue
         kind, detail = entry.kind, entry.detail
-        if kind in _SENT_KINDS:
+        if kind in _SENT_KINDS or kind in _BEGUN_KINDS:
             p = phase(entry.step, kind == HistoryKind.COMPENSATION_SENT.value)
             p.first_sent = p.first_sent or entry.at
             p.sends += 1
-            p.result = "awaiting reply"
+            p.result = _AWAITING.get(kind, "awaiting reply")
+        elif kind == HistoryKind.SIGNAL_RECEIVED.value:
+            p = phase(entry.step, False)
+            p.replied, p.result = entry.at, "signal received"
+        elif kind == HistoryKind.TIMED_OUT_DEFAULT.value:
+            p = phase(entry.step, False)
+            p.replied, p.result = entry.at, "timed out: default branch"
         elif kind in (HistoryKind.STEP_SUCCEEDED.value, HistoryKind.COMPENSATION_SUCCEEDED.value):
             p = phase(entry.step, kind == HistoryKind.COMPENSATION_SUCCEEDED.value)
             p.replied, p.result = entry.at, "succeeded"
@@ -444,7 +470,7 @@ def step_phases(instance: SagaInstance, history: tuple[HistoryRecord, ...]) -> l
             p.result = f"late {detail['outcome']}"
     awaited = (instance.current_step, instance.status is not SagaStatus.RUNNING)
     for p in phases.values():
-        if p.result == "awaiting reply" and (
+        if p.result in _AWAITING.values() and (
             (p.step, p.compensation) != awaited or instance.is_terminal
         ):
             p.result = "no reply"
@@ -492,6 +518,14 @@ def render_timeline(console: Console, timeline: SagaTimeline, now: datetime) -> 
             Text.assemble(
                 f"{child.saga_id} ({child.saga_type}, for {child.parent_step or '?'}) ",
                 _status(child.status),
+            ),
+        )
+    if inst.pending_signals:
+        header.add_row(
+            "kept signals",
+            Text(
+                ", ".join(f"{s.name} ({_short(s.message_id)})" for s in inst.pending_signals)
+                + ": taken when their wait begins"
             ),
         )
     if inst.epoch:

@@ -22,6 +22,8 @@ Exposed:
 ``saga_overdue_sagas{saga_type}``                          awaiting sagas past deadline + grace
 ``saga_replies_total{saga_type,outcome}``                  replies applied: success, failure,
                                                            retryable
+``saga_signals_total{saga_type,outcome}``                  signals received by a wait, kept for
+                                                           a wait ahead, or rejected
 ``saga_unexpected_replies_total{saga_type,kind}``          duplicate, late or stale replies
 ``saga_stale_replies_total{saga_type,reason}``             stale replies by why they matched
                                                            nothing (missing_step, other_step, ...)
@@ -160,6 +162,11 @@ _UNEXPECTED = {
     HistoryKind.LATE_REPLY: "late",
     HistoryKind.STALE_REPLY: "stale",
 }
+_SIGNAL_OUTCOMES = {
+    HistoryKind.SIGNAL_RECEIVED: "received",
+    HistoryKind.SIGNAL_KEPT: "kept",
+    HistoryKind.SIGNAL_REJECTED: "rejected",
+}
 _MAX_UNKNOWN_SERIES = 200
 """Distinct (message type, field) series of ``saga_unknown_fields_total``; more count as other."""
 _STEP_DECIDED = {HistoryKind.STEP_SUCCEEDED: "success", HistoryKind.STEP_FAILED: "failure"}
@@ -248,6 +255,12 @@ class CoordinatorMetrics:
             "saga_unexpected_replies_total",
             "Replies that matched no awaited command: duplicate, late or stale.",
             ["saga_type", "kind"],
+        )
+        self.signals = counter(
+            "saga_signals_total",
+            "Signals applied to a saga, by outcome: received (a wait took it), kept (for a "
+            "wait ahead), rejected (dead-lettered with the reason).",
+            ["saga_type", "outcome"],
         )
         self.stale_replies = counter(
             "saga_stale_replies_total",
@@ -374,6 +387,8 @@ class CoordinatorMetrics:
                 self.finished.labels(name, status.value)
             for outcome in Outcome:
                 self.replies.labels(name, outcome.value)
+            for signal_outcome in _SIGNAL_OUTCOMES.values():
+                self.signals.labels(name, signal_outcome)
             for kind in _UNEXPECTED.values():
                 self.unexpected_replies.labels(name, kind)
             for unit in definition.units():
@@ -474,6 +489,8 @@ class CoordinatorMetrics:
                 self.deadlines_postponed.labels(saga_type, entry.step).inc()
             elif kind is HistoryKind.COMMAND_PICKED_UP and entry.step is not None:
                 self.commands_picked_up.labels(saga_type, entry.step).inc()
+            elif kind in _SIGNAL_OUTCOMES:
+                self.signals.labels(saga_type, _SIGNAL_OUTCOMES[kind]).inc()
             elif kind in _UNEXPECTED and reply:
                 self.unexpected_replies.labels(saga_type, _UNEXPECTED[kind]).inc()
                 if kind is HistoryKind.STALE_REPLY:

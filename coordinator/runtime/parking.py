@@ -7,6 +7,10 @@ transaction, and the offset moves on: the reply is neither applied with another 
 lost. :class:`ParkedReplyResumer` runs in every coordinator and applies, through the batch
 processor, the parked replies of the versions it has; the processor's inbox makes that
 idempotent (a crash between applying and deleting a parked reply applies it once).
+
+Signals are parked the same way. A parked signal the saga then refuses is dead-lettered by the
+resumer to ``saga.signals.dlq`` with its reason, like one refused on arrival (its original
+partition and offset are not kept: ``-1``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.core.batch import BatchOutcome
 from coordinator.core.definition import SagaRegistry
 from coordinator.core.state import SagaInstance
+from coordinator.runtime.dead_letters import DeadLetterPublisher, RejectedRecord
 from coordinator.store.parking import ParkedReply, ParkingStore
 from coordinator.store.saga_store import SagaStore
 from service_sdk.contract import (
@@ -32,8 +38,10 @@ from service_sdk.contract import (
     MalformedMessageError,
     MessageKind,
     SignalEnvelope,
+    Topics,
     decode_envelope,
     decode_signal,
+    encode_headers,
 )
 from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries
 
@@ -104,7 +112,7 @@ class ReplyParking:
             outcome.parked += len(parked)
             for reply in parked:
                 logger.warning(
-                    "saga %s runs on %s version %d, not loaded here: its reply %s is parked "
+                    "saga %s runs on %s version %d, not loaded here: its message %s is parked "
                     "until a coordinator that has that version takes it",
                     reply.saga_id,
                     reply.saga_type,
@@ -127,8 +135,17 @@ class ParkedReplyResumer:
         interval_s: float = 1.0,
         batch_size: int = 200,
         on_commit: Callable[[BatchOutcome], None] | None = None,
+        dead_letters: DeadLetterPublisher | None = None,
+        topics: Topics | None = None,
     ) -> None:
+        """
+        Args:
+            dead_letters: Publishes the parked signals their saga refuses (to
+                ``<topics.signals>.dlq``); without it they stay parked.
+        """
         self._store = store
+        self._dead_letters = dead_letters
+        self._topics = topics or Topics()
         self._registry = registry
         self._processor = processor
         self._interval_s = interval_s
@@ -160,8 +177,25 @@ class ParkedReplyResumer:
             # Its own transaction: the claim's locks keep other resumers off these rows, and the
             # inbox makes a repeat harmless should this one roll back after the apply committed.
             outcome = await self._processor.process(envelopes)
-            rejected = {envelopes[r.index].message_id for r in outcome.rejections}
+            refused = (
+                [r for r in outcome.rejections if isinstance(envelopes[r.index], SignalEnvelope)]
+                if self._dead_letters is not None
+                else []
+            )
+            if refused and self._dead_letters is not None:
+                # Before the parked rows go: a failed publish rolls their deletion back.
+                await self._dead_letters.publish(
+                    [
+                        RejectedRecord(self._record(envelopes[r.index]), r.reason, r.error)
+                        for r in refused
+                    ]
+                )
+            rejected = {envelopes[r.index].message_id for r in outcome.rejections} - {
+                envelopes[r.index].message_id for r in refused
+            }
             for rejection in outcome.rejections:
+                if rejection in refused:
+                    continue
                 logger.error(
                     "parked reply %s cannot be applied (%s): %s; it stays parked",
                     envelopes[rejection.index].message_id,
@@ -176,6 +210,24 @@ class ParkedReplyResumer:
         if done:
             logger.info("resumed %d parked repl(ies)", len(done))
         return len(claimed)
+
+    def _record(self, message: Inbound) -> ConsumerRecord[bytes, bytes]:
+        """A parked signal as the record it came as (its position is not kept)."""
+        value = message.to_bytes()
+        key = message.key()
+        return ConsumerRecord(
+            topic=self._topics.signals,
+            partition=-1,
+            offset=-1,
+            timestamp=-1,
+            timestamp_type=0,
+            key=key,
+            value=value,
+            checksum=None,
+            serialized_key_size=len(key),
+            serialized_value_size=len(value),
+            headers=encode_headers(message.headers()),
+        )
 
     async def run(self) -> None:
         """Resume every ``interval_s`` (at once again after a full batch) until stopped."""

@@ -215,9 +215,69 @@ async def test_a_completed_child_is_undone_by_its_compensation_saga(
         timeline = await coordinator.operator.show(parent_id)
         assert await points_topic.published() == []
     assert revoke.saga_id == undo_id
-    assert revoke.payload == {"customer": "o-7", "points": 40}
+    assert revoke.payload == {"customer": "o-7", "amount": 250}
     assert (undo.saga_type, undo.status) == ("revoke_points", SagaStatus.COMPLETED)
     assert (undo.parent_saga_id, undo.parent_step) == (parent_id, "points")
     assert child.status is SagaStatus.COMPLETED  # settled: undone by another saga
     assert parent.compensated_steps == ("points", "reserve")
     assert {c.saga_type for c in timeline.children} == {"award_points", "revoke_points"}
+
+
+async def test_aborting_the_parent_awaits_the_running_child_then_undoes_it(
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    send_envelope: Any,
+) -> None:
+    topics = Topics(coordinator_settings.kafka.topic_prefix)
+    async with (
+        running_coordinator(coordinator_settings, booking_registry()) as coordinator,
+        topic_reader(topics.commands("ledger")) as ledger_topic,
+        topic_reader(topics.commands("points")) as points_topic,
+    ):
+        ledger = Participant(ledger_topic, send_envelope, topics)
+        points = Participant(points_topic, send_envelope, topics)
+        parent_id = await coordinator.client.start("booking", ORDER, saga_id="trip-4")
+        await ledger.answer("ledger.reserve")
+        child_id = _child_id(parent_id, "points")
+        await eventually(lambda: _saga(coordinator, child_id), what="the child started")
+        aborted = await coordinator.operator.abort(parent_id, actor="ops", reason="cancelled")
+        assert aborted.status_after is SagaStatus.COMPENSATING
+        # The child cannot be fenced: its end is awaited, then undone by revoke_points.
+        await points.answer("points.award", payload={"points": 5})
+        revoke = await points.answer("points.revoke")
+        await ledger.answer("ledger.release")
+        parent = await _status(coordinator, parent_id, SagaStatus.COMPENSATED)
+    assert revoke.saga_id == _child_id(parent_id, "points", compensation=True)
+    assert revoke.payload == {"customer": "o-7", "amount": 250}
+    assert parent.compensated_steps[-1] == "reserve"
+
+
+async def test_aborting_a_child_makes_its_parent_compensate(
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    send_envelope: Any,
+) -> None:
+    topics = Topics(coordinator_settings.kafka.topic_prefix)
+    async with (
+        running_coordinator(coordinator_settings, booking_registry()) as coordinator,
+        topic_reader(topics.commands("ledger")) as ledger_topic,
+        topic_reader(topics.commands("points")) as points_topic,
+    ):
+        ledger = Participant(ledger_topic, send_envelope, topics)
+        points = Participant(points_topic, send_envelope, topics)
+        parent_id = await coordinator.client.start("booking", ORDER, saga_id="trip-5")
+        await ledger.answer("ledger.reserve")
+        child_id = _child_id(parent_id, "points")
+        await eventually(lambda: _saga(coordinator, child_id), what="the child started")
+        await coordinator.operator.abort(child_id, actor="ops", reason="fraud suspected")
+        # The award in flight is fenced (it has no compensation); the participant never ran it.
+        await points.answer("points.award", Outcome.FAILURE, error="too late")
+        fence = await points.answer("saga.fence", payload={"fenced": True})
+        await ledger.answer("ledger.release")
+        parent = await _status(coordinator, parent_id, SagaStatus.COMPENSATED)
+        child = await _saga(coordinator, child_id)
+    assert fence.saga_id == child_id
+    assert child.status is SagaStatus.COMPENSATED
+    assert "fraud suspected" in (parent.failure_reason or "")

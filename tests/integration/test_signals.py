@@ -22,6 +22,7 @@ from coordinator.cli.main import app
 from coordinator.config import Settings
 from coordinator.core.definition import SagaRegistry
 from coordinator.core.state import SagaInstance, SagaStatus
+from coordinator.store.parking import ParkingStore
 from service_sdk import (
     DeadLetterHeader,
     Envelope,
@@ -293,3 +294,49 @@ async def test_an_approval_timeout_with_continue_takes_the_default_branch(
         done = await _status(coordinator, saga_id, SagaStatus.COMPLETED)
     assert done.data["approved_by"] is None
     assert "timed_out_default" in await _kinds(coordinator, saga_id)
+
+
+async def test_a_signal_for_a_saga_of_a_version_not_loaded_is_parked_then_applied_or_refused(
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    send_envelope: Any,
+    producer: AIOKafkaProducer,
+) -> None:
+    topics = Topics(coordinator_settings.kafka.topic_prefix)
+    v1 = _registry()
+    async with topic_reader(topics.commands("ledger")) as reader:
+        ledger = Ledger(reader, send_envelope, topics)
+        async with running_coordinator(coordinator_settings, v1) as coordinator:
+            saga_id = await coordinator.client.start("approval_flow", ORDER, saga_id="parked")
+            await ledger.answer("reserve")
+            await _until(coordinator, saga_id, "signal_awaited")
+        # A coordinator with version 2 only (a rolling deploy): it parks both signals.
+        async with running_coordinator(coordinator_settings, _registry(version=2)) as v2_only:
+            await send_signal(producer, saga_id, "approval", {"approved_by": "dee"}, topics=topics)
+            nudge = await send_signal(producer, saga_id, "nudge", {}, topics=topics)
+
+            async def parked() -> bool:
+                async with v2_only.store.engine.connect() as conn:
+                    found = await ParkingStore().select_parked_sagas(conn, limit=10)
+                got = [(p.saga_id, p.definition_version, p.replies) for p in found]
+                assert got == [(saga_id, 1, 2)], got
+                return True
+
+            await eventually(parked, what="both signals parked")
+            assert (await _saga(v2_only, saga_id)).current_step == "approve"
+        # Version 1 is back: the approval is applied, the nudge dead-lettered with its reason.
+        async with (
+            running_coordinator(coordinator_settings, v1) as coordinator,
+            topic_reader(Topics.dead_letters(topics.signals)) as dead,
+        ):
+            await ledger.answer("confirm")
+            done = await _status(coordinator, saga_id, SagaStatus.COMPLETED)
+            (letter,) = await dead.records(1)
+            async with coordinator.store.engine.connect() as conn:
+                assert await ParkingStore().count_parked_sagas(conn) == {}
+    assert done.data["approved_by"] == "dee"
+    headers = decode_headers(letter.headers)
+    assert headers[DeadLetterHeader.REASON] == "signal_not_awaited"
+    assert headers[DeadLetterHeader.ORIGINAL_TOPIC] == topics.signals
+    assert decode_signal(letter.value).message_id == nudge

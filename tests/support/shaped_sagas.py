@@ -94,7 +94,7 @@ class Revoke(Command):
 
     message_type: ClassVar[str] = "points.revoke"
     customer: str
-    points: int
+    amount: int
 
 
 _ONCE = RetryPolicy(max_attempts=1)
@@ -132,12 +132,14 @@ def _approved(data: Booking, approval: Approval) -> Booking:
 def approval_saga(
     name: str = "approval_flow",
     *,
+    version: int = 1,
     timeout: timedelta = timedelta(minutes=5),
     on_timeout: Literal["fail", "continue"] = "fail",
 ) -> type[SagaDefinition[Booking]]:
     """reserve, wait for ``approval`` (``timeout``, then ``on_timeout``), confirm."""
     attributes: dict[str, Any] = {
         "name": name,
+        "version": version,
         "data_model": Booking,
         "steps": (
             _reserve(),
@@ -187,7 +189,7 @@ class RevokePoints(SagaDefinition[Points]):
             name="revoke",
             service="points",
             command=Revoke,
-            build=lambda d: Revoke(customer=d.customer, points=d.points or 0),
+            build=lambda d: Revoke(customer=d.customer, amount=d.amount),
             timeout=timedelta(minutes=5),
             retry=_ONCE,
         ),
@@ -212,7 +214,9 @@ class BookingSaga(SagaDefinition[Booking]):
             on_success=_child_points,
             compensation=ChildCompensation[Booking](
                 saga_type="revoke_points",
-                build=lambda d: {"customer": d.order_id, "amount": d.amount, "points": d.points},
+                # Built from the parent's data alone, like any compensation: the undo may
+                # start for a child whose end the parent never folded in (an abort).
+                build=lambda d: {"customer": d.order_id, "amount": d.amount},
             ),
             timeout=timedelta(minutes=5),
         ),

@@ -16,12 +16,14 @@ from coordinator.core.state import (
     SagaInput,
     SagaInstance,
     SagaStatus,
+    SignalReceived,
     StartSaga,
 )
 from coordinator.ops.actions import ActionResult, SagaTimeline, SentCommand
 from coordinator.store.records import HistoryRecord
 from saga_defs.order import OrderSaga
 from service_sdk import Outcome
+from tests.support.shaped_sagas import approval_saga
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 DATA: dict[str, Any] = {
@@ -191,3 +193,35 @@ def test_show_links_a_child_to_its_parent_and_a_parent_to_its_children() -> None
     out = console.export_text()
     assert "saga-1 (its step points)" in out
     assert SagaTimeline(child, ()).as_dict()["saga"]["parent_saga_id"] == "saga-1"
+
+
+def test_show_tells_signals_and_waits_apart() -> None:
+    saga = approval_saga()
+    history: list[HistoryRecord] = []
+
+    def keep(t: Any, at: datetime) -> SagaInstance:
+        for entry in t.history:
+            history.append(
+                HistoryRecord(
+                    len(history) + 1, "a-1", at, entry.kind.value, entry.step, None, entry.detail
+                )
+            )
+        instance: SagaInstance = t.instance
+        return instance
+
+    inst = keep(start_saga(saga, "a-1", StartSaga("m", {"order_id": "o"}), START), START)
+    at = START + timedelta(seconds=1)
+    inst = keep(
+        apply(saga, inst, SignalReceived("sig-1", "approval", {"approved_by": "x"}), at), at
+    )
+    kept = Console(record=True, width=200)
+    render_timeline(kept, SagaTimeline(inst, tuple(history)), at)
+    assert "approval (sig-1): taken when their wait begins" in kept.export_text()
+    at = START + timedelta(seconds=2)
+    inst = keep(apply(saga, inst, _answer(inst, Outcome.SUCCESS, {}), at), at)
+    phases = {p.step: p.result for p in step_phases(inst, tuple(history))}
+    assert phases["approve"] == "signal received"
+    assert phases["confirm"] == "awaiting reply"
+    kinds = {r.kind: summarize(r.kind, r.detail) for r in history}
+    assert kinds["signal_kept"] == 'signal approval, payload {"approved_by":"x"}'
+    assert kinds["signal_received"].startswith("signal approval, kept before the wait")

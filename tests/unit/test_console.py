@@ -20,7 +20,7 @@ from coordinator.config import ConsoleSettings, HttpSettings
 from coordinator.core.business_keys import business_keys, parse_business_key
 from coordinator.core.definition import SagaDefinition
 from coordinator.core.errors import SagaDefinitionError
-from coordinator.core.state import SagaInstance, SagaStatus
+from coordinator.core.state import PendingSignal, SagaInstance, SagaStatus
 from coordinator.ops.actions import ActionResult, SagaTimeline
 from coordinator.ops.console import DeadLetterListing, SagaListing
 from coordinator.ops.dead_letter_admin import ReplayReport, StoredDeadLetter
@@ -225,6 +225,13 @@ async def test_the_saga_page_links_parent_and_children(
     assert "for points" in parent.text
     child = await ui.get("/ui/sagas/kid-1")
     assert 'id="parent"><a href="/ui/sagas/s-1"' in child.text
+    assert "kept-signals" not in child.text
+    sagas["kid-1"] = replace(
+        sagas["kid-1"], pending_signals=(PendingSignal("sig-9", "approval", {}),)
+    )
+    kept = await ui.get("/ui/sagas/kid-1")
+    assert "<code>approval</code>" in kept.text
+    assert "sig-9" in kept.text
 
 
 async def test_the_console_is_not_in_the_openapi_document(console: FakeConsole) -> None:

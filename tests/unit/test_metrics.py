@@ -15,6 +15,7 @@ from coordinator.core.state import (
     ReplyReceived,
     SagaInstance,
     SagaStatus,
+    SignalReceived,
     StartSaga,
     Transition,
 )
@@ -22,6 +23,7 @@ from coordinator.observability.metrics import CoordinatorMetrics
 from saga_defs import default_registry
 from saga_defs.order import OrderSaga
 from service_sdk import Outcome, ServiceMetrics
+from tests.support.shaped_sagas import approval_saga
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 DATA: dict[str, Any] = {
@@ -200,6 +202,25 @@ def test_fired_deadlines_count_retries_by_step() -> None:
     )
     # A deadline is not a reply.
     assert _value(registry, "saga_replies_total", saga_type="order", outcome="success") == 0
+
+
+def test_signals_count_by_outcome() -> None:
+    saga = approval_saga()
+    registry = CollectorRegistry()
+    metrics = CoordinatorMetrics(registry)
+    metrics.prime([saga])
+    assert _value(registry, "saga_signals_total", saga_type="approval_flow", outcome="kept") == 0
+    started = start_saga(saga, "a-1", StartSaga("m", {"order_id": "o"}), T0)
+    kept = apply(
+        saga, started.instance, SignalReceived("s-1", "approval", {"approved_by": "x"}), T0
+    )
+    refused = apply(saga, kept.instance, SignalReceived("s-2", "nudge", {}), T0)
+    metrics.observe_batch(
+        BatchOutcome(transitions=[(started.instance, kept), (kept.instance, refused)])
+    )
+    for outcome, count in (("kept", 1), ("rejected", 1), ("received", 0)):
+        got = _value(registry, "saga_signals_total", saga_type="approval_flow", outcome=outcome)
+        assert got == count, outcome
 
 
 def test_priming_creates_zero_series_for_every_known_saga() -> None:
