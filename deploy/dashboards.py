@@ -135,7 +135,7 @@ def _service_step_rate(metric: str, registry: SagaRegistry, service: str) -> str
     parts = [
         f'rate({metric}{{{_sel(saga_type=definition.name)}, step=~"{"|".join(steps)}"}}[{RATE}])'
         for definition in registry
-        if (steps := [step.name for step in definition.steps if step.service == service])
+        if (steps := [step.name for step in definition.command_steps() if step.service == service])
     ]
     return f"sum({' or '.join(parts)})"
 
@@ -437,7 +437,7 @@ def _latency(registry: SagaRegistry) -> DashboardSpec:
                 description="From the last send of a step's command to its successful reply.",
             ),
         ]
-        for step in definition.steps:
+        for step in definition.command_steps():
             panels.append(
                 Panel(
                     f"Step {step.name} ({step.service})",
