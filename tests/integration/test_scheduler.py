@@ -305,3 +305,23 @@ async def test_before_the_next_tick_a_round_costs_no_statement(store: SagaStore)
         assert len(statements) > looked
     finally:
         sa.event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_a_tick_claimed_twice_is_claimed_once_even_without_the_schedule_lock(
+    store: SagaStore,
+) -> None:
+    # The second line of defence: were the row lock bypassed (or the cursor read stale), the
+    # tick's primary key still lets one transaction claim it; the other starts nothing.
+    from coordinator.store.schedules import FiredTick, ScheduleStore
+
+    clock = FakeClock(T0)
+    await _scheduler(store, clock, _only("every-second")).declare()
+    ticks = ScheduleStore()
+    tick = FiredTick("every-second", T0, "every-second@20261201T020000Z", "started")
+    async with store.engine.begin() as first, store.engine.begin() as second:
+        assert await ticks.insert_ticks(first, [tick], T0) == {("every-second", T0)}
+        racing = asyncio.create_task(ticks.insert_ticks(second, [tick], T0))
+        await asyncio.sleep(0.2)
+        assert not racing.done()  # waits for the first transaction's outcome
+        await first.commit()
+        assert await racing == set()
