@@ -83,6 +83,7 @@ class Coordinator:
         self.clock: Clock = clock or SystemClock()
         self.topics = Topics(settings.kafka.topic_prefix)
         self._engine: AsyncEngine | None = None
+        self._relay_engine: AsyncEngine | None = None
         self._started = False
         self._stopped = False
         self.producers = coordinator_producers(settings.kafka)
@@ -183,12 +184,17 @@ class Coordinator:
             self.registry,
             dead_letter_topics=(self.topics.replies, self.topics.requests, self.topics.signals),
         )
+        # The relay's commits only mark rows sent: no WAL flush to wait for (see OutboxRelay).
+        self._relay_engine = create_engine(
+            settings.database.url, pool_size=1, pre_ping=False, synchronous_commit=False
+        )
         self.relay = OutboxRelay(
             self.store,
             self.producers,
             settings.relay,
             self.clock,
             on_published=self.metrics.relay_published,
+            engine=self._relay_engine,
         )
         self.processor = BatchProcessor(
             self.store,
@@ -424,6 +430,8 @@ class Coordinator:
         await self.producers.stop()
         if self.dead_letter_admin is not None:
             await self.dead_letter_admin.stop()
+        if self._relay_engine is not None:
+            await self._relay_engine.dispose()
         if self._engine is not None:
             await self._engine.dispose()
         logger.info("coordinator stopped")

@@ -56,6 +56,12 @@ class KafkaSettings(BaseModel):
         ge=100,
         description="How soon the other coordinators learn of a rebalance (a SIGTERM handover).",
     )
+    commit_interval_ms: int = Field(
+        default=200,
+        ge=0,
+        description="The longest a processed record waits for its offset commit (0: commit "
+        "after every batch). A crash re-reads at most this much; the inbox de-duplicates it.",
+    )
     reply_partitions: int = Field(default=8, ge=1)
     command_partitions: int = Field(default=8, ge=1)
     create_topics: bool = True

@@ -86,12 +86,12 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -114,9 +114,15 @@ from service_sdk.contract.heartbeat import Heartbeat
 from service_sdk.contract.reasons import DeadLetterReason
 from service_sdk.contract.topics import Topics
 from service_sdk.dead_letters import DeadLetterRecord
-from service_sdk.errors import ContractError, MalformedMessageError, UnknownMessageTypeError
+from service_sdk.errors import (
+    CommandRejected,
+    ContractError,
+    MalformedMessageError,
+    UnknownMessageTypeError,
+)
 from service_sdk.kafka_logs import throttle_kafka_logs
 from service_sdk.observer import NoObserver, RunnerObserver
+from service_sdk.offsets import PendingOffsets
 from service_sdk.producer import ProducerFactory, ProducerHandle
 from service_sdk.retry import RetryEvent, RetryLog, RetryPolicy, call_with_retries
 from service_sdk.service import Service, reply_envelope, reply_payload
@@ -171,6 +177,27 @@ class _Publication:
     dead_letter: bool = False
 
 
+class _RolledBackError(Exception):
+    """A command of a shared transaction failed: the whole transaction is rolled back."""
+
+    def __init__(self, failure: tuple[int, Exception]) -> None:
+        super().__init__(f"command {failure[0]} of the batch failed: {failure[1]!r}")
+        self.failure = failure
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commits the answered commands' offsets before their partitions move to another member."""
+
+    def __init__(self, commit: Callable[[Collection[Any]], Awaitable[None]]) -> None:
+        self._commit = commit
+
+    async def on_partitions_revoked(self, revoked: Collection[Any]) -> None:
+        await self._commit(revoked)
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        return None
+
+
 class ServiceRunner:
     """Runs one :class:`~service_sdk.service.Service` against Kafka and its PostgreSQL.
 
@@ -203,6 +230,10 @@ class ServiceRunner:
         throttle_kafka_logs: Attach :func:`service_sdk.kafka_logs.throttle_kafka_logs` to
             aiokafka's loggers at start (its per-attempt connection errors at most once per
             30 s); False leaves aiokafka's logging as it is.
+        commit_interval_s: The longest an answered command's offset waits for its commit
+            (0: after every batch). Committing per batch costs a broker round trip each; a
+            crash re-reads at most this much, answered from the processed-commands record.
+            Offsets are committed before partitions move and at stop.
 
     Attributes:
         instance: This runner's unique id in its heartbeats (``<host>-<pid>-<hex>``).
@@ -230,6 +261,7 @@ class ServiceRunner:
         setup: Callable[[AsyncConnection], Awaitable[None]] | None = None,
         producer_factory: ProducerFactory | None = None,
         throttle_kafka_logs: bool = True,
+        commit_interval_s: float = 0.2,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -249,6 +281,7 @@ class ServiceRunner:
         self._engine = engine
         self._setup = setup
         self._max_batch = max_batch
+        self._offsets = PendingOffsets(commit_interval_s)
         self._handler_attempts = handler_attempts
         self._handler_backoff_s = handler_backoff_s
         self._throttle_kafka_logs = throttle_kafka_logs
@@ -422,12 +455,12 @@ class ServiceRunner:
         await self._producers.current()
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                self.topic,
                 group_id=self.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 **self._kafka.consumer_kwargs(),
             )
+            consumer.subscribe([self.topic], listener=_CommitOnRevoke(self._commit_pending))
             try:
                 await consumer.start()
             except BaseException:
@@ -604,6 +637,9 @@ class ServiceRunner:
                         stop=self._stopping,
                     )
                     self._progress.recovered("processing")
+                elif self._offsets.due():
+                    await self._commit_pending()
+            await self._commit_pending()
         except Exception:
             if self._stopping.is_set():
                 return  # stopping while Kafka was away: the failures were logged
@@ -612,7 +648,8 @@ class ServiceRunner:
 
     async def _poll(self) -> dict[Any, list[Any]]:
         batch: dict[Any, list[Any]] = await self._consumer.getmany(
-            timeout_ms=_POLL_TIMEOUT_MS, max_records=self._max_batch
+            timeout_ms=round(1000 * self._offsets.wait_s(_POLL_TIMEOUT_MS / 1000)),
+            max_records=self._max_batch,
         )
         return batch
 
@@ -658,8 +695,9 @@ class ServiceRunner:
             # Stopping with replies not acknowledged: nothing of this batch is committed, so it
             # is read again and answered from the record: a reply is never lost.
             return
-        if done:
-            await self._commit(done)
+        self._offsets.add(done)
+        if self._offsets.due():
+            await self._commit_pending()
 
     async def _answer_batch(
         self, works: Sequence[tuple[Any, _Work]]
@@ -668,9 +706,13 @@ class ServiceRunner:
         publications of those answered, by ``id()`` of their work item, and the first command
         left for a later transaction because this one's time was up (None: none was).
 
-        A command that fails in a shared transaction is answered alone (its first attempt
-        spent), then the commands after it are taken together again. Those not answered here
-        (the shared transaction itself failed) are left to the caller to answer one by one.
+        Handlers run without savepoints (two round trips fewer per command). When one fails
+        or rejects its command, nothing of the transaction is kept: the commands before it
+        are answered again, together, it is answered alone (a failure counted as its first
+        attempt; a rejection answered as such, its writes undone), then the commands after
+        it are taken together again. So each command runs at most once more than its
+        attempts. Those not answered here (the shared transaction itself failed) are left to
+        the caller to answer one by one.
         """
         answered: dict[int, list[_Publication]] = {}
         pending = list(works)
@@ -684,9 +726,18 @@ class ServiceRunner:
             if failure is None:
                 break
             index, error = failure
+            if index == 1:
+                first_record, first = pending[0]
+                answered[id(first)] = await self._execute_with_retries(first_record, first)
+            elif index > 1:
+                before, stop = await self._answer_batch(pending[:index])
+                answered.update(before)
+                if stop is not None:
+                    return answered, stop
             record, work = pending[index]
+            counted = not (is_transient_database_error(error) or isinstance(error, CommandRejected))
             answered[id(work)] = await self._execute_with_retries(
-                record, work, None if is_transient_database_error(error) else error
+                record, work, error if counted else None
             )
             pending = pending[index + 1 :]
         return answered, None
@@ -699,8 +750,8 @@ class ServiceRunner:
 
         Returns:
             The publications of the commands committed, by ``id()`` of their work item; and
-            the first command that failed (its index and error) when one did: nothing of it
-            is committed, the commands before it are, those after it are not run.
+            the first command that failed (its index and error) when one did: then nothing
+            is committed (its writes cannot be told from the others').
             And the index of the first command not run because the transaction's time
             (``_SHARED_TRANSACTION_S``) was up. When the transaction as a whole fails (the
             database went away), nothing is committed and all three are empty.
@@ -716,11 +767,16 @@ class ServiceRunner:
                     conn,
                     [(work.envelope, work.command, work.undo) for work in works],
                     budget_s=_SHARED_TRANSACTION_S,
+                    isolated=False,
                 )
+                if failure is not None:
+                    raise _RolledBackError(failure)
                 screened = [
                     await self._screen_reply(conn, work.envelope, answer)
                     for work, answer in zip(works, answers, strict=False)
                 ]
+        except _RolledBackError as rolled_back:
+            return {}, rolled_back.failure, None
         except Exception as exc:
             await self._discard_if_broken(conn, exc)
             logger.debug("service %s: shared transaction failed: %r", self.service.name, exc)
@@ -840,7 +896,11 @@ class ServiceRunner:
                     continue  # dead-lettered when its turn comes
         return fencing.fences_ahead(undos, self.service.understands)
 
-    async def _commit(self, offsets: dict[Any, int]) -> None:
+    async def _commit_pending(self, partitions: Collection[Any] | None = None) -> None:
+        """Commit the pending offsets (of ``partitions`` only, if given)."""
+        offsets = self._offsets.take(partitions)
+        if not offsets or self._consumer is None:
+            return
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:

@@ -271,13 +271,20 @@ class Service:
         return self.registration(envelope.message_type).model.model_validate(envelope.payload)
 
     async def dispatch(
-        self, envelope: Envelope, command: Command, connection: AsyncConnection | None
+        self,
+        envelope: Envelope,
+        command: Command,
+        connection: AsyncConnection | None,
+        *,
+        isolated: bool = True,
     ) -> Envelope | Deferred:
         """Run the handler for one command and turn its outcome into a reply.
 
         This is the step the runner and :mod:`service_sdk.testing` share; services do not
         call it. The handler runs inside a SAVEPOINT of ``connection``, so a rejection
-        undoes its writes while the caller's transaction goes on.
+        undoes its writes while the caller's transaction goes on. With ``isolated=False``
+        it runs without one (two round trips fewer) and a rejection is raised as
+        ``CommandRejected``: the caller then rolls back the whole transaction.
 
         Returns:
             The reply envelope (success, failure or retryable), or :class:`Deferred`.
@@ -296,6 +303,8 @@ class Service:
             )
         handler = self.registration(envelope.message_type).handler
         ctx = HandlerContext(connection=connection, envelope=envelope, service=self)
+        if not isolated:
+            return self._answer(envelope, await handler(command, ctx))
         try:
             if connection is None:
                 return self._answer(envelope, await handler(command, ctx))

@@ -297,6 +297,8 @@ def table(report: BenchReport) -> Table:
         row(name, [cell(lv.metrics[metric]) for lv in levels], bare_cell)
     if bare is not None:
         row("÷ pingpong", [cell(lv.ratio) for lv in levels], "1")
+    row("first 10% sagas/s", [cell(lv.tenths["first_tenth_per_s"]) for lv in levels])
+    row("last 10% sagas/s", [cell(lv.tenths["last_tenth_per_s"]) for lv in levels])
     roles = list(dict.fromkeys(role for lv in levels for role in lv.cpu_s))
     names = {role: f"  {role}*" if role == DRIVER else f"  {role}" for role in roles}
     result.add_section()
@@ -313,6 +315,10 @@ def table(report: BenchReport) -> Table:
     row("peak RSS MiB", ["" for _ in levels])
     for role in roles:
         row(names[role], [cell(lv.peak_rss_mb.get(role)) for lv in levels])
+    result.add_section()
+    row("RSS growth MiB", ["" for _ in levels])
+    for role in roles:
+        row(names[role], [cell(lv.rss_growth_mb.get(role)) for lv in levels])
     result.add_section()
     row("failed / stuck sagas", [_failures(lv.runs) for lv in levels])
     row("ledger check", [_ledger(lv.runs) for lv in levels])

@@ -56,12 +56,15 @@ class InFlight:
     by_service: dict[str, int] = field(default_factory=dict)
 
     def has_room(self, limits: AdmissionLimits, saga_type: str, service: str) -> bool:
-        """Whether one more saga of ``saga_type`` whose first command goes to ``service`` fits."""
+        """Whether one more saga of ``saga_type`` whose first command goes to ``service`` fits
+        (``""``: its first stage sends no participant a command)."""
         if limits.max_in_flight is not None and self.total >= limits.max_in_flight:
             return False
         type_cap = limits.max_in_flight_per_type.get(saga_type)
         if type_cap is not None and self.by_type.get(saga_type, 0) >= type_cap:
             return False
+        if not service:
+            return True  # it starts with a timer, a wait or a child saga: no participant's cap
         service_cap = limits.service_cap(service)
         return service_cap is None or self.by_service.get(service, 0) < service_cap
 

@@ -497,13 +497,14 @@ class SagaDefinition(Generic[D]):
 
     @classmethod
     def entry_service(cls) -> str:
-        """The service admission control counts a new saga against: that of its first
-        command, or ``""`` when it starts with no participant command."""
-        for stage in cls.steps:
-            if isinstance(stage, Step):
-                return stage.service
-            if isinstance(stage, Parallel):
-                return stage.steps[0].service
+        """The service admission control counts a new saga against: that of the command its
+        first stage sends (a group's first member's), or ``""`` when the first stage sends a
+        participant nothing (a timer, a wait, a child saga)."""
+        first = cls.steps[0]
+        if isinstance(first, Step):
+            return first.service
+        if isinstance(first, Parallel):
+            return first.steps[0].service
         return ""
 
     @classmethod

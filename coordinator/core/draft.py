@@ -8,7 +8,7 @@ them. It is mutable because it lives for one decision only; what leaves it is th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ from service_sdk.contract import FENCE_MESSAGE_TYPE
 __all__ = ["TransitionDraft", "as_data", "awaited_timeout", "describe", "retry_policy"]
 
 _MAX_ERROR_CHARS = 500
+_FIELDS = frozenset(f.name for f in fields(SagaInstance))
 
 
 @dataclass
@@ -58,8 +59,18 @@ class TransitionDraft:
     rejection: str | None = None
 
     def update(self, **changes: Any) -> None:
-        """Replace fields of the instance (which stays frozen)."""
-        self.instance = replace(self.instance, **changes)
+        """Replace fields of the instance (which stays frozen).
+
+        A new instance is built from the old one's fields directly: ``dataclasses.replace``
+        re-runs ``__init__`` and costs ten times as much, several times per transition.
+        """
+        unknown = changes.keys() - _FIELDS
+        if unknown:
+            raise TypeError(f"SagaInstance has no field(s) {sorted(unknown)}")
+        updated = object.__new__(SagaInstance)
+        updated.__dict__.update(self.instance.__dict__)
+        updated.__dict__.update(changes)
+        self.instance = updated
 
     def record(self, kind: HistoryKind, step: str | None, **detail: Any) -> None:
         """Append a history entry."""
@@ -71,12 +82,14 @@ class TransitionDraft:
 
     def finish(self, original: SagaInstance | None) -> Transition:
         """The transition; ``original`` is the instance before (None for a new saga)."""
-        self.set_awaiting(self.instance.awaiting)  # the scalars follow the final status too
+        projected = self._projection(self.instance.awaiting)
+        if any(getattr(self.instance, k) != v for k, v in projected.items()):
+            self.update(**projected)  # the scalars follow the final status too
         changed = self.instance != original
-        instance = self.instance
         if changed:
-            instance = replace(instance, updated_at=self.now)
-        elif original is not None:
+            self.update(updated_at=self.now)
+        instance = self.instance
+        if not changed and original is not None:
             instance = original  # the very object, as Transition promises
         return Transition(
             instance,
@@ -126,23 +139,27 @@ class TransitionDraft:
 
     def set_awaiting(self, entries: tuple[Awaited, ...]) -> None:
         """Replace what the saga awaits; the scalar fields follow (see ``SagaInstance``)."""
+        self.update(awaiting=entries, **self._projection(entries))
+
+    def _projection(self, entries: tuple[Awaited, ...]) -> dict[str, Any]:
+        """The scalar fields that describe ``entries``: the entry due first, the first undo
+        (or the first command given up) of a step in doubt."""
         head = head_of(entries)
         in_doubt = next(
             (e for e in entries if e.compensates is not None or self._given_up(e)), None
         )
-        self.update(
-            awaiting=entries,
-            current_step=head.step if head else None,
-            command_id=head.command_id if head else None,
-            attempt=head.attempt if head else 0,
-            deadline_at=head.deadline_at if head else None,
-            service=head.service if head else None,
-            picked_up_at=head.picked_up_at if head else None,
-            in_doubt_step=in_doubt.step if in_doubt else None,
-            in_doubt_command_id=(
+        return {
+            "current_step": head.step if head else None,
+            "command_id": head.command_id if head else None,
+            "attempt": head.attempt if head else 0,
+            "deadline_at": head.deadline_at if head else None,
+            "service": head.service if head else None,
+            "picked_up_at": head.picked_up_at if head else None,
+            "in_doubt_step": in_doubt.step if in_doubt else None,
+            "in_doubt_command_id": (
                 (in_doubt.compensates or in_doubt.command_id) if in_doubt else None
             ),
-        )
+        }
 
     def _given_up(self, entry: Awaited) -> bool:
         return entry.kind is AwaitKind.FORWARD and self.instance.status not in (

@@ -7,9 +7,10 @@ the returned instance, history and outbox rows in one transaction.
 Rules worth knowing before reading the code:
 
 * A saga awaits one or more things (``SagaInstance.awaiting``: several inside a parallel
-  group). A reply matches an awaited command iff its step and command id are an awaited pair
-  and its attempt is not newer than the last send of it. Anything else changes nothing and is recorded as a
-  duplicate (already answered), late (for the step the saga gave up on) or stale reply.
+  group): replies, a timer, a signal, a child saga's end. A reply matches an awaited command
+  iff its step and command id are an awaited pair and its attempt is not newer than the last
+  send of it. Anything else changes nothing and is recorded as a duplicate (already
+  answered), late (for a step the saga gave up on) or stale reply.
 * Going forward (:mod:`coordinator.core.stages`) enters one stage at a time: a step, a
   parallel group, a timer, a signal wait or a child saga; a stage whose ``run_if`` says no is
   skipped.
@@ -18,8 +19,13 @@ Rules worth knowing before reading the code:
   unusable success reply: its payload fails the step's model, or it is a participant's
   stand-in for a reply Kafka would never take) is *in doubt*: it is undone first, by its
   compensation or, without one, by a fence, both naming the command they undo so the
-  participant refuses it if it has not run it yet. The saga is terminal only once that undo is answered: it never ends while a
-  command it sent could still take effect. A late reply of that step changes nothing.
+  participant refuses it if it has not run it yet. Every member of a parallel group still
+  in flight when the saga gives up is in doubt too. The saga is terminal only once those
+  undos are answered: it never ends while a command it sent could still take effect. A late
+  reply of such a step changes nothing. A child saga still running is awaited instead (a
+  saga cannot be fenced, but it always ends).
+* Timers and signal waits (:mod:`coordinator.core.signals`) await no participant: their
+  deadline is the fire time or the timeout, never postponed.
 * A deadline of a command no participant has picked up yet is postponed while the command's
   service is alive (heartbeats): queueing is a capacity matter, not a failure. Once picked up,
   the timeout runs from the pickup.

@@ -44,6 +44,7 @@ from coordinator.demo.bench_report import (
     Load,
     RunResult,
     aggregate,
+    tenth_rates,
 )
 
 # _plan: the demo's order generator; a run needs fresh orders without a fresh cluster.
@@ -73,6 +74,7 @@ KafkaChoice = Literal["apache", "embedded", "external"]
 TERMINAL_EVENTS = frozenset({"saga.completed", "saga.compensated", "saga.failed"})
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STARTUP_TIMEOUT_S = 120.0
+_PROGRESS_EVERY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,7 @@ class _BenchCluster(DemoCluster):
         """Fresh orders (and customers, stock) for the next run."""
         self.plan = _plan(self.options)
         self.submitted_at = {}
+        self.end_times: list[float] = []
 
     def watched(self, servers: _Servers) -> list[Watched]:
         """Every child, the broker and PostgreSQL, and this process; the children found by
@@ -282,9 +285,17 @@ class _BenchCluster(DemoCluster):
         began = time.monotonic()
         deadline = began + timeout_s
         self.started_at = time.time()
+        next_report = began + _PROGRESS_EVERY_S
         try:
             while not book.done and time.monotonic() < deadline:
                 now = time.monotonic()
+                if now >= next_report:
+                    # A long run shows how far it is (a 100,000-saga run takes many minutes).
+                    next_report = now + _PROGRESS_EVERY_S
+                    self.console.log(
+                        f"  {book.ended:,} of {len(ids):,} sagas ended, {book.in_flight:,} in "
+                        f"flight, {book.ended / (now - began):.1f} sagas/s so far"
+                    )
                 due = len(queue)
                 if load.kind == "rate":
                     due = due_starts(len(queue), load.value, now - began)
@@ -295,7 +306,8 @@ class _BenchCluster(DemoCluster):
                 if load.kind == "rate" and sent < len(queue):
                     wait = min(wait, max(began + sent / load.value - time.monotonic(), 0.0))
                 for saga_id in await ends.read(wait):
-                    book.end(saga_id)
+                    if book.end(saga_id):
+                        self.end_times.append(time.monotonic())
                 if load.kind == "window":
                     queue += book.take()
                 if any(c.returncode is not None for c in self.children):
@@ -353,7 +365,7 @@ async def _measure(
     if dead:
         tails = "\n".join(f"--- {c.name}\n{c.log_tail()}" for c in dead)
         raise RuntimeError(f"{', '.join(c.name for c in dead)} exited during the run:\n{tails}")
-    return RunResult(load, run, summary, usage)
+    return RunResult(load, run, summary, usage, tenth_rates(cluster.end_times))
 
 
 async def _pingpong(

@@ -86,6 +86,20 @@ def cpu_per_saga_ms(cpu_s: Mapping[str, float | None], sagas: int) -> dict[str, 
     return per_saga
 
 
+def tenth_rates(end_times: Sequence[float]) -> tuple[float, float] | None:
+    """Sagas/s over the first and over the last tenth of the sagas' ends (a slowdown as the
+    tables grow shows as a last tenth slower than the first); None under 20 ends."""
+    ends = sorted(end_times)
+    tenth = len(ends) // 10
+    if tenth < 2:
+        return None
+    first = ends[tenth - 1] - ends[0]
+    last = ends[-1] - ends[-tenth]
+    if first <= 0 or last <= 0:
+        return None
+    return (tenth - 1) / first, (tenth - 1) / last
+
+
 @dataclass(frozen=True)
 class RunResult:
     """One run at one load level."""
@@ -95,6 +109,8 @@ class RunResult:
     """The round (1..runs) it belongs to."""
     summary: DemoSummary
     usage: Usage
+    tenths: tuple[float, float] | None = None
+    """Sagas/s of the first and of the last tenth of the ends (:func:`tenth_rates`)."""
 
     @property
     def cpu_ms_per_saga(self) -> dict[str, float | None]:
@@ -110,6 +126,9 @@ class RunResult:
             "cpu_s": _rounded(self.usage.cpu_s, 3),
             "cpu_ms_per_saga": _rounded(self.cpu_ms_per_saga, 3),
             "peak_rss_mb": _rounded(self.usage.peak_rss_mb, 1),
+            "rss_growth_mb": _rounded(self.usage.rss_growth_mb, 1),
+            "first_tenth_per_s": None if self.tenths is None else round(self.tenths[0], 1),
+            "last_tenth_per_s": None if self.tenths is None else round(self.tenths[1], 1),
         }
 
 
@@ -157,6 +176,9 @@ class LevelReport:
     cpu_ms_per_saga: dict[str, Spread | None]
     """Per role, and :data:`TOTAL`."""
     peak_rss_mb: dict[str, Spread | None]
+    rss_growth_mb: dict[str, Spread | None]
+    tenths: dict[str, Spread | None]
+    """``first_tenth_per_s`` and ``last_tenth_per_s``."""
     ratio: Spread | None
     """sagas/s over the bare pipeline's sagas/s, each run against the baseline of its round."""
 
@@ -175,6 +197,8 @@ class LevelReport:
             "cpu_s": _spread_dicts(self.cpu_s),
             "cpu_ms_per_saga": _spread_dicts(self.cpu_ms_per_saga),
             "peak_rss_mb": _spread_dicts(self.peak_rss_mb),
+            "rss_growth_mb": _spread_dicts(self.rss_growth_mb),
+            **_spread_dicts(self.tenths),
             "ratio_to_baseline": _spread_dict(self.ratio),
             "runs": [r.as_dict() for r in self.runs],
         }
@@ -196,6 +220,13 @@ def aggregate(
         cpu_s={role: spread(r.usage.cpu_s.get(role) for r in runs) for role in roles},
         cpu_ms_per_saga={role: spread(p.get(role) for p in per_saga) for role in [*roles, TOTAL]},
         peak_rss_mb={role: spread(r.usage.peak_rss_mb.get(role) for r in runs) for role in roles},
+        rss_growth_mb={
+            role: spread(r.usage.rss_growth_mb.get(role) for r in runs) for role in roles
+        },
+        tenths={
+            "first_tenth_per_s": spread(r.tenths[0] if r.tenths else None for r in runs),
+            "last_tenth_per_s": spread(r.tenths[1] if r.tenths else None for r in runs),
+        },
         ratio=spread(ratios),
     )
 

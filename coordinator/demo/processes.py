@@ -129,7 +129,11 @@ async def run_participant(
         choices = sorted([*known, "trip"])
         raise SystemExit(f"unknown participant {name!r}; one of {choices}")
     pace.delay_s = handler_delay_s
-    engine = create_engine(settings.database.url, pool_size=5 if len(chosen) == 1 else 10)
+    # No pre-ping (a round trip per transaction): the runner retries a stale connection's
+    # transient error after a database restart, on a fresh connection.
+    engine = create_engine(
+        settings.database.url, pool_size=5 if len(chosen) == 1 else 10, pre_ping=False
+    )
     topics = Topics(settings.kafka.topic_prefix)
     try:
         registry = CollectorRegistry()
@@ -143,6 +147,7 @@ async def run_participant(
                     bootstrap_servers=settings.kafka.bootstrap_servers,
                     idempotent=settings.kafka.idempotent,
                     client_id=f"{service}-service",
+                    max_request_size=settings.kafka.max_message_bytes,
                 ),
                 engine=engine,
                 topics=topics,

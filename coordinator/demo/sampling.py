@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -33,6 +33,8 @@ class Usage:
 
     cpu_s: dict[str, float | None]
     peak_rss_mb: dict[str, float | None]
+    rss_growth_mb: dict[str, float | None] = field(default_factory=dict)
+    """RSS at the end less RSS at the start (a leak shows as growth over a long run)."""
 
 
 class ProcessSampler:
@@ -55,6 +57,8 @@ class ProcessSampler:
                     self._roots[item.role] = (psutil.Process(item.pid), item.tree)
         self._began: dict[str, float | None] = {}
         self._peak: dict[str, float | None] = {}
+        self._first: dict[str, float | None] = {}
+        self._last: dict[str, float | None] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,6 +71,8 @@ class ProcessSampler:
         """Take the starting CPU times and sample memory until :meth:`stop`."""
         self._began = {role: self._cpu(role) for role in self._roots}
         self._peak = {role: None for role in self._roots}
+        self._first = {role: self._rss_mb(role) for role in self._roots}
+        self._last = dict(self._first)
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, name="bench-sampler", daemon=True)
         self._thread.start()
@@ -82,7 +88,11 @@ class ProcessSampler:
         for role, began in self._began.items():
             ended = self._cpu(role)
             cpu[role] = None if began is None or ended is None else max(ended - began, 0.0)
-        return Usage(cpu, dict(self._peak))
+        growth: dict[str, float | None] = {}
+        for role, first in self._first.items():
+            last = self._last.get(role)
+            growth[role] = None if first is None or last is None else last - first
+        return Usage(cpu, dict(self._peak), growth)
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -92,6 +102,7 @@ class ProcessSampler:
         for role in self._roots:
             rss = self._rss_mb(role)
             if rss is not None:
+                self._last[role] = rss
                 peak = self._peak.get(role)
                 self._peak[role] = rss if peak is None else max(peak, rss)
 

@@ -71,8 +71,12 @@ class Admitter:
         now = self._clock.now()
         transitions: list[Transition] = []
         async with self._store.engine.begin() as conn:
-            await self._queries.lock(conn)
+            # Counted before the lock too: woken after most batches, it usually finds no
+            # queue, and then need not make the other coordinators' admissions wait.
             backlog = await self._queries.count_queued(conn)
+            if backlog:
+                await self._queries.lock(conn)
+                backlog = await self._queries.count_queued(conn)
             if backlog:
                 in_flight = await self._queries.count_in_flight(conn)
                 room = in_flight.room(self._limits)

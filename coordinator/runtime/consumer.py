@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -27,6 +27,7 @@ from service_sdk.contract import (
     decode_envelope,
     decode_signal,
 )
+from service_sdk.offsets import PendingOffsets
 from service_sdk.retry import RetryLog, RetryPolicy, call_with_retries, cancellation_requested
 
 __all__ = ["ReplyConsumer"]
@@ -44,12 +45,15 @@ _TRANSIENT_RETRIES = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=5.0)
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets an in-flight batch finish and commit before partitions move to another instance."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
+    def __init__(
+        self, lock: asyncio.Lock, commit: Callable[[Collection[TopicPartition]], Awaitable[None]]
+    ) -> None:
         self._lock = lock
+        self._commit = commit
 
-    async def on_partitions_revoked(self, revoked: object) -> None:
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         async with self._lock:
-            pass
+            await self._commit(revoked)
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         return None
@@ -70,7 +74,8 @@ class ReplyConsumer:
     member.
 
     Each ``getmany`` batch is applied in one database transaction; dead letters are then
-    published and acknowledged, the outbox relay woken, and only then are offsets committed.
+    published and acknowledged, the outbox relay woken, and only then are offsets committed
+    (at most every ``commit_interval_ms``, and before partitions move or the member stops).
     A batch that fails for a transient reason is retried as a whole; one that fails otherwise
     is applied message by message so a single poison message is dead-lettered alone.
     """
@@ -100,6 +105,7 @@ class ReplyConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._offsets = PendingOffsets(settings.commit_interval_ms / 1000)
         self._retry_log = RetryLog(logger, "reply consumer")
         self.batches = 0
 
@@ -119,7 +125,7 @@ class ReplyConsumer:
         )
         consumer.subscribe(
             [self._topics.replies, self._topics.requests, self._topics.signals],
-            listener=_DrainOnRevoke(self._lock),
+            listener=_DrainOnRevoke(self._lock, self._commit),
         )
         try:
             await consumer.start()
@@ -169,7 +175,7 @@ class ReplyConsumer:
             return
         try:
             async with self._lock:
-                pass
+                await self._commit()
         finally:
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
@@ -188,12 +194,17 @@ class ReplyConsumer:
             self._gate_starts(consumer)
             try:
                 batch = await consumer.getmany(
-                    timeout_ms=self._settings.poll_timeout_ms,
+                    timeout_ms=round(
+                        1000 * self._offsets.wait_s(self._settings.poll_timeout_ms / 1000)
+                    ),
                     max_records=self._settings.max_batch,
                 )
             except ConsumerStoppedError:
                 return
             if not batch or self._stopping.is_set():
+                if self._offsets.due() and not self._stopping.is_set():
+                    async with self._lock:
+                        await self._commit()
                 continue
             async with self._lock:
                 try:
@@ -247,14 +258,25 @@ class ReplyConsumer:
         outcome.unknown_fields = _unknown_fields(envelopes)
         if self._on_commit is not None:
             self._on_commit(outcome)
-        offsets = {tp: partition[-1].offset + 1 for tp, partition in batch.items() if partition}
+        self._offsets.add(
+            {tp: partition[-1].offset + 1 for tp, partition in batch.items() if partition}
+        )
+        if self._offsets.due():
+            await self._commit()
+        self.batches += 1
+
+    async def _commit(self, partitions: Collection[TopicPartition] | None = None) -> None:
+        """Commit the pending offsets (of ``partitions`` only, if given)."""
+        offsets = self._offsets.take(partitions)
+        consumer = self._consumer
+        if not offsets or consumer is None:
+            return
         try:
             await consumer.commit(offsets)
         except CommitFailedError as exc:
             # The group rebalanced under us; the new owner re-reads these records and the
             # inbox recognises every one already applied.
             logger.warning("offset commit failed after a rebalance: %s", exc)
-        self.batches += 1
 
     async def _apply(self, envelopes: Sequence[Inbound]) -> BatchOutcome:
         if not envelopes:

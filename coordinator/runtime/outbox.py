@@ -15,7 +15,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.config import RelaySettings
 from coordinator.core.clock import Clock
@@ -82,8 +82,17 @@ class OutboxRelay:
         clock: Clock,
         *,
         on_published: Callable[[Sequence[OutboxRecord], float, datetime], None] | None = None,
+        engine: AsyncEngine | None = None,
     ) -> None:
+        """
+        Args:
+            engine: The relay's own pool (the store's when None). Its commits only mark rows
+                sent, so the coordinator gives it one with ``synchronous_commit`` off: a mark
+                lost in a database crash publishes the row again, which receivers
+                de-duplicate, and the relay never waits for a WAL flush.
+        """
         self._store = store
+        self._engine = engine if engine is not None else store.engine
         self._on_published = on_published
         self._producers = producers
         self.set_aside = 0
@@ -116,8 +125,12 @@ class OutboxRelay:
         Raises:
             Exception: Publishing or the database failed; unsent rows stay pending.
         """
-        async with self._store.engine.begin() as conn:
-            rows = await self._store.claim_outbox(conn, limit=self._settings.batch_size)
+        async with self._engine.begin() as conn:
+            # Taken and marked sent in one statement; what cannot be published is un-marked
+            # before the commit.
+            rows = await self._store.take_outbox(
+                conn, limit=self._settings.batch_size, now=self._clock.now()
+            )
             if not rows:
                 return 0
             started_ns = time.time_ns()
@@ -134,9 +147,14 @@ class OutboxRelay:
                 await self._set_aside(conn, unsendable)
             record_publishes(sent, start_ns=started_ns, end_ns=ended_ns)
             sent_at = self._clock.now()
-            done = [row.id for row in sent] + [row.id for row, _ in unsendable]
-            if done:
-                await self._store.mark_outbox_sent(conn, done, sent_at)
+            await self._store.unmark_outbox_sent(
+                conn,
+                [
+                    row.id
+                    for row, error in zip(rows, outcomes, strict=True)
+                    if error is not None and not _unsendable(error)
+                ],
+            )
         self._published += len(sent)
         if sent and self._on_published is not None:
             self._on_published(sent, (ended_ns - started_ns) / 1e9, sent_at)

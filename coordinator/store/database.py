@@ -18,7 +18,9 @@ def json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, pre_ping: bool = True, synchronous_commit: bool = True
+) -> AsyncEngine:
     """An asyncpg engine for ``url``.
 
     A plain ``postgresql://`` URL is given the asyncpg driver, so operators can paste the URL
@@ -31,6 +33,9 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> As
             a restart the first statement on a stale connection fails as a disconnect,
             SQLAlchemy discards every pooled connection older than it, and the retry runs on
             a fresh one (an HTTP call in that moment gets 503 with ``Retry-After``).
+        synchronous_commit: False makes a commit return before its WAL is flushed: only for
+            writes whose loss in a database crash is harmless (the relay's "sent" marks: a
+            row whose mark is lost is published again, and receivers de-duplicate).
     """
     sa_url = make_url(url)
     if sa_url.drivername in ("postgresql", "postgres"):
@@ -44,5 +49,10 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> As
         hide_parameters=True,
         json_serializer=json_dumps,
         json_deserializer=json.loads,
-        connect_args={"server_settings": {"application_name": "saga-coordinator"}},
+        connect_args={
+            "server_settings": {
+                "application_name": "saga-coordinator",
+                "synchronous_commit": "on" if synchronous_commit else "off",
+            }
+        },
     )

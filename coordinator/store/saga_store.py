@@ -344,6 +344,23 @@ _outbox_rows = _unnest(
     ("headers", sa.Text),
     ("message_ids", sa.Text),
 )
+_TAKE_OUTBOX = (
+    sa.update(outbox)
+    .where(
+        outbox.c.id.in_(
+            sa.select(outbox.c.id)
+            .where(outbox.c.sent_at.is_(None))
+            .order_by(outbox.c.id)
+            .limit(sa.bindparam("limit"))
+            # SKIP LOCKED: a sweep picks up what a crashed instance left, while two relays
+            # never hold (and so never publish) the same row at once.
+            .with_for_update(skip_locked=True)
+        )
+    )
+    .values(sent_at=sa.bindparam("now"))
+    .returning(*outbox.c)
+)
+
 _INSERT_OUTBOX = (
     sa.insert(outbox)
     .from_select(
@@ -661,6 +678,31 @@ class SagaStore:
             stmt = stmt.where(outbox.c.id == sa.any_(_id_array("ids", ids)))
         result = await conn.execute(stmt)
         return [_outbox_from_row(row) for row in result.mappings()]
+
+    async def take_outbox(
+        self, conn: AsyncConnection, *, limit: int, now: datetime
+    ) -> list[OutboxRecord]:
+        """Lock up to ``limit`` unsent rows and mark them sent at ``now``, in one statement;
+        returns them in id order.
+
+        For the relay, which publishes them before committing, and un-marks
+        (:meth:`unmark_outbox_sent`) those it could not publish: one statement instead of a
+        claim and a mark, and no separate row-lock write. Rows locked by another transaction
+        are skipped, not waited for.
+        """
+        result = await conn.execute(_TAKE_OUTBOX, {"limit": limit, "now": _aware(now, "now")})
+        return sorted((_outbox_from_row(row) for row in result.mappings()), key=lambda r: r.id)
+
+    async def unmark_outbox_sent(self, conn: AsyncConnection, ids: Sequence[int]) -> None:
+        """Mark rows unsent again (taken by :meth:`take_outbox`, not published)."""
+        if not ids:
+            return
+        stmt = (
+            sa.update(outbox)
+            .where(outbox.c.id == sa.any_(_id_array("ids", ids)))
+            .values(sent_at=None)
+        )
+        await conn.execute(stmt)
 
     async def mark_outbox_sent(
         self, conn: AsyncConnection, ids: Sequence[int], now: datetime

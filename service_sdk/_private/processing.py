@@ -135,6 +135,7 @@ class CommandProcessor:
         items: Sequence[tuple[Envelope, Command, Envelope | None]],
         *,
         budget_s: float | None = None,
+        isolated: bool = True,
     ) -> tuple[list[Answer], tuple[int, Exception] | None, int | None]:
         """Answer commands in order inside the caller's transaction on ``conn``, with as few
         statements as it takes: the plain ones (no undo, their id once in the batch) are
@@ -145,6 +146,11 @@ class CommandProcessor:
             budget_s: Once the commands answered so far took this long, the rest are left for
                 another transaction: a reply waits for the commit of its whole transaction, and
                 a step's timeout runs from the pickup of its command.
+            isolated: Run each claimed command's handler in a SAVEPOINT, so that a failure
+                undoes only its own writes. Without (two round trips fewer per command), a
+                failure (a rejection included) leaves writes that only rolling back the whole
+                transaction undoes: the answers are then not recorded, and the caller must
+                roll back.
 
         Returns:
             The answers of the commands before the first that failed, and that one's index
@@ -182,12 +188,14 @@ class CommandProcessor:
             try:
                 if command_id in claimed:
                     # Any error of dispatch comes after its savepoint was rolled back.
-                    answer = await self._run(envelope, command, conn)
+                    answer = await self._run(envelope, command, conn, isolated=isolated)
                 else:
                     async with conn.begin_nested():
                         answer = await self.answer(conn, envelope, command, undo)
             except Exception as exc:
                 failure = (index, exc)
+                if not isolated:
+                    return answers, failure, None  # the caller rolls everything back
                 # Claimed and not answered: the failed command and those after it.
                 forget.extend(
                     e.command_id or "" for e, _, _ in items[index:] if e.command_id in claimed
@@ -203,11 +211,13 @@ class CommandProcessor:
         await self._store.delete_many(conn, forget)
         return answers, failure, stopped
 
-    async def _run(self, envelope: Envelope, command: Command, conn: AsyncConnection) -> Answer:
+    async def _run(
+        self, envelope: Envelope, command: Command, conn: AsyncConnection, *, isolated: bool
+    ) -> Answer:
         """Run the handler of a claimed command; its reply is for the caller to record."""
         self._pickups.started(envelope)
         with handler_span(envelope, self._topic, self.service.name):
-            result = await self.service.dispatch(envelope, command, conn)
+            result = await self.service.dispatch(envelope, command, conn, isolated=isolated)
         if isinstance(result, Deferred):
             return Answer(None, "deferred")
         assert result.outcome is not None

@@ -550,9 +550,31 @@ async def test_a_batch_is_answered_in_few_transactions_and_a_failure_stays_alone
     assert len({xid for _, xid in rows}) <= 4
     assert CALLS["cmd-b-boom"] == 2  # its run in the shared transaction was attempt 1
     assert harness.observer.failures == [1, 2]
-    assert all(CALLS[c.command_id or ""] == 1 for c in oks)
-    # Savepoints of one name: three statement texts (each prepared once), not two per command.
+    # Handlers share the transaction without savepoints: the poison's failure rolled back
+    # the commands before it too, which ran again (each effect is there once, above).
+    assert all(CALLS[c.command_id or ""] <= 2 for c in oks[:6])
+    assert all(CALLS[c.command_id or ""] == 1 for c in oks[6:])
+    # Savepoints only for the poison's own runs, of one name: at most three statement texts.
     assert len({text for text in sent if "SAVEPOINT" in text}) <= 3
+    assert sum("SAVEPOINT" in text for text in sent) <= 2 * 3
+
+
+async def test_a_rejection_in_a_batch_undoes_its_own_writes_only(harness: Harness) -> None:
+    # The handler writes, then rejects: without a savepoint per command, the shared
+    # transaction is rolled back and the others answered again; the rejection keeps no write.
+    oks = [touch_command(key=f"r{i}", command_id=f"cmd-r{i}") for i in range(8)]
+    refused = touch_command("reject", key="r-refused", command_id="cmd-r-refused")
+    for command in (*oks[:4], refused, *oks[4:]):
+        await harness.send(command)
+    await harness.start_runner()
+    replies = await harness.replies(9)
+    outcomes = {reply.command_id: reply.outcome for reply in replies}
+    assert outcomes.pop("cmd-r-refused") is Outcome.FAILURE
+    assert set(outcomes.values()) == {Outcome.SUCCESS}
+    assert await harness.effects("r-refused") == 0
+    for command in oks:
+        assert await harness.effects(command.payload["key"]) == 1
+    assert harness.observer.failures == []  # a rejection is an answer, not a failed attempt
 
 
 async def test_replies_of_a_long_batch_go_out_before_its_last_handler_runs(

@@ -479,6 +479,27 @@ async def test_two_relays_never_claim_the_same_row(store: SagaStore) -> None:
     assert c == []
 
 
+async def test_taking_rows_marks_them_sent_and_skips_those_another_relay_holds(
+    store: SagaStore,
+) -> None:
+    ids = await in_tx(
+        store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(6)], NOW)
+    )
+    later = NOW + timedelta(seconds=3)
+
+    async with store.engine.begin() as first, store.engine.begin() as second:
+        a = await store.take_outbox(first, limit=4, now=later)
+        b = await store.take_outbox(second, limit=100, now=later)
+        await store.unmark_outbox_sent(first, [ids[1]])  # not published: pending again
+
+    assert [r.id for r in a] == ids[:4]
+    assert [r.id for r in b] == ids[4:]
+    assert await in_tx(store, lambda c: store.select_outbox_stats(c, later)) == (1, 3.0)
+    again = await in_tx(store, lambda c: store.take_outbox(c, limit=10, now=later))
+    assert [r.id for r in again] == [ids[1]]
+    assert await in_tx(store, lambda c: store.take_outbox(c, limit=10, now=later)) == []
+
+
 async def test_concurrent_relays_drain_the_outbox_exactly_once(store: SagaStore) -> None:
     total = 300
     await in_tx(

@@ -20,6 +20,7 @@ from coordinator.demo.bench_report import (
     aggregate,
     cpu_per_saga_ms,
     spread,
+    tenth_rates,
 )
 from coordinator.demo.runner import DemoSummary
 from coordinator.demo.sampling import Usage
@@ -200,3 +201,15 @@ def test_a_cell_shows_the_median_and_the_range_unless_the_runs_agree() -> None:
     assert cell(Spread(12.34, 12.34, 12.34)) == "12.3"
     assert cell(Spread(0.1234, 0.1, 0.2)) == "0.12 [0.1-0.2]"
     assert cell(None) == "n/a"
+
+
+def test_tenth_rates_compare_the_first_and_last_tenth_of_the_ends() -> None:
+    steady = [i * 0.01 for i in range(1000)]  # 100 ends/s throughout
+    first, last = tenth_rates(steady) or (0.0, 0.0)
+    assert first == pytest.approx(100.0)
+    assert last == pytest.approx(100.0)
+    slowing = steady[:900] + [9.0 + i * 0.02 for i in range(100)]  # the last tenth at 50/s
+    first, last = tenth_rates(slowing) or (0.0, 0.0)
+    assert first == pytest.approx(100.0)
+    assert last == pytest.approx(50.0)
+    assert tenth_rates([0.0, 1.0, 2.0]) is None  # too few ends to tell

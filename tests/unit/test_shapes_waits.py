@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from coordinator.core.admission import AdmissionLimits, InFlight
 from coordinator.core.definition import SagaDefinition, Timer, WaitForSignal
 from coordinator.core.errors import SagaDefinitionError
 from coordinator.core.state import (
@@ -237,3 +238,17 @@ def test_a_kept_signal_that_no_longer_folds_is_recorded_and_the_wait_begins() ->
     assert [e.detail["reason"] for e in rejected] == ["on_signal failed: too late for this signal"]
     assert t.instance.pending_signals == ()
     assert [e.step for e in t.instance.awaiting] == ["ok"]
+
+
+def test_a_saga_starting_with_a_timer_is_not_held_by_a_participants_cap() -> None:
+    class Delayed(SagaDefinition[Trip]):
+        name = "delayed"
+        data_model = Trip
+        steps = (Timer[Trip]("later", delay=lambda d: timedelta(hours=1)), step("book_flight"))
+
+    limits = AdmissionLimits(default_max_outstanding_per_service=1)
+    in_flight = InFlight()
+    in_flight.add("other", "book-flight")
+    assert Delayed.entry_service() == ""
+    assert in_flight.has_room(limits, "delayed", Delayed.entry_service())
+    assert not in_flight.has_room(limits, "delayed", "book-flight")

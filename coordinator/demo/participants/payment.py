@@ -60,8 +60,11 @@ _DDL = (
     "CREATE TABLE IF NOT EXISTS payment.outage (customer_id text PRIMARY KEY)",
 )
 
-_IN_OUTAGE = text("SELECT 1 FROM payment.outage WHERE customer_id = :customer_id")
-_SELECT_CARD = text("SELECT card_status FROM payment.accounts WHERE customer_id = :customer_id")
+# One round trip for both: the simulated outage and the card.
+_SELECT_CARD = text(
+    "SELECT (SELECT card_status FROM payment.accounts WHERE customer_id = :customer_id), "
+    "EXISTS (SELECT 1 FROM payment.outage WHERE customer_id = :customer_id)"
+)
 # A second charge of the same order is counted, not refused: the SDK is what prevents double
 # execution, and the ledger check must be able to see it if it ever fails.
 _CHARGE = text(
@@ -127,11 +130,11 @@ async def end_outage(conn: AsyncConnection) -> None:
 async def charge_payment(cmd: ChargePayment, ctx: HandlerContext) -> PaymentCharged:
     """Charge the order's amount; refuse unknown customers and declined cards."""
     await pace()
-    if (await ctx.connection.execute(_IN_OUTAGE, {"customer_id": cmd.customer_id})).first():
-        raise PaymentProviderDownError(f"card processor unreachable for {cmd.customer_id}")
-    card = (
+    card, in_outage = (
         await ctx.connection.execute(_SELECT_CARD, {"customer_id": cmd.customer_id})
-    ).scalar_one_or_none()
+    ).one()
+    if in_outage:
+        raise PaymentProviderDownError(f"card processor unreachable for {cmd.customer_id}")
     if card != "ok":
         raise CommandRejected("card declined", data={"customer_id": cmd.customer_id})
     await ctx.connection.execute(
