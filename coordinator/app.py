@@ -21,6 +21,7 @@ from coordinator.config import Settings
 from coordinator.core.batch import BatchOutcome
 from coordinator.core.clock import Clock, SystemClock
 from coordinator.core.definition import SagaRegistry
+from coordinator.core.schedule import ScheduledSaga, scheduled_sagas
 from coordinator.core.state import SagaInstance, SagaStatus, Transition
 from coordinator.observability.metrics import CoordinatorMetrics, MetricsSampler
 from coordinator.observability.tracing import ensure_traceparent
@@ -28,6 +29,7 @@ from coordinator.ops.actions import ActionResult, OperatorActions, SagaTimeline
 from coordinator.ops.client import SagaClient
 from coordinator.ops.console import ConsoleService
 from coordinator.ops.dead_letter_admin import DeadLetterAdmin
+from coordinator.ops.schedules import ScheduleAdmin
 from coordinator.ops.signals import SentSignal, SignalSender
 from coordinator.runtime.admission import Admitter
 from coordinator.runtime.consumer import ReplyConsumer
@@ -40,6 +42,7 @@ from coordinator.runtime.outbox import OutboxRelay
 from coordinator.runtime.parking import ParkedReplyResumer
 from coordinator.runtime.processor import BatchProcessor
 from coordinator.runtime.producer import coordinator_producers
+from coordinator.runtime.scheduler import Scheduler
 from coordinator.runtime.transient import is_transient
 from coordinator.store.database import create_engine
 from coordinator.store.saga_store import SagaStore
@@ -104,6 +107,8 @@ class Coordinator:
         self.dead_letter_admin: DeadLetterAdmin | None = None
         """The console's dead-letter browser (its replay producer starts on first replay)."""
         self.sampler: MetricsSampler
+        self.scheduler: Scheduler
+        self.schedule_admin: ScheduleAdmin
 
     def _after_commit(self, outcome: BatchOutcome) -> None:
         self.metrics.observe_batch(outcome)
@@ -121,6 +126,24 @@ class Coordinator:
     def _after_admission(self, transitions: list[Transition]) -> None:
         self.metrics.observe_deadlines(transitions)
         self.relay.wake()
+
+    def _after_schedule(self, transitions: list[Transition]) -> None:
+        self.metrics.observe_deadlines(transitions)
+        self.relay.wake()
+        self.admitter.wake()  # a start beyond the caps waits QUEUED
+
+    def scheduled(self) -> tuple[ScheduledSaga, ...]:
+        """The schedules this coordinator fires: its definitions' and its configuration's.
+
+        Raises:
+            ScheduleError: Two share a name, or a configured one names an unknown saga type.
+        """
+        if not self.settings.schedules.enabled:
+            return ()
+        return scheduled_sagas(
+            ((name, self.registry.get(name)) for name in self.registry.names()),
+            [config.scheduled() for config in self.settings.schedules.declared],
+        )
 
     def topic_plan(self) -> list[tuple[str, int]]:
         """The topics this coordinator needs, with their partition counts."""
@@ -234,6 +257,18 @@ class Coordinator:
             topics=self.topics,
         )
         self.housekeeper = Housekeeper(self.store, self.clock, settings.housekeeping)
+        self.scheduler = Scheduler(
+            self.store,
+            self.registry,
+            self.topics,
+            self.clock,
+            settings.schedules,
+            self.scheduled(),
+            admission=settings.admission.limits(),
+            metrics=self.metrics.schedules,
+            on_commit=self._after_schedule,
+        )
+        self.schedule_admin = ScheduleAdmin(self.store, self.clock)
         self.sampler = MetricsSampler(
             self.metrics,
             self.store,
@@ -252,6 +287,7 @@ class Coordinator:
                     settings.http,
                     max_message_bytes=settings.kafka.max_message_bytes,
                     console=self._console(),
+                    schedules=self.schedule_admin,
                 ),
                 settings.http,
             )
@@ -330,6 +366,7 @@ class Coordinator:
             housekeeping_task = group.create_task(self.housekeeper.run(), name="housekeeping")
             admission_task = group.create_task(self.admitter.run(), name="admission")
             heartbeat_task = group.create_task(self.heartbeats.run(), name="heartbeats")
+            scheduler_task = group.create_task(self.scheduler.run(), name="scheduler")
             http = self.http
             running_http = self._http_task
             # The group watches the server started in start(): its failure stops all.
@@ -348,6 +385,9 @@ class Coordinator:
                         http.stop()
                         await http_task
                     await self.consumer.stop()
+                    # No new starts from schedules either; a round in progress commits.
+                    self.scheduler.stop()
+                    await scheduler_task
                     self.admitter.stop()
                     self.heartbeats.stop()
                     await heartbeat_task
@@ -366,6 +406,7 @@ class Coordinator:
                     resumer_task,
                     admission_task,
                     heartbeat_task,
+                    scheduler_task,
                     http_task,
                 ):
                     if task is not None:

@@ -7,12 +7,14 @@ sections they need.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.core.admission import AdmissionLimits
+from coordinator.core.schedule import CatchUp, Cron, ScheduledSaga, ScheduleError
 
 __all__ = [
     "AdmissionSettings",
@@ -23,6 +25,8 @@ __all__ = [
     "KafkaSettings",
     "MetricsSettings",
     "RelaySettings",
+    "ScheduleConfig",
+    "ScheduleSettings",
     "Settings",
 ]
 
@@ -297,6 +301,79 @@ class MetricsSettings(BaseModel):
         return value
 
 
+class ScheduleConfig(BaseModel):
+    """A schedule declared in the configuration (one on a definition needs none of this).
+
+    Its saga's start data is ``data``, plus the tick's time (ISO 8601, UTC) under
+    ``tick_field`` when one is named.
+    """
+
+    name: str
+    saga_type: str
+    cron: str = Field(description="UTC; five fields, or six with seconds first.")
+    data: dict[str, Any] = Field(default_factory=dict)
+    tick_field: str | None = None
+    catch_up: CatchUp = CatchUp.SKIP
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        try:
+            return Cron(value).expression
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def scheduled(self) -> ScheduledSaga:
+        """The schedule as the scheduler runs it."""
+        data, field_name = dict(self.data), self.tick_field
+
+        def build(tick: datetime) -> dict[str, Any]:
+            return {**data, field_name: tick.isoformat()} if field_name else dict(data)
+
+        return ScheduledSaga(
+            name=self.name,
+            saga_type=self.saga_type,
+            cron=Cron(self.cron),
+            build_data=build,
+            catch_up=self.catch_up,
+            source="configuration",
+        )
+
+
+class ScheduleSettings(BaseModel):
+    """Sagas started on a schedule (``coordinator.core.schedule``; all times UTC).
+
+    Every coordinator runs the scheduler; a tick fires once however many do.
+    """
+
+    enabled: bool = True
+    interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often due ticks are looked for."
+    )
+    misfire_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A tick at most this old is on time and fires under every catch-up "
+        "policy; an older one was missed (an outage) and its policy decides.",
+    )
+    max_catch_up: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="At most this many ticks of one schedule fire per round (the newest); "
+        "catch_up=all skips the older ones beyond.",
+    )
+    tick_retention_s: float = Field(
+        default=7 * 86_400.0, gt=0, description="Fired ticks are remembered this long."
+    )
+    declared: list[ScheduleConfig] = Field(
+        default_factory=list,
+        description="Schedules of the configuration, as JSON in SAGA_SCHEDULES__DECLARED, "
+        'e.g. \'[{"name": "hourly-audit", "saga_type": "audit", "cron": '
+        '"0 * * * *", "tick_field": "at"}]\'.',
+    )
+
+
 class Settings(BaseSettings):
     """All of the coordinator's settings."""
 
@@ -310,6 +387,7 @@ class Settings(BaseSettings):
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
     shutdown_grace_s: float = Field(default=10.0, gt=0)
     registry: str = Field(
         default="saga_defs:default_registry",

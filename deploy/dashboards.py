@@ -135,7 +135,7 @@ def _service_step_rate(metric: str, registry: SagaRegistry, service: str) -> str
     parts = [
         f'rate({metric}{{{_sel(saga_type=definition.name)}, step=~"{"|".join(steps)}"}}[{RATE}])'
         for definition in registry
-        if (steps := [step.name for step in definition.steps if step.service == service])
+        if (steps := [step.name for step in definition.command_steps() if step.service == service])
     ]
     return f"sum({' or '.join(parts)})"
 
@@ -198,6 +198,7 @@ def _overview(registry: SagaRegistry) -> DashboardSpec:
         ("All sagas", summary),
         ("Admission and queues", _admission()),
         ("Participants", _participants(registry)),
+        ("Schedules", _schedules()),
     ]
     for definition in registry:
         t = _sel(saga_type=definition.name)
@@ -307,6 +308,55 @@ def _admission() -> tuple[Panel, ...]:
     )
 
 
+def _schedules() -> tuple[Panel, ...]:
+    """Sagas started on a schedule: ticks fired, missed ticks skipped, lag, pauses."""
+    return (
+        Panel(
+            "Active schedules",
+            (_q('max(saga_schedules{state="active"})'),),
+            kind="stat",
+            width=6,
+            description="Declared schedules not paused (saga schedules list).",
+        ),
+        Panel(
+            "Paused schedules",
+            (_q('max(saga_schedules{state="paused"})'),),
+            kind="stat",
+            width=6,
+            description="Paused by an operator (saga schedules pause): no coordinator fires "
+            "them, and their ticks in the pause are not caught up.",
+        ),
+        Panel(
+            "Ticks skipped or failed (last day)",
+            (_q('sum(increase(saga_schedule_ticks_total{outcome=~"skipped|failed"}[1d]))'),),
+            kind="stat",
+            width=12,
+            red_above=1,
+            description="Skipped: missed while no coordinator ran and not caught up "
+            "(the schedule's catch_up policy, or beyond SAGA_SCHEDULES__MAX_CATCH_UP). "
+            "Failed: the tick's start data could not be built or did not fit the saga "
+            "(see the coordinator's log).",
+        ),
+        Panel(
+            "Ticks per hour by schedule",
+            (
+                _q(
+                    "sum by (schedule, outcome) (increase(saga_schedule_ticks_total[1h]))",
+                    "{{schedule}} {{outcome}}",
+                ),
+            ),
+            description="One saga is started per fired tick, however many coordinators run.",
+        ),
+        Panel(
+            "Schedule lag (tick to saga start)",
+            _quantiles("saga_schedule_lag_seconds", "", by="schedule"),
+            unit="s",
+            description="Within a scheduler interval (SAGA_SCHEDULES__INTERVAL_S) normally; "
+            "caught-up ticks after an outage show how long it was.",
+        ),
+    )
+
+
 def _participants(registry: SagaRegistry) -> tuple[Panel, ...]:
     """Per participant service: its queue as the coordinators see it, and its liveness."""
     panels: list[Panel] = []
@@ -387,7 +437,7 @@ def _latency(registry: SagaRegistry) -> DashboardSpec:
                 description="From the last send of a step's command to its successful reply.",
             ),
         ]
-        for step in definition.steps:
+        for step in definition.command_steps():
             panels.append(
                 Panel(
                     f"Step {step.name} ({step.service})",

@@ -5,6 +5,7 @@ from typing import Any
 from coordinator.core.definition import SagaDefinition, SagaRegistry
 from saga_defs.order import OrderData, OrderSaga
 from saga_defs.order.saga_v2 import OrderDataV2, OrderSagaV2
+from saga_defs.trip import TRIP_SAGAS, TripData, TripSaga
 
 __all__ = [
     "ALL_SAGAS",
@@ -12,7 +13,10 @@ __all__ = [
     "OrderDataV2",
     "OrderSaga",
     "OrderSagaV2",
+    "TripData",
+    "TripSaga",
     "default_registry",
+    "trip_registry",
     "versioned_registry",
 ]
 
@@ -22,6 +26,12 @@ ALL_SAGAS: tuple[type[SagaDefinition[Any]], ...] = (OrderSaga,)
 def default_registry() -> SagaRegistry:
     """A registry holding every saga defined in this package."""
     return SagaRegistry(ALL_SAGAS)
+
+
+def trip_registry() -> SagaRegistry:
+    """The trip saga with its loyalty sagas and the nightly statement, beside the order saga
+    (``SAGA_REGISTRY=saga_defs:trip_registry``; ``saga demo --saga trip`` runs it)."""
+    return SagaRegistry((*ALL_SAGAS, *TRIP_SAGAS))
 
 
 def versioned_registry() -> SagaRegistry:

@@ -30,6 +30,8 @@ from coordinator.api.middleware import (
     ResponseHeadersMiddleware,
 )
 from coordinator.api.routes import health, sagas
+from coordinator.api.routes import schedules as schedules_routes
+from coordinator.api.schedule_backend import ScheduleBackend
 from coordinator.api.ui import ConsoleBackend, mount_console
 from coordinator.api.validation import MAX_LIST_LIMIT, MAX_OFFSET, SAGA_ID_PATTERN
 from coordinator.config import HttpSettings, KafkaSettings
@@ -75,6 +77,7 @@ def create_api(
     *,
     max_message_bytes: int | None = None,
     console: ConsoleBackend | None = None,
+    schedules: ScheduleBackend | None = None,
 ) -> FastAPI:
     """The HTTP API over ``backend``.
 
@@ -85,6 +88,8 @@ def create_api(
             (``KafkaSettings.max_message_bytes``; its default when None).
         console: What the web console under ``/ui`` reads and does; without it (or with
             ``settings.console.enabled`` off) there is no console.
+        schedules: The schedules to list, pause and resume (``/schedules``, and the
+            console's schedules page); without it those answer 503.
     """
     app = FastAPI(
         title="Saga coordinator",
@@ -105,7 +110,9 @@ def create_api(
     if max_message_bytes is None:
         max_message_bytes = KafkaSettings().max_message_bytes
     bind(app, backend, settings, max_message_bytes=max_message_bytes)
+    app.state.schedules = schedules
     app.include_router(sagas.router)
+    app.include_router(schedules_routes.router)
     app.include_router(health.router)
     if console is not None and settings.console.enabled:
         mount_console(app, console, settings)

@@ -33,7 +33,14 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 
 def demo(
-    orders: Annotated[int, typer.Option(min=1, help="How many orders to submit")] = 100,
+    saga: Annotated[
+        str,
+        typer.Option(
+            help="order: the order saga; trip: the trip saga (every saga shape, two "
+            "coordinators, approvals sent as signals, a schedule every five seconds)"
+        ),
+    ] = "order",
+    orders: Annotated[int, typer.Option(min=1, help="How many orders (or trips) to submit")] = 100,
     fail_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Fraction of orders whose payment is declined")
     ] = 0.1,
@@ -62,7 +69,8 @@ def demo(
     ] = 8080,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run the order saga end to end: broker, database, coordinator and three services.
+    """Run the order saga (or, with --saga trip, the trip saga) end to end: broker,
+    database, coordinator(s) and the example services.
 
     Without --bootstrap-servers / --database-url (or SAGA_KAFKA__BOOTSTRAP_SERVERS /
     SAGA_DATABASE__URL) it starts the embedded broker and an embedded PostgreSQL.
@@ -90,6 +98,22 @@ def demo(
         handler_delay_ms=handler_delay_ms,
         quiet=as_json,
     )
+    if saga not in ("order", "trip"):
+        fail(f"--saga must be order or trip, not {saga!r}")
+    if saga == "trip":
+        if keep:
+            fail("--keep runs the order saga only")
+        from coordinator.demo.trip import run_trip_demo
+
+        try:
+            trip = asyncio.run(run_trip_demo(dataclasses.replace(options, coordinators=2)))
+        except KafkaError as exc:
+            fail(f"kafka: {first_line(exc)}")
+        if as_json:
+            typer.echo(json.dumps(trip.as_dict()))
+        if not trip.ok:
+            raise typer.Exit(code=1)
+        return
     token = secrets.token_urlsafe(18)
     if keep:
         options = dataclasses.replace(options, environment=http_environment(port, token))

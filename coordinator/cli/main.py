@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli.common import registry_from, settings_from
+from coordinator.cli.common import fail, registry_from, settings_from
 from coordinator.cli.options import (
     BootstrapOpt,
     DatabaseOpt,
@@ -56,6 +56,7 @@ def run(
     from prometheus_client import CollectorRegistry
 
     from coordinator.app import Coordinator
+    from coordinator.core.schedule import ScheduleError
     from coordinator.observability.metrics import CoordinatorMetrics, serve_metrics
 
     _logging(verbose, log_format)
@@ -74,6 +75,10 @@ def run(
         async with serve_metrics(collectors, settings.metrics):
             coordinator = Coordinator(settings, sagas, metrics=metrics)
             try:
+                coordinator.scheduled()
+            except ScheduleError as exc:
+                fail(f"{exc} [env SAGA_SCHEDULES__DECLARED]")
+            try:
                 # Not `async with`: a start still waiting for Kafka must end on SIGTERM too.
                 await coordinator.serve(stop)
             finally:
@@ -84,7 +89,12 @@ def run(
 
 @app.command()
 def participant(
-    name: Annotated[str, typer.Argument(help="inventory, payment or shipping")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="inventory, payment or shipping; flights, hotels, cars, fraud, tickets, loyalty or notifications; or trip (all seven)"
+        ),
+    ],
     bootstrap_servers: BootstrapOpt = None,
     database_url: DatabaseOpt = None,
     metrics_port: MetricsPortOpt = None,
@@ -151,3 +161,8 @@ app.add_typer(_db_app, name="db")
 from coordinator.cli.dlq import dlq_app as _dlq_app  # noqa: E402
 
 app.add_typer(_dlq_app, name="dlq")
+
+# Scheduled sagas: saga schedules list | pause | resume.
+from coordinator.cli.schedules import schedules_app as _schedules_app  # noqa: E402
+
+app.add_typer(_schedules_app, name="schedules")

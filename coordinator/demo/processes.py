@@ -108,49 +108,67 @@ async def run_participant(
 ) -> None:
     """Run the example participant ``name`` until a signal sets the stop event.
 
+    ``trip`` runs every participant of the trip saga in this one process (a runner and a
+    consumer group per service, without per-service metrics: they would share names).
     ``handler_delay_s`` slows every command down (see :mod:`coordinator.demo.participants.pace`).
     """
     from prometheus_client import CollectorRegistry
 
-    from coordinator.demo.participants import PARTICIPANTS
+    from coordinator.demo.participants import PARTICIPANTS, Participant
     from coordinator.demo.participants.pace import pace
+    from coordinator.demo.participants.trip import TRIP_PARTICIPANTS
     from coordinator.observability.metrics import serve_metrics
     from service_sdk import KafkaConfig, ServiceMetrics, ServiceRunner, Topics
 
-    try:
-        module = PARTICIPANTS[name]
-    except KeyError:
-        raise SystemExit(f"unknown participant {name!r}; one of {sorted(PARTICIPANTS)}") from None
+    known: dict[str, Participant] = {**PARTICIPANTS, **TRIP_PARTICIPANTS}
+    if name == "trip":
+        chosen = dict(TRIP_PARTICIPANTS)
+    elif name in known:
+        chosen = {name: known[name]}
+    else:
+        choices = sorted([*known, "trip"])
+        raise SystemExit(f"unknown participant {name!r}; one of {choices}")
     pace.delay_s = handler_delay_s
     # No pre-ping (a round trip per transaction): the runner retries a stale connection's
     # transient error after a database restart, on a fresh connection.
-    engine = create_engine(settings.database.url, pool_size=5, pre_ping=False)
+    engine = create_engine(
+        settings.database.url, pool_size=5 if len(chosen) == 1 else 10, pre_ping=False
+    )
+    topics = Topics(settings.kafka.topic_prefix)
     try:
         registry = CollectorRegistry()
-        runner = ServiceRunner(
-            module.service,
-            # Its tables are created in the runner's start-up transaction, which waits out a
-            # database that is down or still recovering instead of crashing.
-            setup=module.install,
-            kafka=KafkaConfig(
-                bootstrap_servers=settings.kafka.bootstrap_servers,
-                idempotent=settings.kafka.idempotent,
-                client_id=f"{name}-service",
-            ),
-            engine=engine,
-            topics=Topics(settings.kafka.topic_prefix),
-            group_id=f"{settings.kafka.topic_prefix}{name}-service",
-            observer=ServiceMetrics(
-                registry,
-                name,
-                message_types=module.service.message_types,
-                topic=Topics(settings.kafka.topic_prefix).commands(name),
-            ),
-        )
+        runners = [
+            ServiceRunner(
+                module.service,
+                # Its tables are created in the runner's start-up transaction, which waits out
+                # a database that is down or still recovering instead of crashing.
+                setup=module.install,
+                kafka=KafkaConfig(
+                    bootstrap_servers=settings.kafka.bootstrap_servers,
+                    idempotent=settings.kafka.idempotent,
+                    client_id=f"{service}-service",
+                ),
+                engine=engine,
+                topics=topics,
+                group_id=f"{settings.kafka.topic_prefix}{service}-service",
+                observer=ServiceMetrics(
+                    registry,
+                    service,
+                    message_types=module.service.message_types,
+                    topic=topics.commands(service),
+                )
+                if len(chosen) == 1
+                else None,
+            )
+            for service, module in chosen.items()
+        ]
         stop = asyncio.Event()
         install_signals(stop)
-        async with serve_metrics(registry, settings.metrics), runner:
-            logger.info("participant %s running", name)
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(serve_metrics(registry, settings.metrics))
+            for runner in runners:
+                await stack.enter_async_context(runner)
+            logger.info("participant %s running (%s)", name, ", ".join(chosen))
             await stop.wait()
     finally:
         await engine.dispose()

@@ -50,6 +50,8 @@ Exposed:
 ``saga_consumer_lag_messages{topic,partition}``            highwater - position, owned partitions
 ``saga_consumer_batch_size``                               records per consumed batch
 ``saga_db_transaction_duration_seconds``                   every PostgreSQL transaction
+``saga_schedule_*``, ``saga_schedules``                    the scheduler's (see
+                                                           :mod:`~coordinator.observability.schedule_metrics`)
 ========================================================= =======================================
 """
 
@@ -89,6 +91,7 @@ from coordinator.core.state import (
     SagaStatus,
     Transition,
 )
+from coordinator.observability.schedule_metrics import ScheduleMetrics
 from coordinator.store.admission import AdmissionStore
 from coordinator.store.heartbeats import HeartbeatStore
 from coordinator.store.parking import ParkingStore
@@ -197,6 +200,7 @@ class CoordinatorMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.schedules = ScheduleMetrics(registry)
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labels, registry=registry)

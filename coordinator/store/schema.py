@@ -28,6 +28,8 @@ __all__ = [
     "participant_heartbeat",
     "saga_history",
     "saga_instance",
+    "saga_schedule",
+    "saga_schedule_tick",
 ]
 
 SCHEMA = "saga"
@@ -218,4 +220,46 @@ parked_reply = sa.Table(
     _timestamp("parked_at"),
     sa.Index(None, "saga_type", "definition_version", "seq"),
     sa.Index(None, "saga_id"),
+)
+
+saga_schedule = sa.Table(
+    "saga_schedule",
+    metadata,
+    # One row per schedule any coordinator declared (coordinator.core.schedule); written by
+    # each coordinator at start, locked FOR UPDATE SKIP LOCKED by the one firing its ticks.
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("saga_type", sa.Text, nullable=False),
+    sa.Column("cron", sa.Text, nullable=False),
+    sa.Column("catch_up", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    # Ticks at or before the cursor are handled (fired or skipped).
+    _timestamp("cursor_at"),
+    _timestamp("last_tick_at", nullable=True),
+    sa.Column("last_saga_id", sa.Text),
+    _timestamp("last_fired_at", nullable=True),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    _timestamp("paused_at", nullable=True),
+    sa.Column("paused_by", sa.Text),
+    sa.Column("pause_reason", sa.Text),
+    _timestamp("declared_at"),
+    sa.CheckConstraint("catch_up IN ('skip', 'latest', 'all')", name="catch_up"),
+)
+
+saga_schedule_tick = sa.Table(
+    "saga_schedule_tick",
+    metadata,
+    # One row per fired tick: the primary key is what makes a tick fire once, however many
+    # coordinators race for it (INSERT ... ON CONFLICT DO NOTHING in the start's transaction).
+    sa.Column(
+        "schedule",
+        sa.Text,
+        sa.ForeignKey(saga_schedule.c.name, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("tick_at", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("saga_id", sa.Text, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    _timestamp("fired_at"),
+    sa.Index(None, "fired_at"),
 )

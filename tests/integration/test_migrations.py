@@ -28,6 +28,8 @@ TABLES = {
     "dead_letter_replay",
     "participant_heartbeat",
     "parked_reply",
+    "saga_schedule",
+    "saga_schedule_tick",
     "alembic_version",
 }
 

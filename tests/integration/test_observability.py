@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -138,6 +139,11 @@ async def _alerts(prometheus: PrometheusServer) -> set[str]:
     return {alert["labels"]["alertname"] for alert in data["alerts"] if alert["state"] == "firing"}
 
 
+LEAP_DAY_SCHEDULE = json.dumps(
+    [{"name": "leap-day-order", "saga_type": "order", "cron": "0 0 29 2 *"}]
+)
+
+
 @pytest.mark.timeout(400)
 async def test_every_dashboard_and_alert_expression_has_data_in_a_real_prometheus(
     kafka: Any, topic_prefix: str, database_url: str, tmp_path: Path
@@ -147,7 +153,15 @@ async def test_every_dashboard_and_alert_expression_has_data_in_a_real_prometheu
     infra = Infrastructure(
         kafka.bootstrap_servers, kafka.supports_idempotence, database_url, kafka.kind
     )
-    options = DemoOptions(orders=100, fail_rate=0.1, timeout_s=180, topic_prefix=topic_prefix)
+    options = DemoOptions(
+        orders=100,
+        fail_rate=0.1,
+        timeout_s=180,
+        topic_prefix=topic_prefix,
+        # A declared schedule, so the Schedules panels have series (it ticks on 29 February
+        # only: nothing fires during the run).
+        environment=(("SAGA_SCHEDULES__DECLARED", LEAP_DAY_SCHEDULE),),
+    )
     problems: list[str] = []
     async with observed_demo(options, infra, Console(quiet=True), rule_files=[ALERTS]) as (
         cluster,

@@ -99,7 +99,7 @@ def test_there_is_a_dashboard_per_area_and_rows_per_saga() -> None:
         }
         assert f"Saga: {definition.name}" in rows
         latency = {panel["title"] for panel in models["saga-latency.json"]["panels"]}
-        for step in definition.steps:
+        for step in definition.command_steps():
             assert f"Step {step.name} ({step.service})" in latency
 
 
@@ -148,9 +148,25 @@ def test_the_overview_shows_admission_and_every_participant_service() -> None:
         assert f"{service}: outstanding commands and live instances" in queries
         rates = " ".join(queries[f"{service}: pickups, postponed and missed deadlines per second"])
         for definition in registry:
-            for step in definition.steps:
+            for step in definition.command_steps():
                 # Each service's deadlines and pickups are those of its own steps only.
                 assert (f'"{step.name}"' in rates) == (step.service == service), (service, step)
+
+
+def test_the_overview_has_a_schedules_row_with_ticks_lag_and_pauses() -> None:
+    overview = dashboards.build_dashboards()["saga-overview.json"]
+    panels = overview["panels"]
+    titles = [panel["title"] for panel in panels]
+    row = titles.index("Schedules")
+    assert [p["type"] for p in panels[:row] if p["type"] == "row"][-1:] == ["row"]
+    queries = {
+        panel["title"]: " ".join(t["expr"] for t in panel.get("targets", []))
+        for panel in panels[row + 1 : row + 6]
+    }
+    assert 'saga_schedules{state="paused"}' in queries["Paused schedules"]
+    assert 'outcome=~"skipped|failed"' in queries["Ticks skipped or failed (last day)"]
+    assert "saga_schedule_ticks_total" in queries["Ticks per hour by schedule"]
+    assert "saga_schedule_lag_seconds_bucket" in queries["Schedule lag (tick to saga start)"]
 
 
 _DB_GAUGES = (
@@ -276,3 +292,13 @@ def test_kubernetes_runs_two_replicas_probed_and_scraped() -> None:
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     assert listed == {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_dashboards_build_for_sagas_of_every_shape() -> None:
+    from saga_defs import trip_registry
+
+    models = dashboards.build_dashboards(trip_registry())
+    latency = {panel["title"] for panel in models["saga-latency.json"]["panels"]}
+    # Members of a parallel group have their panels; waits, timers and child sagas none.
+    assert {"Step book_flight (flights)", "Step rent_car (cars)"} <= latency
+    assert not any("reminder_timer" in title for title in latency)

@@ -604,5 +604,9 @@ def test_the_schema_documents_auth_on_every_saga_endpoint() -> None:
         ("/sagas/{saga_type}", "post"),
         ("/sagas/{saga_id}/retry", "post"),
         ("/sagas/{saga_id}/abort", "post"),
+        ("/schedules", "get"),
+        ("/schedules/{name}", "get"),
+        ("/schedules/{name}/pause", "post"),
+        ("/schedules/{name}/resume", "post"),
         ("/sagas/{saga_id}/signals/{name}", "post"),
     }

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
+from coordinator.api.ui import schedules
 from coordinator.api.ui.backend import ConsoleBackend
 from coordinator.api.ui.routes import Halt, router
 from coordinator.api.ui.session import SessionSigner
@@ -38,3 +39,4 @@ def mount_console(app: FastAPI, backend: ConsoleBackend, settings: HttpSettings)
     app.add_exception_handler(Halt, _halt)
     app.mount("/ui/static", StaticFiles(directory=_STATIC), name="ui-static")
     app.include_router(router)
+    app.include_router(schedules.router)
