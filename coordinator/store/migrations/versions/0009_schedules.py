@@ -1,8 +1,7 @@
 """Scheduled sagas: the schedules coordinators declared, and the ticks they fired.
 
-Revision ID: 0010
-Revises: 0009 (the signal transport's, when it has one; chained onto 0008, the newest
-migration merged into this branch: the lead re-chains it at merge time)
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-01
 
 Written by hand and frozen: it does not import ``coordinator.store.schema``.
@@ -16,7 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010"
+revision: str = "0009"
 down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
