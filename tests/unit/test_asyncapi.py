@@ -17,7 +17,7 @@ from coordinator.ops.asyncapi import asyncapi_document, render_asyncapi
 from coordinator.ops.client import start_request
 from coordinator.store.children import child_end_message
 from coordinator.store.messages import command_message, event_message
-from saga_defs import OrderSaga, default_registry, versioned_registry
+from saga_defs import OrderSaga, default_registry, trip_registry, versioned_registry
 from service_sdk import signal_envelope
 from service_sdk.contract import Outcome, Topics, decode_envelope
 from service_sdk.service import reply_envelope
@@ -36,6 +36,19 @@ DATA = {
 def test_the_committed_document_is_the_generated_one() -> None:
     assert ASYNCAPI.read_text() == render_asyncapi(default_registry()), (
         "docs/asyncapi.yaml is stale: saga contract --asyncapi > docs/asyncapi.yaml"
+    )
+
+
+def test_the_committed_trip_document_is_the_generated_one() -> None:
+    # The trip example's sagas use every shape: their commands, signals and child sagas.
+    committed = (ASYNCAPI.parent / "asyncapi-trip.yaml").read_text()
+    assert committed == render_asyncapi(trip_registry()), (
+        "docs/asyncapi-trip.yaml is stale: SAGA_REGISTRY=saga_defs:trip_registry "
+        "saga contract --asyncapi > docs/asyncapi-trip.yaml"
+    )
+    document = asyncapi_document(trip_registry())
+    assert {"commands_flights", "commands_hotels", "commands_cars", "signals"} <= set(
+        document["channels"]
     )
 
 
