@@ -706,19 +706,21 @@ class ServiceRunner:
         publications of those answered, by ``id()`` of their work item, and the first command
         left for a later transaction because this one's time was up (None: none was).
 
-        Handlers run without savepoints (two round trips fewer per command). When one fails
-        or rejects its command, nothing of the transaction is kept: the commands before it
-        are answered again, together, it is answered alone (a failure counted as its first
-        attempt; a rejection answered as such, its writes undone), then the commands after
-        it are taken together again. So each command runs at most once more than its
-        attempts. Those not answered here (the shared transaction itself failed) are left to
-        the caller to answer one by one.
+        Handlers run without savepoints (two round trips fewer per command) until one of
+        them fails or rejects its command; then nothing of the transaction is kept. After a
+        rejection (a business answer, frequent in some services) the batch is taken again
+        with a savepoint per handler, so the commands before it run once more and the batch
+        is rolled back at most once. After a failure, the commands before it are answered
+        again together, it is answered alone (that run counted as its first attempt), and
+        the commands after it are taken together again. Those not answered here (the shared
+        transaction itself failed) are left to the caller to answer one by one.
         """
         answered: dict[int, list[_Publication]] = {}
         pending = list(works)
+        isolated = False
         while len(pending) > 1:
             committed, failure, stopped = await self._execute_together(
-                [work for _, work in pending]
+                [work for _, work in pending], isolated=isolated
             )
             answered.update(committed)
             if stopped is not None:
@@ -726,32 +728,38 @@ class ServiceRunner:
             if failure is None:
                 break
             index, error = failure
-            if index == 1:
-                first_record, first = pending[0]
-                answered[id(first)] = await self._execute_with_retries(first_record, first)
-            elif index > 1:
-                before, stop = await self._answer_batch(pending[:index])
-                answered.update(before)
-                if stop is not None:
-                    return answered, stop
+            if not isolated:
+                if isinstance(error, CommandRejected):
+                    isolated = True
+                    continue
+                # Nothing was kept: the commands before it are answered again, together.
+                if index == 1:
+                    first_record, first = pending[0]
+                    answered[id(first)] = await self._execute_with_retries(first_record, first)
+                elif index > 1:
+                    before, stop = await self._answer_batch(pending[:index])
+                    answered.update(before)
+                    if stop is not None:
+                        return answered, stop
+            # (With savepoints, its writes were undone and the commands before it committed.)
             record, work = pending[index]
-            counted = not (is_transient_database_error(error) or isinstance(error, CommandRejected))
             answered[id(work)] = await self._execute_with_retries(
-                record, work, error if counted else None
+                record, work, None if is_transient_database_error(error) else error
             )
             pending = pending[index + 1 :]
         return answered, None
 
     async def _execute_together(
-        self, works: Sequence[_Work]
+        self, works: Sequence[_Work], *, isolated: bool = False
     ) -> tuple[dict[int, list[_Publication]], tuple[int, Exception] | None, int | None]:
         """Answer commands in ONE transaction: one commit (one WAL flush) and a few
         statements for all of them (see ``CommandProcessor.answer_batch``).
 
         Returns:
             The publications of the commands committed, by ``id()`` of their work item; and
-            the first command that failed (its index and error) when one did: then nothing
-            is committed (its writes cannot be told from the others').
+            the first command that failed (its index and error) when one did: nothing of it
+            is committed; without ``isolated`` (savepoints) nothing at all is, since its
+            writes cannot be told from the others', with it the commands before it are.
             And the index of the first command not run because the transaction's time
             (``_SHARED_TRANSACTION_S``) was up. When the transaction as a whole fails (the
             database went away), nothing is committed and all three are empty.
@@ -767,9 +775,9 @@ class ServiceRunner:
                     conn,
                     [(work.envelope, work.command, work.undo) for work in works],
                     budget_s=_SHARED_TRANSACTION_S,
-                    isolated=False,
+                    isolated=isolated,
                 )
-                if failure is not None:
+                if failure is not None and not isolated:
                     raise _RolledBackError(failure)
                 screened = [
                     await self._screen_reply(conn, work.envelope, answer)
