@@ -100,13 +100,22 @@ def demo(
     )
     if saga not in ("order", "trip"):
         fail(f"--saga must be order or trip, not {saga!r}")
+    token = secrets.token_urlsafe(18)
+    if keep:
+        options = dataclasses.replace(options, environment=http_environment(port, token))
     if saga == "trip":
-        if keep:
-            fail("--keep runs the order saga only")
-        from coordinator.demo.trip import run_trip_demo
+        from coordinator.demo.trip import TripSummary, run_trip_demo
+
+        async def trip_work() -> TripSummary:
+            trip_options = dataclasses.replace(options, coordinators=2)
+            if not keep:
+                return await run_trip_demo(trip_options)
+            stop = asyncio.Event()
+            stop_on_signals(stop)
+            return await run_trip_demo(trip_options, keep=(port, token, stop))
 
         try:
-            trip = asyncio.run(run_trip_demo(dataclasses.replace(options, coordinators=2)))
+            trip = asyncio.run(trip_work())
         except KafkaError as exc:
             fail(f"kafka: {first_line(exc)}")
         if as_json:
@@ -114,9 +123,6 @@ def demo(
         if not trip.ok:
             raise typer.Exit(code=1)
         return
-    token = secrets.token_urlsafe(18)
-    if keep:
-        options = dataclasses.replace(options, environment=http_environment(port, token))
 
     async def work() -> DemoSummary:
         if not keep:

@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from rich.console import Console
 
 from coordinator.config import Settings
+from coordinator.demo.processes import ChildProcess
 from coordinator.demo.runner import DemoCluster, DemoOptions, Infrastructure
 
 __all__ = [
@@ -93,7 +96,17 @@ def print_access(
     console.print(f"Running until Ctrl-C{where}.")
 
 
-async def serve_until_stopped(cluster: DemoCluster, stop: asyncio.Event) -> None:
+class _Cluster(Protocol):
+    """What :func:`serve_until_stopped` watches: the demo's processes and its console."""
+
+    @property
+    def children(self) -> Sequence[ChildProcess]: ...
+
+    @property
+    def console(self) -> Console: ...
+
+
+async def serve_until_stopped(cluster: _Cluster, stop: asyncio.Event) -> None:
     """Wait for ``stop`` (Ctrl-C); say so if a process dies meanwhile."""
     reported: set[str] = set()
     while not stop.is_set():

@@ -182,7 +182,10 @@ class TripCluster:
         """Start the coordinators and the participants' process."""
         for index in range(max(self.options.coordinators, 1)):
             name = f"coordinator-{index}"
-            child = ChildProcess(name, ["run"], self._env(name), self.log_dir)
+            env = self._env(name)
+            if index:
+                env["SAGA_HTTP__PORT"] = "0"  # a fixed port (--keep) is the first one's
+            child = ChildProcess(name, ["run"], env, self.log_dir)
             await child.start()
             self.children.append(child)
         args = ["participant", "trip"]
@@ -379,8 +382,18 @@ class TripCluster:
         await self.engine.dispose()
 
 
-async def run_trip_demo(options: DemoOptions) -> TripSummary:
-    """Run the trip demo and return its summary (the table goes to stderr when ``quiet``)."""
+async def run_trip_demo(
+    options: DemoOptions, *, keep: tuple[int, str, asyncio.Event] | None = None
+) -> TripSummary:
+    """Run the trip demo and return its summary (the table goes to stderr when ``quiet``).
+
+    Args:
+        keep: ``(port, token, stop)``: once the summary is printed, keep everything running
+            (the first coordinator's console on ``port``, for ``token``) until ``stop`` is set.
+            ``options.environment`` must then serve HTTP on that port with that token.
+    """
+    from coordinator.demo.dev_server import print_access, serve_until_stopped
+
     console = Console(stderr=options.quiet)
     async with infrastructure(options, console) as infra:
         cluster = TripCluster(options, infra, console)
@@ -397,6 +410,10 @@ async def run_trip_demo(options: DemoOptions) -> TripSummary:
             for problem in summary.ledger_problems:
                 console.print(f"[red]ledger:[/red] {problem}")
             console.print(_table(summary))
+            if keep is not None:
+                port, token, stop = keep
+                print_access(console, cluster.settings, port, token, data_dir=None)
+                await serve_until_stopped(cluster, stop)
         finally:
             await cluster.close()
     return summary
