@@ -20,7 +20,7 @@ from coordinator.config import ConsoleSettings, HttpSettings
 from coordinator.core.business_keys import business_keys, parse_business_key
 from coordinator.core.definition import SagaDefinition
 from coordinator.core.errors import SagaDefinitionError
-from coordinator.core.state import PendingSignal, SagaInstance, SagaStatus
+from coordinator.core.state import Awaited, AwaitKind, PendingSignal, SagaInstance, SagaStatus
 from coordinator.ops.actions import ActionResult, SagaTimeline
 from coordinator.ops.console import DeadLetterListing, SagaListing
 from coordinator.ops.dead_letter_admin import ReplayReport, StoredDeadLetter
@@ -361,3 +361,36 @@ def test_an_unanswered_attempt_the_saga_no_longer_awaits_is_abandoned() -> None:
     drawn = chart(history, instance, _at(5_000))
     assert [m.label for m in drawn.markers] == ["abort by dan", "COMPENSATED"]
     assert drawn.now_x is None
+
+
+def test_waits_and_child_sagas_are_rows_of_the_timeline() -> None:
+    history = [
+        _record(1, 0, "started", ""),
+        _record(
+            2, 0, "signal_awaited", "approve", signal="approval", deadline_at=_at(900).isoformat()
+        ),
+        _record(3, 300, "signal_received", "approve", signal="approval", signal_id="a1"),
+        _record(4, 300, "child_started", "points", command_id="kid", attempt=1, purpose="forward"),
+        _record(5, 500, "step_succeeded", "points", command_id="kid", attempt=1),
+        _record(6, 500, "timer_set", "remind", fire_at=_at(2_000).isoformat()),
+        _record(
+            7, 600, "signal_awaited", "confirm", signal="confirm", deadline_at=_at(700).isoformat()
+        ),
+        _record(8, 700, "deadline_missed", "confirm", deadline=True),
+    ]
+    instance = _saga(awaiting=(Awaited("remind", "t-remind", 1, _at(2_000), kind=AwaitKind.TIMER),))
+    found = attempts(history, instance)
+    assert [(a.step, a.kind, a.outcome) for a in found] == [
+        ("approve", "signal", "succeeded"),
+        ("points", "child", "succeeded"),
+        ("remind", "timer", "pending"),
+        ("confirm", "signal", "timed_out"),
+    ]
+    assert found[2].deadline_at == _at(2_000)  # the timer's fire time
+    drawn = chart(history, instance, _at(800))
+    assert [b.label for b in drawn.bars] == [
+        "✉ approve #1",
+        "⇢ points #1",
+        "◔ remind #1",
+        "✉ confirm #1",
+    ]

@@ -16,7 +16,21 @@ from coordinator.store.records import HistoryRecord
 
 __all__ = ["Attempt", "Bar", "Chart", "Marker", "attempts", "chart"]
 
-_SENT = {HistoryKind.COMMAND_SENT.value, HistoryKind.COMPENSATION_SENT.value}
+_SENT = {
+    HistoryKind.COMMAND_SENT.value,
+    HistoryKind.COMPENSATION_SENT.value,
+    HistoryKind.CHILD_STARTED.value,
+}
+# Waits without a command: a timer from set to fired, a signal wait from awaited to received
+# (or its timeout), each its own row keyed by its step.
+_WAIT_OPENS = {HistoryKind.TIMER_SET.value: "timer", HistoryKind.SIGNAL_AWAITED.value: "signal"}
+_WAIT_ENDS = {
+    HistoryKind.TIMER_FIRED.value: "succeeded",
+    HistoryKind.SIGNAL_RECEIVED.value: "succeeded",
+    HistoryKind.TIMED_OUT_DEFAULT.value: "succeeded",
+    HistoryKind.DEADLINE_MISSED.value: "timed_out",
+}
+_PREFIX = {"timer": "◔ ", "signal": "✉ ", "child": "⇢ "}
 _ENDS = {
     HistoryKind.STEP_SUCCEEDED.value: "succeeded",
     HistoryKind.COMPENSATION_SUCCEEDED.value: "succeeded",
@@ -63,14 +77,37 @@ class Attempt:
     answered_at: datetime | None = None
     outcome: str = "pending"
     error: str | None = None
+    kind: str = "command"
+    """``command``; ``child`` (a child saga's start and end); ``timer`` or ``signal`` (a
+    wait: no command, ``command_id`` is empty)."""
 
 
 def attempts(history: Sequence[HistoryRecord], instance: SagaInstance) -> list[Attempt]:
     """Every command send in the history, in order, with its answer where there is one."""
     found: list[Attempt] = []
     by_key: dict[tuple[str, int], Attempt] = {}
+    waits: dict[str, Attempt] = {}
     for record in history:
         detail = record.detail
+        if record.kind in _WAIT_OPENS and record.step:
+            opened = Attempt(
+                step=record.step,
+                command_id="",
+                attempt=1,
+                purpose="wait",
+                message_type=detail.get("signal"),
+                sent_at=record.at,
+                deadline_at=_time(detail.get("fire_at") or detail.get("deadline_at")),
+                kind=_WAIT_OPENS[record.kind],
+            )
+            found.append(opened)
+            waits[record.step] = opened
+            continue
+        wait = waits.get(record.step or "")
+        if wait is not None and record.kind in _WAIT_ENDS and wait.answered_at is None:
+            wait.answered_at = record.at
+            wait.outcome = _WAIT_ENDS[record.kind]
+            continue
         command_id = detail.get("command_id")
         attempt_no = detail.get("attempt")
         if record.kind in _SENT and isinstance(command_id, str) and isinstance(attempt_no, int):
@@ -83,6 +120,7 @@ def attempts(history: Sequence[HistoryRecord], instance: SagaInstance) -> list[A
                 sent_at=record.at,
                 deadline_at=_time(detail.get("deadline_at")),
                 compensating=record.kind == HistoryKind.COMPENSATION_SENT.value,
+                kind="child" if record.kind == HistoryKind.CHILD_STARTED.value else "command",
             )
             found.append(sent)
             by_key[(command_id, attempt_no)] = sent
@@ -115,8 +153,14 @@ def attempts(history: Sequence[HistoryRecord], instance: SagaInstance) -> list[A
     # Several inside a parallel group: each awaited attempt is still pending.
     awaited: set[tuple[str | None, int]] = {(e.command_id, e.attempt) for e in instance.awaiting}
     awaited.add((instance.command_id, instance.attempt))
+    waiting = {e.step for e in instance.awaiting}
     for a in found:
-        if a.answered_at is None and (a.command_id, a.attempt) not in awaited:
+        if a.answered_at is not None:
+            continue
+        if a.kind in ("timer", "signal"):
+            if a.step not in waiting:
+                a.outcome = "abandoned"  # the saga gave up waiting (aborted, say)
+        elif (a.command_id, a.attempt) not in awaited:
             a.outcome = "abandoned"  # resent, aborted or superseded without an answer
     return found
 
@@ -199,14 +243,20 @@ def chart(
         stop = a.answered_at or (now if a.outcome == "pending" else a.sent_at)
         x0, x1 = x_of(a.sent_at), x_of(stop)
         picked = x_of(a.picked_up_at) if a.picked_up_at else None
-        arrow = "↩ " if a.compensating else ""
+        arrow = "↩ " if a.compensating else _PREFIX.get(a.kind, "")
         kind = "fence" if a.purpose == "fence" else ("undo" if a.compensating else "")
         took = (stop - a.sent_at).total_seconds()
-        lines = [
-            f"{a.step} {kind} attempt {a.attempt}: {a.outcome}".replace("  ", " "),
-            f"command {a.command_id} ({a.message_type or '?'})",
-            f"sent {a.sent_at.isoformat()}",
-        ]
+        if a.kind in ("timer", "signal"):
+            what = f"signal {a.message_type!r}" if a.kind == "signal" else "timer"
+            lines = [f"{a.step}: {what}, {a.outcome}", f"waiting since {a.sent_at.isoformat()}"]
+        else:
+            lines = [
+                f"{a.step} {kind} attempt {a.attempt}: {a.outcome}".replace("  ", " "),
+                f"child saga {a.command_id}"
+                if a.kind == "child"
+                else f"command {a.command_id} ({a.message_type or '?'})",
+                f"sent {a.sent_at.isoformat()}",
+            ]
         if a.picked_up_at:
             lines.append(f"picked up {a.picked_up_at.isoformat()}")
         if a.answered_at:
