@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
 import secrets
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -103,33 +105,19 @@ def demo(
     token = secrets.token_urlsafe(18)
     if keep:
         options = dataclasses.replace(options, environment=http_environment(port, token))
+    run: Callable[..., Awaitable[DemoSummary]] = functools.partial(run_demo, options)
     if saga == "trip":
-        from coordinator.demo.trip import TripSummary, run_trip_demo
+        from coordinator.demo.trip import run_trip_demo
 
-        async def trip_work() -> TripSummary:
-            trip_options = dataclasses.replace(options, coordinators=2)
-            if not keep:
-                return await run_trip_demo(trip_options)
-            stop = asyncio.Event()
-            stop_on_signals(stop)
-            return await run_trip_demo(trip_options, keep=(port, token, stop))
-
-        try:
-            trip = asyncio.run(trip_work())
-        except KafkaError as exc:
-            fail(f"kafka: {first_line(exc)}")
-        if as_json:
-            typer.echo(json.dumps(trip.as_dict()))
-        if not trip.ok:
-            raise typer.Exit(code=1)
-        return
+        # Two coordinators: the schedule's ticks and the sagas are shared between them.
+        run = functools.partial(run_trip_demo, dataclasses.replace(options, coordinators=2))
 
     async def work() -> DemoSummary:
         if not keep:
-            return await run_demo(options)
+            return await run()
         stop = asyncio.Event()
         stop_on_signals(stop)
-        return await run_demo(options, keep=(port, token, stop))
+        return await run(keep=(port, token, stop))
 
     try:
         summary = asyncio.run(work())

@@ -9,11 +9,11 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -441,8 +441,28 @@ class DemoCluster:
         await self.engine.dispose()
 
 
+class RunnableCluster(Protocol):
+    """What :func:`run_demo` drives: the order demo's cluster, or another demo's."""
+
+    children: list[ChildProcess]
+    console: Console
+    settings: Settings
+    log_dir: Path
+
+    async def prepare(self) -> None: ...
+    async def start(self) -> None: ...
+    async def wait_ready(self) -> float: ...
+    async def submit(self) -> None: ...
+    async def wait(self) -> dict[str, tuple[str, datetime | None]]: ...
+    async def summarize(self, statuses: dict[str, tuple[str, datetime | None]]) -> DemoSummary: ...
+    async def close(self) -> None: ...
+
+
 async def run_demo(
-    options: DemoOptions, *, keep: tuple[int, str, asyncio.Event] | None = None
+    options: DemoOptions,
+    *,
+    keep: tuple[int, str, asyncio.Event] | None = None,
+    cluster_type: Callable[[DemoOptions, Infrastructure, Console], RunnableCluster] = DemoCluster,
 ) -> DemoSummary:
     """Run the demo and return its summary (the table goes to stderr when ``quiet``).
 
@@ -450,12 +470,13 @@ async def run_demo(
         keep: ``(port, token, stop)``: once the summary is printed, keep everything running
             (the console on ``port``, for ``token``) until ``stop`` is set, as ``saga dev``
             does. ``options.environment`` must then serve HTTP on that port with that token.
+        cluster_type: The demo's processes and plan (the trip demo passes its own).
     """
     from coordinator.demo.dev_server import print_access, serve_until_stopped
 
     console = Console(stderr=options.quiet)
     async with infrastructure(options, console) as infra:
-        cluster = DemoCluster(options, infra, console)
+        cluster = cluster_type(options, infra, console)
         try:
             console.log("migrating, seeding the participants and creating topics")
             await cluster.prepare()

@@ -39,8 +39,7 @@ from coordinator.demo.runner import (
     DemoSummary,
     _percentile,
     _statuses,
-    _table,
-    infrastructure,
+    run_demo,
 )
 from coordinator.demo.trip_ledger import DESKS, PlannedTrip, check_trip_ledger
 from coordinator.ops.client import start_request
@@ -385,35 +384,9 @@ class TripCluster:
 async def run_trip_demo(
     options: DemoOptions, *, keep: tuple[int, str, asyncio.Event] | None = None
 ) -> TripSummary:
-    """Run the trip demo and return its summary (the table goes to stderr when ``quiet``).
-
-    Args:
-        keep: ``(port, token, stop)``: once the summary is printed, keep everything running
-            (the first coordinator's console on ``port``, for ``token``) until ``stop`` is set.
-            ``options.environment`` must then serve HTTP on that port with that token.
-    """
-    from coordinator.demo.dev_server import print_access, serve_until_stopped
-
-    console = Console(stderr=options.quiet)
-    async with infrastructure(options, console) as infra:
-        cluster = TripCluster(options, infra, console)
-        try:
-            console.log("migrating, seeding the trip participants and creating topics")
-            await cluster.prepare()
-            await cluster.start()
-            console.log(f"started {len(cluster.children)} processes (logs in {cluster.log_dir})")
-            waited = await cluster.wait_ready()
-            console.log(f"warm-up trip done after {waited:.1f}s; submitting the trips")
-            await cluster.submit()
-            statuses = await cluster.wait()
-            summary = await cluster.summarize(statuses)
-            for problem in summary.ledger_problems:
-                console.print(f"[red]ledger:[/red] {problem}")
-            console.print(_table(summary))
-            if keep is not None:
-                port, token, stop = keep
-                print_access(console, cluster.settings, port, token, data_dir=None)
-                await serve_until_stopped(cluster, stop)
-        finally:
-            await cluster.close()
+    """Run the trip demo and return its summary (the table goes to stderr when ``quiet``);
+    ``keep`` as for :func:`~coordinator.demo.runner.run_demo` (the first coordinator's
+    console)."""
+    summary = await run_demo(options, keep=keep, cluster_type=TripCluster)
+    assert isinstance(summary, TripSummary)
     return summary
