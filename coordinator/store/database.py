@@ -37,6 +37,10 @@ def create_engine(
             writes whose loss in a database crash is harmless (the relay's "sent" marks: a
             row whose mark is lost is published again, and receivers de-duplicate).
     """
+    settings = {"application_name": "saga-coordinator"}
+    if not synchronous_commit:
+        # Only ever lowered here: otherwise the server's (or database's) own setting holds.
+        settings["synchronous_commit"] = "off"
     sa_url = make_url(url)
     if sa_url.drivername in ("postgresql", "postgres"):
         sa_url = sa_url.set(drivername="postgresql+asyncpg")
@@ -49,10 +53,5 @@ def create_engine(
         hide_parameters=True,
         json_serializer=json_dumps,
         json_deserializer=json.loads,
-        connect_args={
-            "server_settings": {
-                "application_name": "saga-coordinator",
-                "synchronous_commit": "on" if synchronous_commit else "off",
-            }
-        },
+        connect_args={"server_settings": settings},
     )
