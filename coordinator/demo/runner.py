@@ -225,6 +225,21 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def demo_settings(options: DemoOptions, infra: Infrastructure) -> Settings:
+    """The settings a demo's processes share (its topic prefix and consumer group)."""
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=infra.bootstrap_servers,
+            idempotent=infra.idempotent,
+            topic_prefix=options.topic_prefix,
+            group_id=f"{options.topic_prefix}saga-coordinator",
+        ),
+        database=DatabaseSettings(url=infra.database_url),
+        # A demo lasts seconds: sample the database gauges every second.
+        metrics=MetricsSettings(refresh_interval_s=1.0),
+    )
+
+
 class DemoCluster:
     """The demo's moving parts on given infrastructure: coordinator(s) and the three
     participants as separate processes, the orders to submit, and the checks."""
@@ -234,17 +249,7 @@ class DemoCluster:
         self.infra = infra
         self.console = console
         self.plan = _plan(options)
-        self.settings = Settings(
-            kafka=KafkaSettings(
-                bootstrap_servers=infra.bootstrap_servers,
-                idempotent=infra.idempotent,
-                topic_prefix=options.topic_prefix,
-                group_id=f"{options.topic_prefix}saga-coordinator",
-            ),
-            database=DatabaseSettings(url=infra.database_url),
-            # A demo lasts seconds: sample the database gauges every second.
-            metrics=MetricsSettings(refresh_interval_s=1.0),
-        )
+        self.settings = demo_settings(options, infra)
         self.engine = create_engine(infra.database_url, pool_size=2)
         self.log_dir = Path(tempfile.mkdtemp(prefix="saga-demo-"))
         self.children: list[ChildProcess] = []

@@ -30,7 +30,6 @@ from rich.console import Console
 from sqlalchemy import text
 
 from coordinator.app import Coordinator
-from coordinator.config import DatabaseSettings, KafkaSettings, MetricsSettings, Settings
 from coordinator.demo.participants.trip import TRIP_PARTICIPANTS, bookings, checks
 from coordinator.demo.processes import ChildProcess, child_env
 from coordinator.demo.runner import (
@@ -39,6 +38,7 @@ from coordinator.demo.runner import (
     DemoSummary,
     _percentile,
     _statuses,
+    demo_settings,
     run_demo,
 )
 from coordinator.demo.trip_ledger import DESKS, PlannedTrip, check_trip_ledger
@@ -114,16 +114,7 @@ class TripCluster:
         self.infra = infra
         self.console = console
         self.plan = _plan(options)
-        self.settings = Settings(
-            kafka=KafkaSettings(
-                bootstrap_servers=infra.bootstrap_servers,
-                idempotent=infra.idempotent,
-                topic_prefix=options.topic_prefix,
-                group_id=f"{options.topic_prefix}saga-coordinator",
-            ),
-            database=DatabaseSettings(url=infra.database_url),
-            metrics=MetricsSettings(refresh_interval_s=1.0),
-        )
+        self.settings = demo_settings(options, infra)
         self.topics = Topics(options.topic_prefix)
         self.engine = create_engine(infra.database_url, pool_size=2)
         self.log_dir = Path(tempfile.mkdtemp(prefix="saga-demo-trip-"))
