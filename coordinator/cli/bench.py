@@ -92,6 +92,14 @@ def bench(
     runs: Annotated[
         int, typer.Option(min=1, help="Runs per level, reported as median and min-max")
     ] = 3,
+    warmup: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Sagas run once before the measured runs, not measured (a broker just started "
+            "spends more CPU on its JIT compiler than on serving); 0: none",
+        ),
+    ] = 2000,
     kafka: Annotated[
         BenchKafka | None,
         typer.Option(
@@ -196,6 +204,7 @@ def bench(
         orders=orders,
         loads=tuple(loads),
         runs=runs,
+        warmup=warmup,
         kafka=broker.value,
         bootstrap_servers=bootstrap if broker is BenchKafka.EXTERNAL else None,
         idempotent=Settings().kafka.idempotent if broker is BenchKafka.EXTERNAL else None,
@@ -247,7 +256,8 @@ def header(report: BenchReport) -> str:
     )
     return (
         f"order saga, {report.orders} sagas per run, {report.runs} run(s) per level, "
-        f"{report.fail_rate:.0%} declined; median \\[min-max]\n"
+        f"{report.fail_rate:.0%} declined, after {report.warmup} sagas of warm-up; median "
+        "\\[min-max]\n"
         f"Kafka:      {report.kafka}\n"
         f"PostgreSQL: {report.postgres}, {durability}"
     )

@@ -23,7 +23,7 @@ import resource
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +85,9 @@ class BenchOptions:
     """Sagas per run."""
     loads: tuple[Load, ...] = (Load("window", 100),)
     runs: int = 3
+    warmup: int = 0
+    """Sagas run once before the measured runs and not measured: a broker just started spends
+    more CPU compiling (its JIT) than serving, which no long-running deployment pays."""
     kafka: KafkaChoice = "apache"
     bootstrap_servers: str | None = None
     """The broker of ``kafka="external"``."""
@@ -252,9 +255,11 @@ class _SagaEnds:
 class _BenchCluster(DemoCluster):
     """The demo cluster, run again and again with fresh orders, its load driven here."""
 
-    def renew(self) -> None:
-        """Fresh orders (and customers, stock) for the next run."""
-        self.plan = _plan(self.options)
+    def renew(self, orders: int | None = None) -> None:
+        """Fresh orders (and customers, stock) for the next run: ``orders`` of them, or as
+        many as the options say."""
+        options = self.options if orders is None else replace(self.options, orders=orders)
+        self.plan = _plan(options)
         self.submitted_at = {}
         self.end_times: list[float] = []
 
@@ -368,6 +373,19 @@ async def _measure(
     return RunResult(load, run, summary, usage, tenth_rates(cluster.end_times))
 
 
+async def _warm_up(
+    cluster: _BenchCluster, load: Load, orders: int, ends: _SagaEnds, timeout_s: float
+) -> None:
+    """Run ``orders`` sagas at ``load`` without measuring them."""
+    cluster.renew(orders)
+    await cluster.prepare()
+    await cluster.wait_ready()
+    await cluster.drive(load, ends, timeout_s)
+    dead = [c.name for c in cluster.children if c.returncode is not None]
+    if dead:
+        raise RuntimeError(f"{', '.join(dead)} exited during the warm-up")
+
+
 async def _pingpong(
     script: Path,
     servers: _Servers,
@@ -438,6 +456,7 @@ async def run_bench(options: BenchOptions, console: Console) -> BenchReport:
             report = BenchReport(
                 orders=options.orders,
                 runs=options.runs,
+                warmup=options.warmup,
                 fail_rate=options.fail_rate,
                 kafka=servers.kafka,
                 idempotent=servers.infra.idempotent,
@@ -448,6 +467,9 @@ async def run_bench(options: BenchOptions, console: Console) -> BenchReport:
             watched = cluster.watched(servers)
             sampler = ProcessSampler(watched, options.sample_interval_s)
             server_sampler = ProcessSampler([w for w in watched if w.role in (BROKER, DATABASE)])
+            if options.warmup:
+                console.log(f"warming up: {options.warmup:,} sagas, not measured")
+                await _warm_up(cluster, options.loads[0], options.warmup, ends, options.timeout_s)
             results: dict[Load, list[RunResult]] = {load: [] for load in options.loads}
             for run in range(1, options.runs + 1):
                 for load in options.loads:

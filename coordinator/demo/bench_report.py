@@ -237,6 +237,7 @@ class BenchReport:
 
     orders: int
     runs: int
+    warmup: int
     fail_rate: float
     kafka: str
     """e.g. ``apache 4.1.1 at 127.0.0.1:40123 (started here), idempotent producer on``."""
@@ -275,6 +276,7 @@ class BenchReport:
             "saga": "order",
             "orders": self.orders,
             "runs": self.runs,
+            "warmup": self.warmup,
             "fail_rate": self.fail_rate,
             "kafka": self.kafka,
             "idempotent": self.idempotent,

@@ -27,6 +27,7 @@ async def test_a_small_closed_loop_reports_every_figure_and_a_correct_ledger(
     plot = tmp_path / "bench.png"
     args = ["bench", "--kafka", "external", "--bootstrap-servers", kafka.bootstrap_servers]
     args += ["--database-url", database_url, "--orders", "60", "--window", "10", "--runs", "1"]
+    args += ["--warmup", "20"]
     args += ["--fail-rate", "0.1", "--json", "--plot", str(plot)]
     args += ["--baseline-script", str(default_baseline_script())]
     env = {"SAGA_KAFKA__IDEMPOTENT": "true" if kafka.supports_idempotence else "false"}
@@ -35,6 +36,7 @@ async def test_a_small_closed_loop_reports_every_figure_and_a_correct_ledger(
     report = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert report["ok"] is True
+    assert report["warmup"] == 20  # run before, not counted in the run below
     assert report["fsync"] in ("on", "off")  # the session server's own setting, reported
     assert report["kafka"].startswith("external")
     assert report["idempotent"] is kafka.supports_idempotence

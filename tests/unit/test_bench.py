@@ -110,7 +110,7 @@ def test_one_failed_ledger_fails_the_level_and_the_report() -> None:
     bad = RunResult(W10, 2, _summary(90.0, ledger_ok=False), Usage({}, {}))
     level = aggregate(W10, [_run(1, 100.0, {}), bad])
     report = BenchReport(
-        orders=100, runs=2, fail_rate=0.0, kafka="apache", idempotent=True, postgres="pg", fsync="on",
+        orders=100, runs=2, warmup=50, fail_rate=0.0, kafka="apache", idempotent=True, postgres="pg", fsync="on",
         synchronous_commit="on", levels=[level],
     )  # fmt: skip
     assert not level.ok
@@ -121,11 +121,12 @@ def test_the_json_document_has_every_field_and_serialises() -> None:
     runs = [_run(1, 100.0, {"coordinator-0": 1.0}), _run(2, 80.0, {"coordinator-0": 3.0})]
     baselines = [_baseline(1, 500.0), _baseline(2, 400.0)]
     report = BenchReport(
-        orders=100, runs=2, fail_rate=0.0, kafka="apache", idempotent=True, postgres="pg", fsync="on",
+        orders=100, runs=2, warmup=50, fail_rate=0.0, kafka="apache", idempotent=True, postgres="pg", fsync="on",
         synchronous_commit="on", levels=[aggregate(W10, runs, baselines)], baselines=baselines,
     )  # fmt: skip
     document = json.loads(json.dumps(report.as_dict()))
     assert document["fsync"] == "on"
+    assert document["warmup"] == 50
     assert document["ok"] is True
     (level,) = document["levels"]
     assert level["load"] == {"window": 10}
