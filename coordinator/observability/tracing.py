@@ -108,6 +108,17 @@ def otel_available() -> bool:
     return _PROPAGATOR is not None
 
 
+def _recording() -> bool:
+    """True when spans go somewhere: OpenTelemetry is importable and a tracer provider is set.
+
+    Without a provider every span is a no-op, and building its context and attributes per
+    message is skipped (a few per cent of the coordinator's CPU in a profile).
+    """
+    return _PROPAGATOR is not None and not isinstance(
+        _trace.get_tracer_provider(), _trace.ProxyTracerProvider
+    )
+
+
 def _record(
     name: str,
     traceparent: str | None,
@@ -155,7 +166,7 @@ def record_transitions(
 ) -> None:
     """One span per applied message: ``saga.start`` for a start (before is None), else
     ``saga.apply`` (or ``name``), each a child of its saga's trace context."""
-    if _PROPAGATOR is None:
+    if not _recording():
         return
     for before, transition in transitions:
         instance = transition.instance
@@ -178,7 +189,7 @@ def record_transitions(
 
 def record_publishes(rows: Sequence[OutboxRecord], *, start_ns: int, end_ns: int) -> None:
     """One ``publish <topic>`` producer span per outbox row the relay sent."""
-    if _PROPAGATOR is None:
+    if not _recording():
         return
     for row in rows:
         _record(

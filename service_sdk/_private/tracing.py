@@ -26,13 +26,24 @@ __all__ = ["handler_span"]
 TRACER_NAME = "saga-service-sdk"
 
 
+def _recording() -> bool:
+    """True when spans go somewhere: OpenTelemetry is importable and a tracer provider is set.
+
+    Without a provider every span is a no-op, and building its context and attributes per
+    command is skipped (measurable in a participant's profile).
+    """
+    return _PROPAGATOR is not None and not isinstance(
+        _trace.get_tracer_provider(), _trace.ProxyTracerProvider
+    )
+
+
 @contextlib.contextmanager
 def handler_span(envelope: Envelope, topic: str, service: str) -> Iterator[None]:
     """A ``process <topic>`` consumer span for the handling of ``envelope``.
 
     An exception leaving the block is recorded on the span and re-raised.
     """
-    if _PROPAGATOR is None:
+    if _PROPAGATOR is None or not _recording():
         yield
         return
     carrier = {Header.TRACEPARENT: envelope.traceparent} if envelope.traceparent else {}

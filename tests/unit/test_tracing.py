@@ -137,3 +137,30 @@ def test_the_sdk_handler_span_is_a_child_of_the_commands_trace(span_exporter: An
     assert format(span.context.trace_id, "032x") == TRACE_ID
     assert not span.status.is_ok
     assert [e.name for e in span.events] == ["exception"]
+
+
+def test_without_a_tracer_provider_no_span_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenTelemetry's API installed but no provider set: every span would be a no-op, so none
+    # is started (starting one costs context extraction and attributes per message).
+    from opentelemetry import trace
+
+    def no_span(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a span was started without a tracer provider")
+
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    monkeypatch.setattr(trace, "get_tracer", no_span)
+    transition = start_saga(
+        OrderSaga, "s-1", StartSaga("m-1", ORDER.model_dump(), TRACEPARENT), NOW
+    )
+    record_transitions([(None, transition)], start_ns=1, end_ns=2, batch_size=1)
+    row = OutboxRecord(
+        id=1, saga_id="s-1", topic="t", key=b"s-1", value=b"{}", headers={}, message_id="c-1",
+        created_at=NOW,
+    )  # fmt: skip
+    record_publishes([row], start_ns=3, end_ns=4)
+    command = Envelope(
+        kind=MessageKind.COMMAND, message_type="inventory.reserve_stock", saga_id="s-1",
+        saga_type="order", step="reserve_inventory", command_id="c-1", traceparent=TRACEPARENT,
+    )  # fmt: skip
+    with handler_span(command, "inventory.commands", "inventory"):
+        pass
