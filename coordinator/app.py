@@ -178,7 +178,7 @@ class Coordinator:
         self._engine = create_engine(
             settings.database.url, pool_size=settings.database.pool_size, pre_ping=False
         )
-        self.store = SagaStore(self._engine)
+        self.store = SagaStore(self._engine, lifecycle_events=settings.events.publish)
         self.metrics.instrument_engine(self._engine)
         self.metrics.prime(
             self.registry,

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.core.admission import AdmissionLimits
 from coordinator.core.schedule import CatchUp, Cron, ScheduledSaga, ScheduleError
+from coordinator.core.state import LifecyclePublishing
 
 __all__ = [
     "AdmissionSettings",
@@ -86,6 +87,17 @@ class RelaySettings(BaseModel):
 
     batch_size: int = Field(default=1_000, ge=1)
     sweep_interval_s: float = Field(default=1.0, gt=0)
+
+
+class EventSettings(BaseModel):
+    """Lifecycle events on ``saga.events``."""
+
+    publish: LifecyclePublishing = Field(
+        default=LifecyclePublishing.ALL,
+        description="Which lifecycle events are published: 'all'; 'outcomes' (saga.started "
+        "and the terminal ones: five messages per three-step saga become two); 'none' "
+        "[env SAGA_EVENTS__PUBLISH].",
+    )
 
 
 class DeadlineSettings(BaseModel):
@@ -382,6 +394,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    events: EventSettings = Field(default_factory=EventSettings)
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)

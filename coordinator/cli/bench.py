@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 __all__ = ["bench", "default_baseline_script", "parse_levels"]
 
 
+class BenchEvents(StrEnum):
+    """The lifecycle events the benchmark's coordinator publishes (it needs the terminal ones)."""
+
+    ALL = "all"
+    OUTCOMES = "outcomes"
+
+
 class BenchKafka(StrEnum):
     """Which broker the benchmark runs on."""
 
@@ -124,6 +131,14 @@ def bench(
         float,
         typer.Option(min=0.0, max=1.0, help="Fraction of orders whose payment is declined"),
     ] = 0.0,
+    events: Annotated[
+        BenchEvents,
+        typer.Option(
+            case_sensitive=False,
+            help="Lifecycle events the coordinator publishes (SAGA_EVENTS__PUBLISH): all, or "
+            "outcomes (saga.started and the terminal ones)",
+        ),
+    ] = BenchEvents.ALL,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON document (the log goes to stderr)")
     ] = False,
@@ -199,6 +214,7 @@ def bench(
         if not script.is_file():
             fail(f"no bare pipeline at {script}; give its path with --baseline-script")
     from coordinator.config import Settings
+    from coordinator.core.state import LifecyclePublishing
 
     options = BenchOptions(
         orders=orders,
@@ -211,6 +227,7 @@ def bench(
         database_url=database,
         fsync=fsync,
         fail_rate=fail_rate,
+        events=LifecyclePublishing(events.value),
         seed=seed,
         timeout_s=timeout,
         baseline_script=script,

@@ -112,7 +112,7 @@ def _run(settings: Settings, work: Callable[[OperatorActions], Awaitable[T]]) ->
         engine = create_engine(settings.database.url, pool_size=1)
         try:
             actions = OperatorActions(
-                SagaStore(engine),
+                SagaStore(engine, lifecycle_events=settings.events.publish),
                 registry_from(settings),
                 Topics(settings.kafka.topic_prefix),
                 SystemClock(),

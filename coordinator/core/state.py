@@ -472,6 +472,32 @@ class LifecycleKind(StrEnum):
     FAILED = "saga.failed"
 
 
+_OUTCOMES = frozenset(
+    {
+        LifecycleKind.STARTED,
+        LifecycleKind.COMPLETED,
+        LifecycleKind.COMPENSATED,
+        LifecycleKind.FAILED,
+    }
+)
+
+
+class LifecyclePublishing(StrEnum):
+    """Which lifecycle events are published: each is an outbox row and a Kafka message, five
+    of the twelve messages of a three-step saga when all are."""
+
+    ALL = "all"
+    OUTCOMES = "outcomes"
+    """``saga.started`` and the terminal events, not the ones in between."""
+    NONE = "none"
+
+    def includes(self, kind: LifecycleKind) -> bool:
+        """True when events of ``kind`` are published."""
+        if self is LifecyclePublishing.ALL:
+            return True
+        return self is LifecyclePublishing.OUTCOMES and kind in _OUTCOMES
+
+
 @dataclass(frozen=True)
 class LifecycleEvent:
     """A lifecycle event the runtime publishes (through the outbox) to ``saga.events``."""

@@ -33,7 +33,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from coordinator.app import Coordinator
-from coordinator.config import KafkaSettings
+from coordinator.config import EventSettings, KafkaSettings
+from coordinator.core.state import LifecyclePublishing
 from coordinator.demo.bench_report import (
     BROKER,
     DATABASE,
@@ -99,6 +100,9 @@ class BenchOptions:
     """fsync of the PostgreSQL started here: on is durable, as production runs."""
     fail_rate: float = 0.0
     """Fraction of orders whose payment is declined (they compensate)."""
+    events: LifecyclePublishing = LifecyclePublishing.ALL
+    """The coordinator's ``SAGA_EVENTS__PUBLISH``; the bench sees sagas end by their terminal
+    events, so ``none`` is refused."""
     seed: int = 7
     timeout_s: float = 300.0
     """Per run: sagas not ended by then count as stuck."""
@@ -443,6 +447,9 @@ async def run_bench(options: BenchOptions, console: Console) -> BenchReport:
     )
     async with _servers(options, console) as servers:
         cluster = _BenchCluster(demo, servers.infra, console)
+        cluster.settings = cluster.settings.model_copy(
+            update={"events": EventSettings(publish=options.events)}
+        )
         topics = dict(Coordinator(cluster.settings, default_registry()).topic_plan())
         events = Topics(prefix).events
         ends = _SagaEnds(cluster.settings.kafka, events, topics[events])
@@ -457,6 +464,7 @@ async def run_bench(options: BenchOptions, console: Console) -> BenchReport:
                 orders=options.orders,
                 runs=options.runs,
                 warmup=options.warmup,
+                lifecycle_events=options.events.value,
                 fail_rate=options.fail_rate,
                 kafka=servers.kafka,
                 idempotent=servers.infra.idempotent,

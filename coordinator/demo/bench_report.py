@@ -247,6 +247,8 @@ class BenchReport:
     fsync: str
     """``SHOW fsync`` of the server the sagas ran on, as it answered."""
     synchronous_commit: str
+    lifecycle_events: str = "all"
+    """Which lifecycle events the coordinator published (``SAGA_EVENTS__PUBLISH``)."""
     levels: list[LevelReport] = field(default_factory=list)
     baselines: list[BaselineResult] = field(default_factory=list)
 
@@ -283,6 +285,7 @@ class BenchReport:
             "postgres": self.postgres,
             "fsync": self.fsync,
             "synchronous_commit": self.synchronous_commit,
+            "lifecycle_events": self.lifecycle_events,
             "ok": self.ok,
             "levels": [level.as_dict() for level in self.levels],
             "baseline": baseline,

@@ -93,6 +93,7 @@ def child_env(settings: Settings, metrics_port: int | None = None) -> dict[str, 
     env["SAGA_KAFKA__TOPIC_PREFIX"] = settings.kafka.topic_prefix
     env["SAGA_KAFKA__GROUP_ID"] = settings.kafka.group_id
     env["SAGA_DATABASE__URL"] = settings.database.url
+    env["SAGA_EVENTS__PUBLISH"] = settings.events.publish.value
     # The HTTP API on a free local port each: several coordinators may run side by side.
     env["SAGA_HTTP__HOST"] = "127.0.0.1"
     env["SAGA_HTTP__PORT"] = "0"

@@ -59,7 +59,11 @@ async def persist(
         instance = transition.instance
         history.extend((instance.saga_id, entry) for entry in transition.history)
         outbox.extend(command_message(topics, instance, c, now) for c in transition.commands)
-        outbox.extend(event_message(topics, instance, e, now) for e in transition.events)
+        outbox.extend(
+            event_message(topics, instance, e, now)
+            for e in transition.events
+            if store.lifecycle_events.includes(e.kind)
+        )
     outbox.extend(await end_notices(conn, topics, transitions, now))
     if history:
         await store.insert_history(conn, history, now)

@@ -23,6 +23,7 @@ from coordinator.core.errors import SagaConflictError
 from coordinator.core.state import (
     TERMINAL_STATUSES,
     HistoryEntry,
+    LifecyclePublishing,
     SagaInstance,
     SagaStatus,
     head_of,
@@ -382,8 +383,16 @@ _INSERT_OUTBOX = (
 class SagaStore:
     """Reads and writes saga instances, their history, the inbox and the outbox."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        lifecycle_events: LifecyclePublishing = LifecyclePublishing.ALL,
+    ) -> None:
         self._engine = engine
+        self.lifecycle_events = lifecycle_events
+        """Which lifecycle events :func:`~coordinator.store.persist.persist` writes to the
+        outbox."""
 
     @property
     def engine(self) -> AsyncEngine:

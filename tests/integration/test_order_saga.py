@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from sqlalchemy import text
 
-from coordinator.config import Settings
-from coordinator.core.state import SagaStatus
+from coordinator.config import EventSettings, Settings
+from coordinator.core.state import LifecyclePublishing, SagaStatus
 from coordinator.demo.runner import DemoCluster, DemoOptions, Infrastructure
 from coordinator.store.database import create_engine
 from saga_defs import OrderData
@@ -18,6 +18,7 @@ from service_sdk import DeadLetterHeader, Envelope, MessageKind, Outcome, Topics
 from tests.support.offsets import committed_to_end
 from tests.support.outbox import outbox_sent
 from tests.support.replies import participant_reply
+from tests.support.waiting import eventually
 
 ORDER = OrderData(
     order_id="o-1",
@@ -169,3 +170,43 @@ async def test_bad_replies_are_dead_lettered_and_the_consumer_moves_on(
         async with topic_reader(topics.commands("inventory")) as inventory:
             (command,) = await inventory.envelopes(1)
         assert command.saga_id == "after-bad"
+
+
+async def test_with_outcomes_only_the_start_and_the_end_are_published(
+    coordinator_settings: Settings,
+    running_coordinator: Any,
+    topic_reader: Any,
+    send_envelope: Any,
+) -> None:
+    settings = coordinator_settings.model_copy(
+        update={"events": EventSettings(publish=LifecyclePublishing.OUTCOMES)}
+    )
+    topics = Topics(settings.kafka.topic_prefix)
+    answers = [
+        ("inventory", {"reservation_id": "r-1"}),
+        ("payment", {"charge_id": "ch-1"}),
+        ("shipping", {"shipment_id": "sh-1"}),
+    ]
+    async with running_coordinator(settings) as coordinator:
+        saga_id = await coordinator.client.start("order", ORDER, saga_id="quiet")
+        for service, payload in answers:
+            async with topic_reader(topics.commands(service)) as commands:
+                (command,) = await commands.envelopes(1)
+            await send_envelope(topics.replies, participant_reply(command, payload=payload))
+        async with topic_reader(topics.events) as events:
+            published = await events.envelopes(2)
+            await eventually(lambda: _status_is(coordinator, saga_id, SagaStatus.COMPLETED))
+            await outbox_sent(coordinator.store)
+            published += await events.published()
+    assert [e.message_type for e in published] == ["saga.started", "saga.completed"]
+    # The history keeps every step: only what is published is less.
+    history = await _history(settings, saga_id)
+    assert [k for k, _ in history].count("step_succeeded") == 3
+
+
+async def _status_is(coordinator: Any, saga_id: str, status: SagaStatus) -> bool:
+    async with coordinator.store.engine.connect() as conn:
+        saga = await coordinator.store.select_saga(conn, saga_id)
+    assert saga is not None
+    assert saga.status is status, saga
+    return True

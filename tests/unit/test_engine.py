@@ -27,6 +27,7 @@ from coordinator.core.state import (
     DeadlineFired,
     HistoryKind,
     LifecycleKind,
+    LifecyclePublishing,
     OperatorAbort,
     OperatorRetry,
     OutgoingCommand,
@@ -1338,3 +1339,15 @@ def test_a_deadline_of_a_command_still_in_the_outbox_is_postponed() -> None:
     assert t.history[0].detail["waiting_for"] == "send"
     assert t.commands == ()
     assert t.instance.attempt == 1
+
+
+def test_lifecycle_publishing_outcomes_keeps_the_start_and_the_ends() -> None:
+    outcomes = {k for k in LifecycleKind if LifecyclePublishing.OUTCOMES.includes(k)}
+    assert outcomes == {
+        LifecycleKind.STARTED,
+        LifecycleKind.COMPLETED,
+        LifecycleKind.COMPENSATED,
+        LifecycleKind.FAILED,
+    }
+    assert all(LifecyclePublishing.ALL.includes(k) for k in LifecycleKind)
+    assert not any(LifecyclePublishing.NONE.includes(k) for k in LifecycleKind)
