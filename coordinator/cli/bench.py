@@ -275,6 +275,7 @@ def header(report: BenchReport) -> str:
         f"order saga, {report.orders} sagas per run, {report.runs} run(s) per level, "
         f"{report.fail_rate:.0%} declined, after {report.warmup} sagas of warm-up; median "
         "\\[min-max]\n"
+        f"Events:     {report.lifecycle_events} lifecycle events published\n"
         f"Kafka:      {report.kafka}\n"
         f"PostgreSQL: {report.postgres}, {durability}"
     )
