@@ -1,4 +1,4 @@
-"""The outbox relay: publishes committed outbox rows to Kafka, then marks them sent."""
+"""The outbox relay: publishes committed outbox rows to Kafka, deleting them as it goes."""
 
 from __future__ import annotations
 
@@ -114,23 +114,21 @@ class OutboxRelay:
         self._wake.set()
 
     async def publish_once(self) -> int:
-        """Claim, publish and mark sent up to one batch of rows; returns how many were claimed.
+        """Take, publish and delete up to one batch of rows; returns how many were taken.
 
         Rows Kafka can never take (too large, invalid topic) are dead-lettered, recorded in
-        their saga's history and marked sent, so they never hold back the rows behind them.
-        If other sends failed, the rows that did go out are marked sent and the first failure
-        is raised for the retry loop; a producer whose idempotence state the broker lost is
-        renewed first.
+        their saga's history and deleted like sent ones, so they never hold back the rows
+        behind them. If other sends failed, the rows that did go out stay deleted, the
+        others are put back, and the first failure is raised for the retry loop; a producer
+        whose idempotence state the broker lost is renewed first.
 
         Raises:
             Exception: Publishing or the database failed; unsent rows stay pending.
         """
         async with self._engine.begin() as conn:
-            # Taken and marked sent in one statement; what cannot be published is un-marked
+            # Taken (deleted) in one statement; what cannot be published is put back
             # before the commit.
-            rows = await self._store.take_outbox(
-                conn, limit=self._settings.batch_size, now=self._clock.now()
-            )
+            rows = await self._store.take_outbox(conn, limit=self._settings.batch_size)
             if not rows:
                 return 0
             started_ns = time.time_ns()
@@ -147,10 +145,10 @@ class OutboxRelay:
                 await self._set_aside(conn, unsendable)
             record_publishes(sent, start_ns=started_ns, end_ns=ended_ns)
             sent_at = self._clock.now()
-            await self._store.unmark_outbox_sent(
+            await self._store.restore_outbox(
                 conn,
                 [
-                    row.id
+                    row
                     for row, error in zip(rows, outcomes, strict=True)
                     if error is not None and not _unsendable(error)
                 ],

@@ -10,6 +10,7 @@ takes one statement per thousand.)
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -346,10 +347,11 @@ _outbox_rows = _unnest(
     ("message_ids", sa.Text),
 )
 _TAKE_OUTBOX = (
-    sa.update(outbox)
+    sa.delete(outbox)
     .where(
         outbox.c.id.in_(
             sa.select(outbox.c.id)
+            # Rows an older version marked sent (instead of deleting) wait for housekeeping.
             .where(outbox.c.sent_at.is_(None))
             .order_by(outbox.c.id)
             .limit(sa.bindparam("limit"))
@@ -358,8 +360,35 @@ _TAKE_OUTBOX = (
             .with_for_update(skip_locked=True)
         )
     )
-    .values(sent_at=sa.bindparam("now"))
     .returning(*outbox.c)
+)
+
+_restored = (
+    sa.func.jsonb_to_recordset(sa.bindparam("rows", type_=JSONB))
+    .table_valued(
+        sa.column("id", sa.BigInteger),
+        sa.column("saga_id", sa.Text),
+        sa.column("topic", sa.Text),
+        sa.column("key", sa.Text),
+        sa.column("value", sa.Text),
+        sa.column("headers", JSONB),
+        sa.column("message_id", sa.Text),
+        sa.column("created_at", outbox.c.created_at.type),
+    )
+    .render_derived(name="r", with_types=True)
+)
+_RESTORE_OUTBOX = sa.insert(outbox).from_select(
+    ["id", "saga_id", "topic", "key", "value", "headers", "message_id", "created_at"],
+    sa.select(
+        _restored.c.id,
+        _restored.c.saga_id,
+        _restored.c.topic,
+        sa.func.decode(_restored.c["key"], "base64"),
+        sa.func.decode(_restored.c["value"], "base64"),
+        _restored.c.headers,
+        _restored.c.message_id,
+        _restored.c.created_at,
+    ),
 )
 
 _INSERT_OUTBOX = (
@@ -665,66 +694,38 @@ class SagaStore:
         )
         return set((await conn.execute(stmt)).scalars().all())
 
-    async def claim_outbox(
-        self, conn: AsyncConnection, *, limit: int, ids: Sequence[int] | None = None
-    ) -> list[OutboxRecord]:
-        """Lock and return up to ``limit`` unsent rows in id order, optionally among ``ids``.
+    async def take_outbox(self, conn: AsyncConnection, *, limit: int) -> list[OutboxRecord]:
+        """Lock and delete up to ``limit`` unsent rows in one statement; returns them in id
+        order.
 
-        Rows locked by another transaction are skipped, not waited for.
+        For the relay, which publishes them before committing and puts back
+        (:meth:`restore_outbox`) those it could not publish. A published row is gone with
+        the commit: an insert and a delete per message, where marking it sent cost an update
+        (a new row version and index entries) and a later delete. Rows locked by another
+        transaction are skipped, not waited for.
         """
-        if ids is not None and not ids:
-            return []
-        stmt = (
-            sa.select(outbox)
-            .where(outbox.c.sent_at.is_(None))
-            .order_by(outbox.c.id)
-            .limit(limit)
-            # SKIP LOCKED: a sweep picks up what a crashed instance left, while two relays
-            # never hold (and so never publish) the same row at once.
-            .with_for_update(skip_locked=True)
-        )
-        if ids is not None:
-            stmt = stmt.where(outbox.c.id == sa.any_(_id_array("ids", ids)))
-        result = await conn.execute(stmt)
-        return [_outbox_from_row(row) for row in result.mappings()]
-
-    async def take_outbox(
-        self, conn: AsyncConnection, *, limit: int, now: datetime
-    ) -> list[OutboxRecord]:
-        """Lock up to ``limit`` unsent rows and mark them sent at ``now``, in one statement;
-        returns them in id order.
-
-        For the relay, which publishes them before committing, and un-marks
-        (:meth:`unmark_outbox_sent`) those it could not publish: one statement instead of a
-        claim and a mark, and no separate row-lock write. Rows locked by another transaction
-        are skipped, not waited for.
-        """
-        result = await conn.execute(_TAKE_OUTBOX, {"limit": limit, "now": _aware(now, "now")})
+        result = await conn.execute(_TAKE_OUTBOX, {"limit": limit})
         return sorted((_outbox_from_row(row) for row in result.mappings()), key=lambda r: r.id)
 
-    async def unmark_outbox_sent(self, conn: AsyncConnection, ids: Sequence[int]) -> None:
-        """Mark rows unsent again (taken by :meth:`take_outbox`, not published)."""
-        if not ids:
+    async def restore_outbox(self, conn: AsyncConnection, rows: Sequence[OutboxRecord]) -> None:
+        """Put rows taken by :meth:`take_outbox` back, unsent, with their ids (so their place
+        in the publishing order)."""
+        if not rows:
             return
-        stmt = (
-            sa.update(outbox)
-            .where(outbox.c.id == sa.any_(_id_array("ids", ids)))
-            .values(sent_at=None)
-        )
-        await conn.execute(stmt)
-
-    async def mark_outbox_sent(
-        self, conn: AsyncConnection, ids: Sequence[int], now: datetime
-    ) -> None:
-        """Mark rows as published."""
-        if not ids:
-            return
-        stmt = (
-            sa.update(outbox)
-            .where(outbox.c.id == sa.any_(_id_array("ids", ids)))
-            .values(sent_at=_aware(now, "now"))
-        )
-        await conn.execute(stmt)
+        values = [
+            {
+                "id": row.id,
+                "saga_id": row.saga_id,
+                "topic": row.topic,
+                "key": base64.b64encode(row.key).decode(),
+                "value": base64.b64encode(row.value).decode(),
+                "headers": row.headers,
+                "message_id": row.message_id,
+                "created_at": row.created_at.isoformat(),
+            }
+            for row in rows
+        ]
+        await conn.execute(_RESTORE_OUTBOX, {"rows": values})
 
     async def select_outbox_stats(self, conn: AsyncConnection, now: datetime) -> tuple[int, float]:
         """``(unsent rows, age in seconds of the oldest unsent row)``; the age is 0.0 if none."""

@@ -18,6 +18,7 @@ from coordinator.store.records import OutboxMessage
 from coordinator.store.saga_queries import SagaFilter, SagaQueries
 from coordinator.store.saga_store import SagaStore
 from coordinator.store.schema import inbox, outbox, saga_history, saga_instance
+from tests.support.outbox import mark_sent
 
 
 def _message(index: int) -> OutboxMessage:
@@ -35,12 +36,12 @@ async def test_a_sweep_deletes_only_what_outlived_its_retention(
     start = clock.now()
     async with db_engine.begin() as conn:
         old_ids = await store.insert_outbox(conn, [_message(i) for i in range(5)], start)
-        await store.mark_outbox_sent(conn, old_ids[:4], start)  # one old row is still unsent
+        await mark_sent(conn, old_ids[:4], start)  # one old row is still unsent
         await store.insert_inbox(conn, [(f"old-{i}", "s") for i in range(7)], start)
     clock.advance(timedelta(hours=2))
     async with db_engine.begin() as conn:
         new_ids = await store.insert_outbox(conn, [_message(i) for i in range(5, 8)], clock.now())
-        await store.mark_outbox_sent(conn, new_ids, clock.now())
+        await mark_sent(conn, new_ids, clock.now())
         await store.insert_inbox(conn, [("new", "s")], clock.now())
     settings = HousekeepingSettings(outbox_retention_s=3_600, inbox_retention_s=5_400, batch_size=2)
     result = await Housekeeper(store, clock, settings).sweep_once()

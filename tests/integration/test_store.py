@@ -23,6 +23,7 @@ from coordinator.store.migrate import upgrade_database
 from coordinator.store.records import HistoryRecord, OutboxMessage, OutboxRecord
 from coordinator.store.saga_store import SagaStore
 from coordinator.store.schema import outbox, saga_instance
+from tests.support.outbox import mark_sent
 
 T = TypeVar("T")
 
@@ -405,14 +406,16 @@ async def test_history_round_trips_in_order(store: SagaStore) -> None:
 # -- outbox ---------------------------------------------------------------------------------
 
 
-async def test_outbox_round_trip_claim_mark_and_stats(store: SagaStore) -> None:
+async def test_outbox_round_trip_take_restore_and_stats(store: SagaStore) -> None:
     messages = [message("s-1", 1), message("s-2", 1), message("s-1", 2)]
     ids = await in_tx(store, lambda c: store.insert_outbox(c, messages, NOW))
 
     assert ids == sorted(ids)
     assert len(set(ids)) == 3
-    claimed = await in_tx(store, lambda c: store.claim_outbox(c, limit=10))
-    assert claimed == [
+    assert await in_tx(
+        store, lambda c: store.select_outbox_stats(c, NOW + timedelta(seconds=7))
+    ) == (3, 7.0)
+    expected = [
         OutboxRecord(
             id=i,
             saga_id=m.saga_id,
@@ -425,22 +428,40 @@ async def test_outbox_round_trip_claim_mark_and_stats(store: SagaStore) -> None:
         )
         for i, m in zip(ids, messages, strict=True)
     ]
-    only = await in_tx(store, lambda c: store.claim_outbox(c, limit=10, ids=[ids[2], 999_999]))
-    assert [r.id for r in only] == [ids[2]]
-    assert await in_tx(store, lambda c: store.claim_outbox(c, limit=10, ids=[])) == []
-    assert await in_tx(
-        store, lambda c: store.select_outbox_stats(c, NOW + timedelta(seconds=7))
-    ) == (
-        3,
-        7.0,
-    )
-
-    await in_tx(store, lambda c: store.mark_outbox_sent(c, ids[:2], NOW + timedelta(seconds=1)))
-
-    assert [r.id for r in await in_tx(store, lambda c: store.claim_outbox(c, limit=10))] == [ids[2]]
-    assert await in_tx(store, lambda c: store.claim_outbox(c, limit=10, ids=ids[:2])) == []
-    await in_tx(store, lambda c: store.mark_outbox_sent(c, ids[2:], NOW + timedelta(seconds=2)))
+    async with store.engine.begin() as conn:
+        taken = await store.take_outbox(conn, limit=10)
+        # Two were published; the last one was not, and goes back as it was.
+        await store.restore_outbox(conn, taken[2:])
+    assert taken == expected
+    assert await in_tx(store, lambda c: store.select_outbox_stats(c, NOW)) == (1, 0.0)
+    assert await in_tx(store, lambda c: store.take_outbox(c, limit=10)) == expected[2:]
     assert await in_tx(store, lambda c: store.select_outbox_stats(c, NOW)) == (0, 0.0)
+    assert await in_tx(store, lambda c: store.take_outbox(c, limit=10)) == []
+
+
+async def test_restored_rows_keep_arbitrary_bytes_and_their_place(store: SagaStore) -> None:
+    odd = OutboxMessage(
+        saga_id="s", topic="t", key=bytes(range(256)), value=b"\x00\xff" * 100,
+        headers={"ce_id": "\u00e9\u2603"}, message_id="m",
+    )  # fmt: skip
+    ids = await in_tx(store, lambda c: store.insert_outbox(c, [odd, message("s", 2)], NOW))
+    async with store.engine.begin() as conn:
+        first = await store.take_outbox(conn, limit=1)
+        await store.restore_outbox(conn, first)
+    again = await in_tx(store, lambda c: store.take_outbox(c, limit=10))
+    assert [r.id for r in again] == ids
+    assert again[0] == first[0]
+
+
+async def test_rows_an_older_version_marked_sent_are_not_taken(
+    store: SagaStore, engine: AsyncEngine
+) -> None:
+    ids = await in_tx(
+        store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(3)], NOW)
+    )
+    async with engine.begin() as conn:
+        await mark_sent(conn, ids[:2], NOW)
+    assert [r.id for r in await in_tx(store, lambda c: store.take_outbox(c, limit=10))] == ids[2:]
 
 
 async def test_delete_sent_outbox_keeps_unsent_and_recent_rows(
@@ -449,8 +470,9 @@ async def test_delete_sent_outbox_keeps_unsent_and_recent_rows(
     ids = await in_tx(
         store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(6)], NOW)
     )
-    await in_tx(store, lambda c: store.mark_outbox_sent(c, ids[:3], NOW))
-    await in_tx(store, lambda c: store.mark_outbox_sent(c, ids[3:4], NOW + timedelta(hours=2)))
+    async with engine.begin() as conn:
+        await mark_sent(conn, ids[:3], NOW)
+        await mark_sent(conn, ids[3:4], NOW + timedelta(hours=2))
     cutoff = NOW + timedelta(hours=1)
 
     assert await in_tx(store, lambda c: store.delete_sent_outbox(c, cutoff, limit=2)) == 2
@@ -464,22 +486,7 @@ async def test_delete_sent_outbox_keeps_unsent_and_recent_rows(
     assert left == ids[3:]
 
 
-async def test_two_relays_never_claim_the_same_row(store: SagaStore) -> None:
-    ids = await in_tx(
-        store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(10)], NOW)
-    )
-
-    async with store.engine.begin() as first, store.engine.begin() as second:
-        a = await store.claim_outbox(first, limit=4)
-        b = await store.claim_outbox(second, limit=100)
-        c = await store.claim_outbox(second, limit=100, ids=[r.id for r in a])
-
-    assert [r.id for r in a] == ids[:4]
-    assert [r.id for r in b] == ids[4:]
-    assert c == []
-
-
-async def test_taking_rows_marks_them_sent_and_skips_those_another_relay_holds(
+async def test_taking_rows_skips_those_another_relay_holds(
     store: SagaStore,
 ) -> None:
     ids = await in_tx(
@@ -488,16 +495,16 @@ async def test_taking_rows_marks_them_sent_and_skips_those_another_relay_holds(
     later = NOW + timedelta(seconds=3)
 
     async with store.engine.begin() as first, store.engine.begin() as second:
-        a = await store.take_outbox(first, limit=4, now=later)
-        b = await store.take_outbox(second, limit=100, now=later)
-        await store.unmark_outbox_sent(first, [ids[1]])  # not published: pending again
+        a = await store.take_outbox(first, limit=4)
+        b = await store.take_outbox(second, limit=100)
+        await store.restore_outbox(first, a[1:2])  # not published: pending again
 
     assert [r.id for r in a] == ids[:4]
     assert [r.id for r in b] == ids[4:]
     assert await in_tx(store, lambda c: store.select_outbox_stats(c, later)) == (1, 3.0)
-    again = await in_tx(store, lambda c: store.take_outbox(c, limit=10, now=later))
+    again = await in_tx(store, lambda c: store.take_outbox(c, limit=10))
     assert [r.id for r in again] == [ids[1]]
-    assert await in_tx(store, lambda c: store.take_outbox(c, limit=10, now=later)) == []
+    assert await in_tx(store, lambda c: store.take_outbox(c, limit=10)) == []
 
 
 async def test_concurrent_relays_drain_the_outbox_exactly_once(store: SagaStore) -> None:
@@ -510,13 +517,11 @@ async def test_concurrent_relays_drain_the_outbox_exactly_once(store: SagaStore)
     async def relay() -> None:
         while True:
             async with store.engine.begin() as conn:
-                batch = await store.claim_outbox(conn, limit=7)
+                batch = await store.take_outbox(conn, limit=7)
                 if not batch:
                     return
-                ids = [r.id for r in batch]
-                published.append(ids)
+                published.append([r.id for r in batch])
                 await asyncio.sleep(0)  # let the other relays run while these rows are held
-                await store.mark_outbox_sent(conn, ids, NOW)
 
     await asyncio.gather(*(relay() for _ in range(4)))
 
@@ -560,8 +565,13 @@ async def _statements(
             ids.extend(await store.insert_outbox(conn, messages, NOW))
 
         await measure("insert_outbox", insert_outbox())
-        await measure("claim_outbox", store.claim_outbox(conn, limit=size, ids=ids))
-        await measure("mark_outbox_sent", store.mark_outbox_sent(conn, ids, NOW))
+        taken: list[OutboxRecord] = []
+
+        async def take_outbox() -> None:
+            taken.extend(await store.take_outbox(conn, limit=size))
+
+        await measure("take_outbox", take_outbox())
+        await measure("restore_outbox", store.restore_outbox(conn, taken))
     assert len(ids) == size
     return counts
 

@@ -8,12 +8,23 @@ the topic for a while and hoping that was long enough.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from coordinator.store.saga_store import SagaStore
+from coordinator.store.schema import outbox
 from tests.support.waiting import eventually
 
-__all__ = ["outbox_sent"]
+__all__ = ["mark_sent", "outbox_sent"]
+
+
+async def mark_sent(conn: AsyncConnection, ids: Sequence[int], at: datetime) -> None:
+    """Mark rows sent as versions before 0.2 did (they kept sent rows until housekeeping
+    deleted them; the relay now deletes what it publishes)."""
+    await conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(sent_at=at))
 
 
 async def outbox_sent(store: SagaStore) -> None:
