@@ -44,23 +44,38 @@ _DDL = (
     """,
 )
 
-_TAKE = text(
-    "UPDATE inventory.stock SET on_hand = on_hand - :quantity "
-    "WHERE sku = :sku AND on_hand >= :quantity"
-)
 _PUT_BACK = text("UPDATE inventory.stock SET on_hand = on_hand + :quantity WHERE sku = :sku")
-# A second reservation of the same order is counted, not refused: the SDK is what prevents
-# double execution, and the ledger check must be able to see it if it ever fails.
+# The whole reservation in one statement (one round trip, whatever the number of SKUs): the
+# stock rows are locked in SKU order (so concurrent orders cannot deadlock), taken where enough
+# is on hand, and the reservation is written only if every SKU was taken. A second
+# reservation of the same order is counted, not refused: the SDK is what prevents double
+# execution, and the ledger check must be able to see it if it ever fails.
 _RESERVE = text(
     """
-    INSERT INTO inventory.reservations (order_id, items, status)
-    VALUES (:order_id, :items, 'reserved')
-    ON CONFLICT (order_id) DO UPDATE
-    SET reserve_count = inventory.reservations.reserve_count + 1,
-        items = EXCLUDED.items,
-        status = 'reserved'
+    WITH wanted AS (
+        SELECT sku, quantity FROM jsonb_to_recordset(:wanted) AS w(sku text, quantity integer)
+    ), locked AS (
+        SELECT s.sku FROM inventory.stock s JOIN wanted w USING (sku)
+        ORDER BY s.sku FOR UPDATE OF s
+    ), taken AS (
+        UPDATE inventory.stock s SET on_hand = s.on_hand - w.quantity
+        FROM wanted w, locked l
+        WHERE s.sku = w.sku AND l.sku = w.sku AND s.on_hand >= w.quantity
+        RETURNING s.sku
+    ), reserved AS (
+        INSERT INTO inventory.reservations (order_id, items, status)
+        SELECT :order_id, :items, 'reserved'
+        WHERE (SELECT count(*) FROM taken) = (SELECT count(*) FROM wanted)
+        ON CONFLICT (order_id) DO UPDATE
+        SET reserve_count = inventory.reservations.reserve_count + 1,
+            items = EXCLUDED.items,
+            status = 'reserved'
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM reserved) AS reserved,
+           (SELECT min(w.sku) FROM wanted w WHERE w.sku NOT IN (SELECT sku FROM taken)) AS short
     """
-).bindparams(bindparam("items", type_=JSONB))
+).bindparams(bindparam("wanted", type_=JSONB), bindparam("items", type_=JSONB))
 _SELECT_RESERVATION = text(
     "SELECT items, status FROM inventory.reservations WHERE order_id = :order_id FOR UPDATE"
 ).columns(items=JSONB)
@@ -103,15 +118,18 @@ def _quantities(items: Iterable[OrderItem]) -> list[tuple[str, int]]:
 async def reserve_stock(cmd: ReserveStock, ctx: HandlerContext) -> StockReserved:
     """Take the order's items off the shelf; refuse if any SKU lacks stock."""
     await pace()
-    for sku, quantity in _quantities(cmd.items):
-        taken = await ctx.connection.execute(_TAKE, {"sku": sku, "quantity": quantity})
-        if taken.rowcount != 1:
-            # The SDK rolls back the SKUs already taken together with the handler's savepoint.
-            raise CommandRejected(
-                f"insufficient stock for {sku}", data={"sku": sku, "requested": quantity}
-            )
+    wanted = [{"sku": sku, "quantity": quantity} for sku, quantity in _quantities(cmd.items)]
     items = [item.model_dump(mode="json") for item in cmd.items]
-    await ctx.connection.execute(_RESERVE, {"order_id": cmd.order_id, "items": items})
+    result = await ctx.connection.execute(
+        _RESERVE, {"wanted": wanted, "items": items, "order_id": cmd.order_id}
+    )
+    row = result.one()
+    if not row.reserved:
+        # The SDK rolls back the SKUs already taken together with the handler's savepoint.
+        requested = dict(_quantities(cmd.items)).get(row.short)
+        raise CommandRejected(
+            f"insufficient stock for {row.short}", data={"sku": row.short, "requested": requested}
+        )
     return StockReserved(reservation_id=f"rsv-{cmd.order_id}")
 
 
