@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import NoReturn
 
 import typer
@@ -15,9 +16,29 @@ __all__ = [
     "database_error_message",
     "fail",
     "first_line",
+    "freeze_startup_heap",
     "registry_from",
     "settings_from",
 ]
+
+
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Allocations between two young collections of the cyclic collector (CPython: 700)."""
+
+
+def freeze_startup_heap() -> None:
+    """Tune the cyclic garbage collector for a long-running service; call once started up.
+
+    Everything alive now (modules, pydantic schemas, SQLAlchemy metadata) lives as long as the
+    process, so it is frozen out of every later collection, and young collections run less
+    often: most per-message objects die by reference counting and never need a cycle scan. In
+    a ``perf`` profile under ``saga bench`` the collector took about 9 % of the coordinator's
+    CPU before.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
 def settings_from(

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli.common import fail, registry_from, settings_from
+from coordinator.cli.common import fail, freeze_startup_heap, registry_from, settings_from
 from coordinator.cli.options import (
     BootstrapOpt,
     DatabaseOpt,
@@ -84,6 +84,7 @@ def run(
             finally:
                 await coordinator.stop()
 
+    freeze_startup_heap()
     asyncio.run(serve())
 
 
@@ -112,6 +113,7 @@ def participant(
     settings = settings_from(bootstrap_servers=bootstrap_servers, database_url=database_url)
     if metrics_port is not None:
         settings.metrics.port = metrics_port
+    freeze_startup_heap()
     asyncio.run(
         run_participant(name, settings, _stop_on_signals, handler_delay_s=handler_delay_ms / 1000)
     )
