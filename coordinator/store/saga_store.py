@@ -10,7 +10,6 @@ takes one statement per thousand.)
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -363,31 +362,27 @@ _TAKE_OUTBOX = (
     .returning(*outbox.c)
 )
 
-_restored = (
-    sa.func.jsonb_to_recordset(sa.bindparam("rows", type_=JSONB))
-    .table_valued(
-        sa.column("id", sa.BigInteger),
-        sa.column("saga_id", sa.Text),
-        sa.column("topic", sa.Text),
-        sa.column("key", sa.Text),
-        sa.column("value", sa.Text),
-        sa.column("headers", JSONB),
-        sa.column("message_id", sa.Text),
-        sa.column("created_at", outbox.c.created_at.type),
-    )
-    .render_derived(name="r", with_types=True)
+_restored_rows = _unnest(
+    ("ids", sa.BigInteger),
+    ("saga_ids", sa.Text),
+    ("topics", sa.Text),
+    ("keys", sa.LargeBinary),
+    ("values", sa.LargeBinary),
+    ("headers", sa.Text),
+    ("message_ids", sa.Text),
+    ("created_ats", outbox.c.created_at.type),
 )
 _RESTORE_OUTBOX = sa.insert(outbox).from_select(
     ["id", "saga_id", "topic", "key", "value", "headers", "message_id", "created_at"],
     sa.select(
-        _restored.c.id,
-        _restored.c.saga_id,
-        _restored.c.topic,
-        sa.func.decode(_restored.c["key"], "base64"),
-        sa.func.decode(_restored.c["value"], "base64"),
-        _restored.c.headers,
-        _restored.c.message_id,
-        _restored.c.created_at,
+        _restored_rows.c.ids,
+        _restored_rows.c.saga_ids,
+        _restored_rows.c.topics,
+        _restored_rows.c["keys"],
+        _restored_rows.c["values"],
+        sa.cast(_restored_rows.c.headers, JSONB),
+        _restored_rows.c.message_ids,
+        _restored_rows.c.created_ats,
     ),
 )
 
@@ -712,20 +707,19 @@ class SagaStore:
         in the publishing order)."""
         if not rows:
             return
-        values = [
+        await conn.execute(
+            _RESTORE_OUTBOX,
             {
-                "id": row.id,
-                "saga_id": row.saga_id,
-                "topic": row.topic,
-                "key": base64.b64encode(row.key).decode(),
-                "value": base64.b64encode(row.value).decode(),
-                "headers": row.headers,
-                "message_id": row.message_id,
-                "created_at": row.created_at.isoformat(),
-            }
-            for row in rows
-        ]
-        await conn.execute(_RESTORE_OUTBOX, {"rows": values})
+                "ids": [r.id for r in rows],
+                "saga_ids": [r.saga_id for r in rows],
+                "topics": [r.topic for r in rows],
+                "keys": [r.key for r in rows],
+                "values": [r.value for r in rows],
+                "headers": [json_dumps(r.headers) for r in rows],
+                "message_ids": [r.message_id for r in rows],
+                "created_ats": [r.created_at for r in rows],
+            },
+        )
 
     async def select_outbox_stats(self, conn: AsyncConnection, now: datetime) -> tuple[int, float]:
         """``(unsent rows, age in seconds of the oldest unsent row)``; the age is 0.0 if none."""
