@@ -436,6 +436,11 @@ async def _pingpong(
 
 async def run_bench(options: BenchOptions, console: Console) -> BenchReport:
     """Run every load level ``options.runs`` times (and the baseline once per round)."""
+    if options.events is LifecyclePublishing.NONE:
+        raise RuntimeError(
+            "the bench sees sagas end by their terminal events: it cannot run "
+            "with SAGA_EVENTS__PUBLISH=none"
+        )
     prefix = f"bench{os.urandom(3).hex()}."
     demo = DemoOptions(
         orders=options.orders,
