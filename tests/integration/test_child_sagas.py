@@ -13,8 +13,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from coordinator.app import Coordinator
 from coordinator.config import Settings
 from coordinator.core.state import (
@@ -25,7 +23,6 @@ from coordinator.core.state import (
     command_id_for,
 )
 from coordinator.store.persist import persist
-from coordinator.store.schema import outbox
 from service_sdk import Envelope, Outcome, Topics, decode_envelope
 from tests.support.offsets import committed_to_end
 from tests.support.outbox import outbox_sent
@@ -80,16 +77,12 @@ async def _status(coordinator: Coordinator, saga_id: str, status: SagaStatus) ->
     return await eventually(reached, what=f"{saga_id} {status.value}")
 
 
-async def _end_notices(coordinator: Coordinator, child_id: str) -> list[Envelope]:
-    """The replies the child's ends wrote to the outbox, oldest first."""
-    async with coordinator.store.engine.connect() as conn:
-        rows = await conn.execute(
-            sa.select(outbox.c.value)
-            .where(outbox.c.saga_id == child_id)
-            .where(outbox.c.topic == coordinator.topics.replies)
-            .order_by(outbox.c.id)
-        )
-        return [decode_envelope(row.value) for row in rows]
+async def _end_notices(coordinator: Coordinator, replies: Any, child_id: str) -> list[Envelope]:
+    """The replies the child's ends sent its parent (the command the parent awaits is the
+    child's id), oldest first, once everything written so far is published."""
+    await outbox_sent(coordinator.store)
+    envelopes = [decode_envelope(record.value) for record in await replies.published()]
+    return [e for e in envelopes if e.command_id == child_id]
 
 
 def _child_id(parent: str, step: str, *, compensation: bool = False) -> str:
@@ -108,6 +101,7 @@ async def test_a_child_that_completes_hands_its_data_to_the_parent(
         running_coordinator(coordinator_settings, booking_registry()) as coordinator,
         topic_reader(topics.commands("ledger")) as ledger_topic,
         topic_reader(topics.commands("points")) as points_topic,
+        topic_reader(topics.replies) as replies,
     ):
         ledger = Participant(ledger_topic, send_envelope, topics)
         points = Participant(points_topic, send_envelope, topics)
@@ -141,7 +135,7 @@ async def test_a_child_that_completes_hands_its_data_to_the_parent(
                 datetime.now(UTC),
                 registry=coordinator.registry,
             )
-        ends = await _end_notices(coordinator, child_id)
+        ends = await _end_notices(coordinator, replies, child_id)
         assert [(e.attempt, e.outcome, e.payload["points"]) for e in ends] == [
             (1, Outcome.SUCCESS, 25),
             (2, Outcome.SUCCESS, 25),
