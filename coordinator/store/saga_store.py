@@ -337,7 +337,8 @@ _INSERT_HISTORY = sa.insert(saga_history).from_select(
     ),
 )
 
-_outbox_rows = _unnest(
+# An outbox message as one array parameter per column (see _message_arrays).
+_MESSAGE_ARRAYS: tuple[tuple[str, Any], ...] = (
     ("saga_ids", sa.Text),
     ("topics", sa.Text),
     ("keys", sa.LargeBinary),
@@ -345,6 +346,34 @@ _outbox_rows = _unnest(
     ("headers", sa.Text),
     ("message_ids", sa.Text),
 )
+_MESSAGE_COLUMNS = ["saga_id", "topic", "key", "value", "headers", "message_id"]
+
+
+def _message_values(rows: Any) -> list[Any]:
+    """The :data:`_MESSAGE_COLUMNS` values of ``unnest`` rows made of :data:`_MESSAGE_ARRAYS`."""
+    return [
+        rows.c.saga_ids,
+        rows.c.topics,
+        rows.c["keys"],
+        rows.c["values"],
+        sa.cast(rows.c.headers, JSONB),
+        rows.c.message_ids,
+    ]
+
+
+def _message_arrays(messages: Sequence[OutboxMessage | OutboxRecord]) -> dict[str, list[Any]]:
+    """The :data:`_MESSAGE_ARRAYS` parameters of ``messages``."""
+    return {
+        "saga_ids": [m.saga_id for m in messages],
+        "topics": [m.topic for m in messages],
+        "keys": [m.key for m in messages],
+        "values": [m.value for m in messages],
+        "headers": [json_dumps(m.headers) for m in messages],
+        "message_ids": [m.message_id for m in messages],
+    }
+
+
+_outbox_rows = _unnest(*_MESSAGE_ARRAYS)
 _TAKE_OUTBOX = (
     sa.delete(outbox)
     .where(
@@ -363,41 +392,19 @@ _TAKE_OUTBOX = (
 )
 
 _restored_rows = _unnest(
-    ("ids", sa.BigInteger),
-    ("saga_ids", sa.Text),
-    ("topics", sa.Text),
-    ("keys", sa.LargeBinary),
-    ("values", sa.LargeBinary),
-    ("headers", sa.Text),
-    ("message_ids", sa.Text),
-    ("created_ats", outbox.c.created_at.type),
+    ("ids", sa.BigInteger), *_MESSAGE_ARRAYS, ("created_ats", outbox.c.created_at.type)
 )
 _RESTORE_OUTBOX = sa.insert(outbox).from_select(
-    ["id", "saga_id", "topic", "key", "value", "headers", "message_id", "created_at"],
-    sa.select(
-        _restored_rows.c.ids,
-        _restored_rows.c.saga_ids,
-        _restored_rows.c.topics,
-        _restored_rows.c["keys"],
-        _restored_rows.c["values"],
-        sa.cast(_restored_rows.c.headers, JSONB),
-        _restored_rows.c.message_ids,
-        _restored_rows.c.created_ats,
-    ),
+    ["id", *_MESSAGE_COLUMNS, "created_at"],
+    sa.select(_restored_rows.c.ids, *_message_values(_restored_rows), _restored_rows.c.created_ats),
 )
 
 _INSERT_OUTBOX = (
     sa.insert(outbox)
     .from_select(
-        ["saga_id", "topic", "key", "value", "headers", "message_id", "created_at"],
+        [*_MESSAGE_COLUMNS, "created_at"],
         sa.select(
-            _outbox_rows.c.saga_ids,
-            _outbox_rows.c.topics,
-            _outbox_rows.c["keys"],
-            _outbox_rows.c["values"],
-            sa.cast(_outbox_rows.c.headers, JSONB),
-            _outbox_rows.c.message_ids,
-            sa.bindparam("now", type_=outbox.c.created_at.type),
+            *_message_values(_outbox_rows), sa.bindparam("now", type_=outbox.c.created_at.type)
         ).order_by(_outbox_rows.c.ordinal),
     )
     .returning(outbox.c.id)
@@ -660,15 +667,7 @@ class SagaStore:
         _aware(now, "now")
         result = await conn.execute(
             _INSERT_OUTBOX,
-            {
-                "saga_ids": [m.saga_id for m in messages],
-                "topics": [m.topic for m in messages],
-                "keys": [m.key for m in messages],
-                "values": [m.value for m in messages],
-                "headers": [json_dumps(m.headers) for m in messages],
-                "message_ids": [m.message_id for m in messages],
-                "now": now,
-            },
+            {**_message_arrays(messages), "now": now},
         )
         # The rows are inserted in the order given (ORDER BY ordinal), and each draws its id
         # from the identity as it is inserted, so ascending ids are that order (RETURNING
@@ -711,12 +710,7 @@ class SagaStore:
             _RESTORE_OUTBOX,
             {
                 "ids": [r.id for r in rows],
-                "saga_ids": [r.saga_id for r in rows],
-                "topics": [r.topic for r in rows],
-                "keys": [r.key for r in rows],
-                "values": [r.value for r in rows],
-                "headers": [json_dumps(r.headers) for r in rows],
-                "message_ids": [r.message_id for r in rows],
+                **_message_arrays(rows),
                 "created_ats": [r.created_at for r in rows],
             },
         )

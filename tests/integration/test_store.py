@@ -58,6 +58,13 @@ def saga(saga_id: str, **changes: Any) -> SagaInstance:
     return dataclasses.replace(base, **changes)
 
 
+async def queue(store: SagaStore, count: int) -> list[int]:
+    """Ids of ``count`` outbox rows of saga ``s`` inserted (and committed) now."""
+    return await in_tx(
+        store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(count)], NOW)
+    )
+
+
 def message(saga_id: str, n: int) -> OutboxMessage:
     return OutboxMessage(
         saga_id=saga_id,
@@ -453,23 +460,10 @@ async def test_restored_rows_keep_arbitrary_bytes_and_their_place(store: SagaSto
     assert again[0] == first[0]
 
 
-async def test_rows_an_older_version_marked_sent_are_not_taken(
+async def test_rows_an_older_version_marked_sent_are_deleted_by_age_and_never_taken(
     store: SagaStore, engine: AsyncEngine
 ) -> None:
-    ids = await in_tx(
-        store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(3)], NOW)
-    )
-    async with engine.begin() as conn:
-        await mark_sent(conn, ids[:2], NOW)
-    assert [r.id for r in await in_tx(store, lambda c: store.take_outbox(c, limit=10))] == ids[2:]
-
-
-async def test_delete_sent_outbox_keeps_unsent_and_recent_rows(
-    store: SagaStore, engine: AsyncEngine
-) -> None:
-    ids = await in_tx(
-        store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(6)], NOW)
-    )
+    ids = await queue(store, 6)
     async with engine.begin() as conn:
         await mark_sent(conn, ids[:3], NOW)
         await mark_sent(conn, ids[3:4], NOW + timedelta(hours=2))
@@ -484,14 +478,14 @@ async def test_delete_sent_outbox_keeps_unsent_and_recent_rows(
             (await conn.execute(sa.select(outbox.c.id).order_by(outbox.c.id))).scalars()
         )
     assert left == ids[3:]
+    # The relay takes only the unsent rows; the one marked sent waits for its retention.
+    assert [r.id for r in await in_tx(store, lambda c: store.take_outbox(c, limit=10))] == ids[4:]
 
 
 async def test_taking_rows_skips_those_another_relay_holds(
     store: SagaStore,
 ) -> None:
-    ids = await in_tx(
-        store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(6)], NOW)
-    )
+    ids = await queue(store, 6)
     later = NOW + timedelta(seconds=3)
 
     async with store.engine.begin() as first, store.engine.begin() as second:
@@ -509,9 +503,7 @@ async def test_taking_rows_skips_those_another_relay_holds(
 
 async def test_concurrent_relays_drain_the_outbox_exactly_once(store: SagaStore) -> None:
     total = 300
-    await in_tx(
-        store, lambda c: store.insert_outbox(c, [message("s", n) for n in range(total)], NOW)
-    )
+    await queue(store, total)
     published: list[list[int]] = []
 
     async def relay() -> None:
