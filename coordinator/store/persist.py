@@ -47,11 +47,12 @@ async def persist(
     """
     history: list[tuple[str, HistoryEntry]] = []
     outbox: list[OutboxMessage] = []
-    if updated:
-        await store.update_sagas(conn, updated)
     if any(t.child_starts for t in transitions):
         if registry is None:
             raise SagaError("persisting a transition that starts a child saga needs the registry")
+        # The parents are saved first: a child is inserted only for a parent still as read.
+        await store.update_sagas(conn, updated)
+        updated = ()
         children = await start_children(store, conn, registry, topics, transitions, now)
         transitions = [*transitions, *children.transitions]
         outbox.extend(children.messages)
@@ -65,6 +66,4 @@ async def persist(
             if store.lifecycle_events.includes(e.kind)
         )
     outbox.extend(await end_notices(conn, topics, transitions, now))
-    if history:
-        await store.insert_history(conn, history, now)
-    return await store.insert_outbox(conn, outbox, now) if outbox else []
+    return await store.write_changes(conn, updated, history, outbox, now)

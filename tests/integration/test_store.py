@@ -255,6 +255,73 @@ async def test_update_sagas_rejects_the_same_saga_twice(store: SagaStore) -> Non
         await in_tx(store, lambda c: store.update_sagas(c, twice))
 
 
+async def test_write_changes_saves_appends_and_queues_in_one_statement(
+    store: SagaStore, engine: AsyncEngine
+) -> None:
+    await in_tx(store, lambda c: store.insert_sagas(c, [saga("s-1"), saga("s-2")]))
+    read = await in_tx(store, lambda c: store.select_sagas_for_update(c, ["s-1", "s-2"]))
+    history = [
+        ("s-1", HistoryEntry(HistoryKind.STEP_SUCCEEDED, step="a", detail={"n": 1})),
+        ("s-2", HistoryEntry(HistoryKind.COMMAND_SENT, step="b")),
+    ]
+    messages = [message("s-1", 1), message("s-2", 1), message("s-1", 2)]
+
+    with count_statements(engine) as statements:
+        ids = await in_tx(
+            store,
+            lambda c: store.write_changes(
+                c,
+                [dataclasses.replace(r, attempt=3) for r in read.values()],
+                history,
+                messages,
+                NOW,
+            ),
+        )
+
+    assert len(statements) == 1
+    assert ids == sorted(ids)
+    assert len(ids) == 3
+    after = await in_tx(store, lambda c: store.select_sagas_for_update(c, ["s-1", "s-2"]))
+    assert {(a.version, a.attempt) for a in after.values()} == {(2, 3)}
+    assert [
+        (h.kind, h.step) for h in await in_tx(store, lambda c: store.select_history(c, "s-1"))
+    ] == [("step_succeeded", "a")]
+    taken = await in_tx(store, lambda c: store.take_outbox(c, limit=10))
+    assert [(t.id, t.message_id) for t in taken] == [
+        (i, m.message_id) for i, m in zip(ids, messages, strict=True)
+    ]
+    # Each part alone, and none at all.
+    assert await in_tx(store, lambda c: store.write_changes(c, [], history[:1], [], NOW)) == []
+    assert len(await in_tx(store, lambda c: store.write_changes(c, [], [], messages[:1], NOW))) == 1
+    assert await in_tx(store, lambda c: store.write_changes(c, [], [], [], NOW)) == []
+
+
+async def test_write_changes_with_a_stale_version_keeps_nothing(store: SagaStore) -> None:
+    await in_tx(store, lambda c: store.insert_sagas(c, [saga("s-1"), saga("s-2")]))
+    read = await in_tx(store, lambda c: store.select_sagas_for_update(c, ["s-1", "s-2"]))
+    await in_tx(
+        store, lambda c: store.update_sagas(c, [dataclasses.replace(read["s-2"], attempt=5)])
+    )
+
+    with pytest.raises(SagaConflictError) as raised:
+        await in_tx(
+            store,
+            lambda c: store.write_changes(
+                c,
+                [dataclasses.replace(r, status=SagaStatus.FAILED) for r in read.values()],
+                [("s-1", HistoryEntry(HistoryKind.FAILED))],
+                [message("s-1", 1)],
+                NOW,
+            ),
+        )
+
+    assert raised.value.saga_id == "s-2"
+    after = await in_tx(store, lambda c: store.select_sagas_for_update(c, ["s-1", "s-2"]))
+    assert after["s-1"] == read["s-1"]
+    assert await in_tx(store, lambda c: store.select_history(c, "s-1")) == []
+    assert await in_tx(store, lambda c: store.take_outbox(c, limit=10)) == []
+
+
 async def test_select_sagas_filters_and_pages_newest_first(store: SagaStore) -> None:
     instances = [
         saga(
