@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import logging
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from aiokafka.errors import KafkaError
 
-from coordinator.cli.common import fail, first_line
+from coordinator.cli.common import fail, first_line, run_until_terminated
 from coordinator.cli.options import BootstrapOpt, DatabaseOpt, VerboseOpt
 
 if TYPE_CHECKING:
@@ -247,7 +246,7 @@ def _run(options: BenchOptions, as_json: bool) -> BenchReport:
 
     console = Console(stderr=as_json)
     try:
-        report = asyncio.run(run_bench(options, console))
+        report = run_until_terminated(run_bench(options, console))
     except KafkaError as exc:
         fail(f"kafka: {first_line(exc)}")
     except DevStackError as exc:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
-from typing import NoReturn
+import signal
+import threading
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
@@ -18,8 +22,11 @@ __all__ = [
     "first_line",
     "freeze_startup_heap",
     "registry_from",
+    "run_until_terminated",
     "settings_from",
 ]
+
+T = TypeVar("T")
 
 
 YOUNG_COLLECTION_THRESHOLD = 10_000
@@ -89,3 +96,32 @@ def registry_from(settings: Settings) -> SagaRegistry:
         return registry.pinned(settings.start_versions)
     except SagaDefinitionError as exc:
         fail(f"{exc} [env SAGA_START_VERSIONS]")
+
+
+def run_until_terminated(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where SIGTERM does what Ctrl-C does: ``main`` is cancelled, so
+    its cleanup runs (the processes and servers it started are stopped) before the command
+    exits with code 143. Further SIGTERMs during the cleanup are ignored.
+
+    For commands that start child processes (``saga bench``, ``saga demo``): left to the
+    default action, a SIGTERM (a CI timeout, ``kill``) ended them at once and left their
+    children running.
+    """
+
+    async def guarded() -> T:
+        if threading.current_thread() is not threading.main_thread():
+            return await main  # signals reach the main thread only (e.g. under CliRunner)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # called from a coroutine run by asyncio.run
+        loop.add_signal_handler(signal.SIGTERM, lambda: task.cancelling() or task.cancel())
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        # SystemExit, not typer.Exit: that is a RuntimeError, which callers turn into errors.
+        raise SystemExit(128 + signal.SIGTERM) from None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from aiokafka.errors import KafkaError
 
-from coordinator.cli.common import fail, first_line
+from coordinator.cli.common import fail, first_line, run_until_terminated
 from coordinator.cli.options import BootstrapOpt, DatabaseOpt, VerboseOpt
 from coordinator.config import Settings
 
@@ -120,7 +120,7 @@ def demo(
         return await run(keep=(port, token, stop))
 
     try:
-        summary = asyncio.run(work())
+        summary = run_until_terminated(work())
     except KafkaError as exc:
         fail(f"kafka: {first_line(exc)}")
     if as_json:

@@ -4,7 +4,11 @@ bare pipeline beside it, the JSON report and the plot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,3 +68,56 @@ async def test_a_small_closed_loop_reports_every_figure_and_a_correct_ledger(
         level["sagas_per_s"]["median"] / baseline["sagas_per_s"]["median"], rel=0.01
     )
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``."""
+    found: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The field after the command (which may hold spaces) is the state, then ppid.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError, IndexError):
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+@pytest.mark.timeout(240)
+async def test_sigterm_stops_the_bench_and_every_process_it_started(
+    kafka: KafkaService, database_url: str, tmp_path: Path
+) -> None:
+    args = ["-m", "coordinator", "bench", "--kafka", "external"]
+    args += ["--bootstrap-servers", kafka.bootstrap_servers, "--database-url", database_url]
+    args += ["--orders", "100000", "--window", "5", "--runs", "1", "--warmup", "0"]
+    env = {
+        **os.environ,
+        "SAGA_KAFKA__IDEMPOTENT": "true" if kafka.supports_idempotence else "false",
+    }
+    log = tmp_path / "bench.log"
+    with log.open("wb") as out:
+        bench = await asyncio.create_subprocess_exec(
+            sys.executable, *args, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env
+        )
+    try:
+        # Running: the coordinator and the three participants are up and sagas are ending.
+        while "sagas ended" not in log.read_text(errors="replace"):
+            assert bench.returncode is None, log.read_text(errors="replace")
+            await asyncio.sleep(0.2)
+        started = _children(bench.pid)
+        assert len(started) >= len(CHILDREN), log.read_text(errors="replace")
+
+        bench.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bench.wait(), timeout=120)
+    finally:
+        if bench.returncode is None:
+            bench.kill()
+            await bench.wait()
+
+    assert code == 128 + signal.SIGTERM, log.read_text(errors="replace")
+    assert [pid for pid in started if _alive(pid)] == []
