@@ -448,7 +448,7 @@ def _write_statement(updates: bool, history: bool, messages: bool) -> Any:
     and ``(NULL, id)`` per outbox row inserted.
 
     Data-modifying CTEs all run, referenced or not, and the statement is atomic: one round
-    trip where three took three (each a wake-up of the server and of this process).
+    trip instead of three (each a wake-up of the server and of this process).
     """
     parts: list[Any] = []
     ctes: list[Any] = []

@@ -212,15 +212,21 @@ async def test_update_sagas_saves_state_and_bumps_version(
     assert completed_at == {"s-1": later, "s-2": None}
 
 
-async def test_update_sagas_with_stale_version_raises_and_changes_nothing(
-    store: SagaStore,
-) -> None:
+async def read_then_changed_elsewhere(store: SagaStore) -> dict[str, SagaInstance]:
+    """Sagas s-1 and s-2 as read, after which another writer (say, the partition's previous
+    owner) saved s-2."""
     await in_tx(store, lambda c: store.insert_sagas(c, [saga("s-1"), saga("s-2")]))
     read = await in_tx(store, lambda c: store.select_sagas_for_update(c, ["s-1", "s-2"]))
-    # Another writer (say, the partition's previous owner) saves s-2 first.
     await in_tx(
         store, lambda c: store.update_sagas(c, [dataclasses.replace(read["s-2"], attempt=5)])
     )
+    return read
+
+
+async def test_update_sagas_with_stale_version_raises_and_changes_nothing(
+    store: SagaStore,
+) -> None:
+    read = await read_then_changed_elsewhere(store)
 
     with pytest.raises(SagaConflictError) as raised:
         await in_tx(
@@ -291,17 +297,15 @@ async def test_write_changes_saves_appends_and_queues_in_one_statement(
         (i, m.message_id) for i, m in zip(ids, messages, strict=True)
     ]
     # Each part alone, and none at all.
+    updated = dataclasses.replace(after["s-1"], attempt=4)
+    assert await in_tx(store, lambda c: store.write_changes(c, [updated], [], [], NOW)) == []
     assert await in_tx(store, lambda c: store.write_changes(c, [], history[:1], [], NOW)) == []
     assert len(await in_tx(store, lambda c: store.write_changes(c, [], [], messages[:1], NOW))) == 1
     assert await in_tx(store, lambda c: store.write_changes(c, [], [], [], NOW)) == []
 
 
 async def test_write_changes_with_a_stale_version_keeps_nothing(store: SagaStore) -> None:
-    await in_tx(store, lambda c: store.insert_sagas(c, [saga("s-1"), saga("s-2")]))
-    read = await in_tx(store, lambda c: store.select_sagas_for_update(c, ["s-1", "s-2"]))
-    await in_tx(
-        store, lambda c: store.update_sagas(c, [dataclasses.replace(read["s-2"], attempt=5)])
-    )
+    read = await read_then_changed_elsewhere(store)
 
     with pytest.raises(SagaConflictError) as raised:
         await in_tx(
