@@ -112,24 +112,19 @@ class Coordinator:
 
     def _after_commit(self, outcome: BatchOutcome) -> None:
         self.metrics.observe_batch(outcome)
-        if outcome.outbox_ids:
-            self.relay.wake()
         if any(t.instance.is_terminal for _, t in outcome.transitions):
             self.admitter.wake()  # capacity freed up
 
     def _after_deadlines(self, transitions: list[Transition]) -> None:
         self.metrics.observe_deadlines(transitions)
-        self.relay.wake()
         if any(t.instance.is_terminal for t in transitions):
             self.admitter.wake()
 
     def _after_admission(self, transitions: list[Transition]) -> None:
         self.metrics.observe_deadlines(transitions)
-        self.relay.wake()
 
     def _after_schedule(self, transitions: list[Transition]) -> None:
         self.metrics.observe_deadlines(transitions)
-        self.relay.wake()
         self.admitter.wake()  # a start beyond the caps waits QUEUED
 
     def scheduled(self) -> tuple[ScheduledSaga, ...]:
@@ -184,7 +179,7 @@ class Coordinator:
             self.registry,
             dead_letter_topics=(self.topics.replies, self.topics.requests, self.topics.signals),
         )
-        # The relay's commits only mark rows sent: no WAL flush to wait for (see OutboxRelay).
+        # The relay's commits only delete published rows: no WAL flush to wait for (see OutboxRelay).
         self._relay_engine = create_engine(
             settings.database.url, pool_size=1, pre_ping=False, synchronous_commit=False
         )
@@ -196,6 +191,8 @@ class Coordinator:
             on_published=self.metrics.relay_published,
             engine=self._relay_engine,
         )
+        # What the coordinator's own transactions write is published from memory.
+        self.store.on_committed = self.relay.hand_over
         self.processor = BatchProcessor(
             self.store,
             self.registry,
@@ -219,7 +216,7 @@ class Coordinator:
             settings.kafka,
             on_commit=self._after_deadlines,
         )
-        self.client = SagaClient(self.processor, self.relay)
+        self.client = SagaClient(self.processor)
         self.operator = OperatorActions(
             self.store, self.registry, self.topics, self.clock, on_commit=self.relay.wake
         )

@@ -8,7 +8,8 @@ history (``operator_action``, with actor and reason) and refuses actions that do
 Publishing: inside a coordinator process, ``on_commit`` wakes the outbox relay, so the
 commands go out at once. From another process (the ``saga`` CLI) nothing is published here:
 the running coordinators' periodic outbox sweep (``relay.sweep_interval_s``, 1 s by default)
-publishes the rows, so a command follows an operator action within about a second.
+publishes a row once it has seen it pending at the sweep before, so a command follows an
+operator action within about two seconds.
 """
 
 from __future__ import annotations

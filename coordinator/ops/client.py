@@ -14,7 +14,6 @@ from coordinator.core.errors import (
     SagaError,
     UnknownSagaTypeError,
 )
-from coordinator.runtime.outbox import OutboxRelay
 from coordinator.runtime.processor import BatchProcessor
 from service_sdk.contract import DeadLetterReason, Envelope, MessageKind
 
@@ -49,9 +48,8 @@ def start_request(
 class SagaClient:
     """Starts sagas directly through the coordinator's processor (same transaction rules)."""
 
-    def __init__(self, processor: BatchProcessor, relay: OutboxRelay | None = None) -> None:
+    def __init__(self, processor: BatchProcessor) -> None:
         self._processor = processor
-        self._relay = relay
 
     async def start(
         self,
@@ -79,6 +77,4 @@ class SagaClient:
             if isinstance(rejection.error, InvalidSagaDataError):
                 raise rejection.error
             raise SagaError(str(rejection.error), saga_id=envelope.saga_id)
-        if outcome.outbox_ids and self._relay is not None:
-            self._relay.wake()
         return envelope.saga_id

@@ -70,7 +70,7 @@ class Admitter:
         """Admit what fits, up to one batch; returns how many sagas were admitted."""
         now = self._clock.now()
         transitions: list[Transition] = []
-        async with self._store.engine.begin() as conn:
+        async with self._store.transaction() as conn:
             # Counted before the lock too: woken after most batches, it usually finds no
             # queue, and then need not make the other coordinators' admissions wait.
             backlog = await self._queries.count_queued(conn)

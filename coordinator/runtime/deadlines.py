@@ -79,7 +79,7 @@ class DeadlineScanner:
         started_ns = time.time_ns()
         transitions: list[Transition] = []
         befores: list[SagaInstance] = []
-        async with self._store.engine.begin() as conn:
+        async with self._store.transaction() as conn:
             due = await self._store.claim_due_deadlines(
                 conn, now, self._settings.batch_size, versions=self._registry.keys()
             )

@@ -112,7 +112,7 @@ class HeartbeatListener:
             (p.saga_id, p.step, p.command_id): p for beat in beats for p in beat.in_progress
         }
         transitions: list[Transition] = []
-        async with self._store.engine.begin() as conn:
+        async with self._store.transaction() as conn:
             await self._heartbeats.upsert(conn, [(b.service, b.instance) for b in beats], now)
             saga_ids = {saga_id for saga_id, _, _ in reported}
             current = await self._store.select_sagas_for_update(conn, saga_ids) if saga_ids else {}

@@ -65,13 +65,19 @@ class _OutboxAsRecord:
 
 
 class OutboxRelay:
-    """Publishes outbox rows in id order (so each saga's messages keep their order).
+    """Publishes committed outbox rows, each saga's messages in the order they were written.
 
-    Woken in-process right after a transaction commits, so the happy path has no polling
-    delay; a periodic sweep publishes what a crashed instance left behind. Rows are claimed
-    with ``FOR UPDATE SKIP LOCKED`` so concurrent relays never publish the same row at once.
-    A crash between publishing and marking sent publishes a row twice: participants
-    de-duplicate by command id.
+    The rows a coordinator transaction wrote are handed over once it commits
+    (:meth:`hand_over`, from :meth:`SagaStore.transaction`) and published from memory: sent,
+    acknowledged, then deleted by id, with no read back and no transaction held open while
+    Kafka answers. The table is read only for what memory does not hold: rows whose send
+    failed (taken back by id, so in id order), rows another process wrote (:meth:`wake`),
+    and a periodic sweep for what a crashed instance left. The sweep takes only rows that
+    were already there at the sweep before (ids up to the highest id seen then), so it
+    leaves alone the rows another running coordinator is publishing from memory. Taken rows
+    are claimed with ``FOR UPDATE SKIP LOCKED`` so concurrent relays never publish the same
+    row at once. A crash between publishing and deleting publishes a row twice: receivers
+    de-duplicate (participants by command id).
     """
 
     def __init__(
@@ -86,10 +92,10 @@ class OutboxRelay:
     ) -> None:
         """
         Args:
-            engine: The relay's own pool (the store's when None). Its commits only mark rows
-                sent, so the coordinator gives it one with ``synchronous_commit`` off: a mark
-                lost in a database crash publishes the row again, which receivers
-                de-duplicate, and the relay never waits for a WAL flush.
+            engine: The relay's own pool (the store's when None). Its commits only delete
+                published rows, so the coordinator gives it one with ``synchronous_commit``
+                off: a delete lost in a database crash publishes the row again, which
+                receivers de-duplicate, and the relay never waits for a WAL flush.
         """
         self._store = store
         self._engine = engine if engine is not None else store.engine
@@ -103,17 +109,155 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._retry_log = RetryLog(logger, "outbox relay", level=logging.ERROR, exc_info=True)
         self._published = 0
+        self._handed: list[OutboxRecord] = []
+        """Committed rows to publish from memory, in id order."""
+        self._owed: set[int] = set()
+        """Ids of this instance's committed rows whose send failed: taken from the table."""
+        self._unconfirmed: list[int] = []
+        """Ids of rows published from memory and not yet deleted."""
+        self._take_requested = True  # at start: whatever an earlier run left
+        self._ceiling = 0
+        """The highest row id the last sweep saw: the next sweep takes rows up to it."""
 
     @property
     def published(self) -> int:
         """Rows published since start."""
         return self._published
 
-    def wake(self) -> None:
-        """Ask the relay to publish now (called after a commit that wrote outbox rows)."""
+    def hand_over(self, rows: Sequence[OutboxRecord]) -> None:
+        """Publish these committed rows (called once the transaction that wrote them
+        committed)."""
+        self._handed.extend(rows)
         self._wake.set()
 
-    async def publish_once(self) -> int:
+    def wake(self) -> None:
+        """Ask the relay to take every pending row from the table now (for rows written
+        without :meth:`hand_over`, e.g. by another process)."""
+        self._take_requested = True
+        self._wake.set()
+
+    async def drain(self) -> int:
+        """Publish what was handed over, what failed, and what was asked for by
+        :meth:`wake`; returns how many rows were published or set aside.
+
+        Raises:
+            Exception: Publishing or the database failed; unsent rows stay pending.
+        """
+        return await self._counted(sweep=False)
+
+    async def sweep(self) -> int:
+        """:meth:`drain`, and take the rows that were pending at the sweep before this one
+        (left by a crashed instance or written by another process); returns how many rows
+        were published or set aside.
+
+        Raises:
+            Exception: Publishing or the database failed; unsent rows stay pending.
+        """
+        return await self._counted(sweep=True)
+
+    async def _counted(self, *, sweep: bool) -> int:
+        before = self._published + self.set_aside
+        await self._work(sweep=sweep)
+        return self._published + self.set_aside - before
+
+    async def run(self) -> None:
+        """Publish on every hand-over or wake-up and sweep periodically, until :meth:`stop`."""
+        interval = self._settings.sweep_interval_s
+        next_sweep = time.monotonic() + interval
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - time.monotonic()))
+            self._wake.clear()
+            # Swept on time even while hand-overs keep the relay awake.
+            sweep = time.monotonic() >= next_sweep
+            if sweep:
+                next_sweep = time.monotonic() + interval
+            try:
+                await call_with_retries(
+                    self.sweep if sweep else self.drain,
+                    _RELAY_RETRIES,
+                    on_retry=self._retry_log,
+                    stop=self._stopping,
+                )
+            except Exception:
+                if not self._stopping.is_set():
+                    raise  # not reached: every failure is retried until stop
+                # Stopping: the last drain below publishes what it can, or fails visibly.
+        await self.drain()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to publish what is pending and return."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def _work(self, *, sweep: bool) -> None:
+        """One round: confirm, publish from memory, then take from the table if needed."""
+        await self._confirm()
+        while self._handed and not self._owed:
+            rows, self._handed = self._handed, []
+            await self._publish_from_memory(rows)
+        if self._owed:
+            # A send failed: every later row goes through the table too, so the failed one
+            # goes out before them.
+            self._owed.update(row.id for row in self._handed)
+            self._handed = []
+        if self._owed or self._take_requested or sweep:
+            await self._drain_table(sweep=sweep)
+
+    async def _publish_from_memory(self, rows: Sequence[OutboxRecord]) -> None:
+        """Send ``rows``, then delete those Kafka acknowledged; the others become owed.
+
+        Raises:
+            Exception: The first send that failed for a reason that may pass (after the
+                acknowledged rows are deleted).
+        """
+        started_ns = time.time_ns()
+        try:
+            outcomes = await self._send(rows)
+        except BaseException:
+            self._owed.update(row.id for row in rows)  # which went out is unknown: all again
+            raise
+        ended_ns = time.time_ns()
+        sent = [row for row, error in zip(rows, outcomes, strict=True) if error is None]
+        self._owed.update(row.id for row, error in zip(rows, outcomes, strict=True) if error)
+        self._unconfirmed.extend(row.id for row in sent)
+        self._count_published(sent, started_ns, ended_ns)
+        await self._confirm()
+        # A row Kafka can never take is set aside when the table drain takes it back.
+        failed = [e for e in outcomes if e is not None and not _unsendable(e)]
+        if failed:
+            raise failed[0]  # a producer that lost its state is renewed by the next send
+
+    async def _confirm(self) -> None:
+        """Delete the rows published from memory."""
+        if not self._unconfirmed:
+            return
+        async with self._engine.begin() as conn:
+            await self._store.delete_outbox(conn, self._unconfirmed)
+        self._unconfirmed = []
+
+    async def _drain_table(self, *, sweep: bool) -> None:
+        """Take and publish owed rows, every row if a take was requested, and on a sweep the
+        rows the last sweep saw."""
+        requested, self._take_requested = self._take_requested, False
+        try:
+            ceiling = None if requested else self._ceiling
+            seen = await self._highest_id() if sweep else None
+            while await self._take_once(ceiling) == self._settings.batch_size:
+                pass
+        except BaseException:
+            self._take_requested = self._take_requested or requested
+            raise
+        # Every owed row still pending was taken (a row another relay held, it published).
+        self._owed.clear()
+        if seen is not None:
+            self._ceiling = seen
+
+    async def _highest_id(self) -> int:
+        async with self._engine.connect() as conn:
+            return await self._store.highest_outbox_id(conn)
+
+    async def _take_once(self, ceiling: int | None) -> int:
         """Take, publish and delete up to one batch of rows; returns how many were taken.
 
         Rows Kafka can never take (too large, invalid topic) are dead-lettered, recorded in
@@ -128,9 +272,15 @@ class OutboxRelay:
         async with self._engine.begin() as conn:
             # Taken (deleted) in one statement; what cannot be published is put back
             # before the commit.
-            rows = await self._store.take_outbox(conn, limit=self._settings.batch_size)
+            rows = await self._store.take_outbox(
+                conn, limit=self._settings.batch_size, ceiling=ceiling, owed=self._owed
+            )
             if not rows:
                 return 0
+            if self._handed:
+                # Handed over while this take ran: published here already.
+                taken = {row.id for row in rows}
+                self._handed = [row for row in self._handed if row.id not in taken]
             started_ns = time.time_ns()
             outcomes = await self._send(rows)
             ended_ns = time.time_ns()
@@ -143,8 +293,6 @@ class OutboxRelay:
             failed = [error for error in outcomes if error is not None and not _unsendable(error)]
             if unsendable:
                 await self._set_aside(conn, unsendable)
-            record_publishes(sent, start_ns=started_ns, end_ns=ended_ns)
-            sent_at = self._clock.now()
             await self._store.restore_outbox(
                 conn,
                 [
@@ -153,12 +301,18 @@ class OutboxRelay:
                     if error is not None and not _unsendable(error)
                 ],
             )
-        self._published += len(sent)
-        if sent and self._on_published is not None:
-            self._on_published(sent, (ended_ns - started_ns) / 1e9, sent_at)
+        self._count_published(sent, started_ns, ended_ns)
         if failed:
             raise failed[0]  # a producer that lost its state is renewed by the next send
         return len(rows)
+
+    def _count_published(self, sent: Sequence[OutboxRecord], start_ns: int, end_ns: int) -> None:
+        if not sent:
+            return
+        record_publishes(sent, start_ns=start_ns, end_ns=end_ns)
+        self._published += len(sent)
+        if self._on_published is not None:
+            self._on_published(sent, (end_ns - start_ns) / 1e9, self._clock.now())
 
     async def _send(self, rows: Sequence[OutboxRecord]) -> list[Exception | None]:
         """Send every row (in id order) and wait for the acks; each row's error or None."""
@@ -224,33 +378,3 @@ class OutboxRelay:
             self._clock.now(),
         )
         self.set_aside += len(unsendable)
-
-    async def drain(self) -> int:
-        """Publish until nothing is pending; returns how many rows were published."""
-        total = 0
-        while True:
-            count = await self.publish_once()
-            total += count
-            if count < self._settings.batch_size:
-                return total
-
-    async def run(self) -> None:
-        """Publish on every wake-up and sweep periodically, until :meth:`stop`."""
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.sweep_interval_s)
-            self._wake.clear()
-            try:
-                await call_with_retries(
-                    self.drain, _RELAY_RETRIES, on_retry=self._retry_log, stop=self._stopping
-                )
-            except Exception:
-                if not self._stopping.is_set():
-                    raise  # not reached: every failure is retried until stop
-                # Stopping: the last drain below publishes what it can, or fails visibly.
-        await self.drain()
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to publish what is pending and return."""
-        self._stopping.set()
-        self._wake.set()

@@ -165,7 +165,7 @@ class BatchProcessor:
         # Starts are decided before the transaction: the engine is pure and a bad start
         # (invalid data) must not take a lock or an inbox row.
         starts = self._decide_starts(candidates, now, outcome)
-        async with self._store.engine.begin() as conn:
+        async with self._store.transaction() as conn:
             current = await self._lock_sagas(conn, candidates)
             # A reply for a saga of a version not loaded here is kept, not applied (parking).
             candidates = await self._parking.park_unloaded(conn, candidates, current, now, outcome)

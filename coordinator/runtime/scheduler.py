@@ -127,7 +127,7 @@ class Scheduler:
         now = self._clock.now()
         if self._next_due is not None and now < self._next_due:
             return done  # a nightly schedule costs no transaction a second
-        async with self._store.engine.begin() as conn:
+        async with self._store.transaction() as conn:
             claimed = await self._schedules.claim_schedules(conn, self._by_name)
             for record in claimed:
                 await self._fire(conn, record, now, done)

@@ -10,7 +10,8 @@ takes one statement per thousand.)
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -374,6 +375,7 @@ def _message_arrays(messages: Sequence[OutboxMessage | OutboxRecord]) -> dict[st
 
 
 _outbox_rows = _unnest(*_MESSAGE_ARRAYS)
+_NO_CEILING = 2**63 - 1
 _TAKE_OUTBOX = (
     sa.delete(outbox)
     .where(
@@ -381,6 +383,12 @@ _TAKE_OUTBOX = (
             sa.select(outbox.c.id)
             # Rows an older version marked sent (instead of deleting) wait for housekeeping.
             .where(outbox.c.sent_at.is_(None))
+            .where(
+                sa.or_(
+                    outbox.c.id <= sa.bindparam("ceiling", type_=sa.BigInteger),
+                    outbox.c.id == sa.any_(sa.bindparam("owed", type_=ARRAY(sa.BigInteger))),
+                )
+            )
             .order_by(outbox.c.id)
             .limit(sa.bindparam("limit"))
             # SKIP LOCKED: a sweep picks up what a crashed instance left, while two relays
@@ -390,6 +398,11 @@ _TAKE_OUTBOX = (
     )
     .returning(*outbox.c)
 )
+
+_DELETE_OUTBOX = sa.delete(outbox).where(
+    outbox.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)))
+)
+_HIGHEST_OUTBOX_ID = sa.select(sa.func.max(outbox.c.id))
 
 _restored_rows = _unnest(
     ("ids", sa.BigInteger), *_MESSAGE_ARRAYS, ("created_ats", outbox.c.created_at.type)
@@ -498,11 +511,32 @@ class SagaStore:
         self.lifecycle_events = lifecycle_events
         """Which lifecycle events :func:`~coordinator.store.persist.persist` writes to the
         outbox."""
+        self.on_committed: Callable[[list[OutboxRecord]], None] | None = None
+        """Receives the outbox rows a :meth:`transaction` wrote, once it has committed (the
+        relay publishes them from memory instead of reading them back)."""
+        self._written: dict[AsyncConnection, list[OutboxRecord]] = {}
 
     @property
     def engine(self) -> AsyncEngine:
         """The engine callers open their transactions on."""
         return self._engine
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """``engine.begin()`` whose outbox rows go to :attr:`on_committed` once it commits.
+
+        Nothing is handed over if the transaction rolls back or its commit fails; rows of a
+        commit that failed ambiguously (and did happen) wait for the relay's sweep.
+        """
+        written: list[OutboxRecord] = []
+        async with self._engine.begin() as conn:
+            self._written[conn] = written
+            try:
+                yield conn
+            finally:
+                del self._written[conn]
+        if written and self.on_committed is not None:
+            self.on_committed(written)
 
     # -- inbox ---------------------------------------------------------------------------
 
@@ -627,7 +661,23 @@ class SagaStore:
         if updates:
             _check_updated(updates, saved)
         # Ascending ids are the order given (see insert_outbox).
-        return sorted(ids)
+        ids.sort()
+        written = self._written.get(conn)
+        if written is not None:
+            written.extend(
+                OutboxRecord(
+                    id=row_id,
+                    saga_id=m.saga_id,
+                    topic=m.topic,
+                    key=m.key,
+                    value=m.value,
+                    headers=m.headers,
+                    message_id=m.message_id,
+                    created_at=now,
+                )
+                for row_id, m in zip(ids, messages, strict=True)
+            )
+        return ids
 
     async def select_saga(self, conn: AsyncConnection, saga_id: str) -> SagaInstance | None:
         """The saga with this id, or None."""
@@ -783,18 +833,43 @@ class SagaStore:
         )
         return set((await conn.execute(stmt)).scalars().all())
 
-    async def take_outbox(self, conn: AsyncConnection, *, limit: int) -> list[OutboxRecord]:
+    async def take_outbox(
+        self,
+        conn: AsyncConnection,
+        *,
+        limit: int,
+        ceiling: int | None = None,
+        owed: Collection[int] = (),
+    ) -> list[OutboxRecord]:
         """Lock and delete up to ``limit`` unsent rows in one statement; returns them in id
         order.
 
-        For the relay, which publishes them before committing and puts back
+        Only rows with an id up to ``ceiling`` (any id when None) or among ``owed`` are
+        taken. For the relay, which publishes them before committing and puts back
         (:meth:`restore_outbox`) those it could not publish. A published row is gone with
         the commit: an insert and a delete per message, where marking it sent cost an update
         (a new row version and index entries) and a later delete. Rows locked by another
         transaction are skipped, not waited for.
         """
-        result = await conn.execute(_TAKE_OUTBOX, {"limit": limit})
+        result = await conn.execute(
+            _TAKE_OUTBOX,
+            {
+                "limit": limit,
+                "ceiling": _NO_CEILING if ceiling is None else ceiling,
+                "owed": list(owed),
+            },
+        )
         return sorted((_outbox_from_row(row) for row in result.mappings()), key=lambda r: r.id)
+
+    async def delete_outbox(self, conn: AsyncConnection, ids: Collection[int]) -> None:
+        """Delete the rows with these ids (published from memory: Kafka has them)."""
+        if not ids:
+            return
+        await conn.execute(_DELETE_OUTBOX, {"ids": list(ids)})
+
+    async def highest_outbox_id(self, conn: AsyncConnection) -> int:
+        """The highest outbox row id there is (0 when there are none)."""
+        return int(await conn.scalar(_HIGHEST_OUTBOX_ID) or 0)
 
     async def restore_outbox(self, conn: AsyncConnection, rows: Sequence[OutboxRecord]) -> None:
         """Put rows taken by :meth:`take_outbox` back, unsent, with their ids (so their place

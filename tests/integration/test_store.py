@@ -572,6 +572,44 @@ async def test_taking_rows_skips_those_another_relay_holds(
     assert await in_tx(store, lambda c: store.take_outbox(c, limit=10)) == []
 
 
+async def test_taking_rows_up_to_a_ceiling_and_those_owed(store: SagaStore) -> None:
+    ids = await queue(store, 6)
+
+    async with store.engine.begin() as conn:
+        assert await store.highest_outbox_id(conn) == ids[-1]
+        taken = await store.take_outbox(conn, limit=10, ceiling=ids[1], owed=[ids[4], 10**12])
+
+    assert [r.id for r in taken] == [ids[0], ids[1], ids[4]]
+    await in_tx(store, lambda c: store.delete_outbox(c, ids[2:4]))
+    assert [r.id for r in await in_tx(store, lambda c: store.take_outbox(c, limit=10))] == [ids[5]]
+
+
+async def test_a_transaction_hands_over_its_outbox_rows_once_it_commits(
+    store: SagaStore,
+) -> None:
+    handed: list[list[OutboxRecord]] = []
+    store.on_committed = handed.append
+
+    async def rolled_back() -> None:
+        async with store.transaction() as conn:
+            await store.write_changes(conn, [], [], [message("s", 0)], NOW)
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await rolled_back()
+    async with store.transaction() as conn:
+        ids = await store.write_changes(conn, [], [], [message("s", 1), message("s", 2)], NOW)
+        assert handed == [], "handed over before the commit"
+    async with store.transaction() as conn:
+        await store.write_changes(conn, [], [], [], NOW)  # no rows: nothing handed over
+    async with store.engine.begin() as conn:  # not a store transaction: nothing handed over
+        await store.write_changes(conn, [], [], [message("s", 3)], NOW)
+
+    (rows,) = handed
+    assert rows == await in_tx(store, lambda c: store.take_outbox(c, limit=10, ceiling=ids[-1]))
+    assert [(r.message_id, r.created_at) for r in rows] == [("m-s-1", NOW), ("m-s-2", NOW)]
+
+
 async def test_concurrent_relays_drain_the_outbox_exactly_once(store: SagaStore) -> None:
     total = 300
     await queue(store, total)
