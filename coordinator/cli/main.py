@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli.common import fail, freeze_startup_heap, registry_from, settings_from
+from coordinator.cli.common import (
+    fail,
+    freeze_startup_heap,
+    registry_from,
+    run_service,
+    settings_from,
+)
 from coordinator.cli.options import (
     BootstrapOpt,
     DatabaseOpt,
@@ -85,7 +91,7 @@ def run(
                 await coordinator.stop()
 
     freeze_startup_heap()
-    asyncio.run(serve())
+    run_service(serve())
 
 
 @app.command()
@@ -114,7 +120,7 @@ def participant(
     if metrics_port is not None:
         settings.metrics.port = metrics_port
     freeze_startup_heap()
-    asyncio.run(
+    run_service(
         run_participant(name, settings, _stop_on_signals, handler_delay_s=handler_delay_ms / 1000)
     )
 
