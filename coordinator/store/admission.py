@@ -18,23 +18,27 @@ two of them never fill the same free slot."""
 
 _ACTIVE = sa.text("status IN ({})".format(", ".join(repr(str(s)) for s in ACTIVE_STATUSES)))
 
+# Built once, so their cache keys are computed once (every batch of starts runs these).
+_LOCK = sa.select(sa.func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY))
+_IN_FLIGHT = (
+    sa.select(saga_instance.c.saga_type, saga_instance.c.service, sa.func.count())
+    .where(_ACTIVE)
+    .group_by(saga_instance.c.saga_type, saga_instance.c.service)
+)
+_QUEUED = sa.select(sa.func.count()).select_from(saga_instance).where(sa.text(QUEUED_PREDICATE))
+
 
 class AdmissionStore:
     """Counts what is in flight and claims QUEUED sagas, inside the caller's transaction."""
 
     async def lock(self, conn: AsyncConnection) -> None:
         """Take the admission lock until the transaction ends."""
-        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ADMISSION_LOCK_KEY)))
+        await conn.execute(_LOCK)
 
     async def count_in_flight(self, conn: AsyncConnection) -> InFlight:
         """Sagas RUNNING or COMPENSATING, by type and by the service their command went to."""
-        stmt = (
-            sa.select(saga_instance.c.saga_type, saga_instance.c.service, sa.func.count())
-            .where(_ACTIVE)
-            .group_by(saga_instance.c.saga_type, saga_instance.c.service)
-        )
         counted = InFlight()
-        for row in (await conn.execute(stmt)).all():
+        for row in (await conn.execute(_IN_FLIGHT)).all():
             saga_type: str = row[0]
             service: str | None = row[1]
             n: int = row[2]
@@ -57,10 +61,7 @@ class AdmissionStore:
 
     async def count_queued(self, conn: AsyncConnection) -> int:
         """How many sagas wait for admission."""
-        stmt = (
-            sa.select(sa.func.count()).select_from(saga_instance).where(sa.text(QUEUED_PREDICATE))
-        )
-        return int((await conn.execute(stmt)).scalar_one())
+        return int((await conn.execute(_QUEUED)).scalar_one())
 
     async def claim_queued(self, conn: AsyncConnection, limit: int) -> list[SagaInstance]:
         """Lock and return up to ``limit`` QUEUED sagas, oldest first."""
