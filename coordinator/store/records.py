@@ -20,6 +20,19 @@ class OutboxMessage:
     headers: dict[str, str]
     message_id: str
 
+    def stored(self, row_id: int, created_at: datetime) -> OutboxRecord:
+        """This message as the outbox row ``row_id`` written at ``created_at``."""
+        return OutboxRecord(
+            id=row_id,
+            saga_id=self.saga_id,
+            topic=self.topic,
+            key=self.key,
+            value=self.value,
+            headers=self.headers,
+            message_id=self.message_id,
+            created_at=created_at,
+        )
+
 
 @dataclass(frozen=True)
 class OutboxRecord:

@@ -668,19 +668,7 @@ class SagaStore:
         ids.sort()
         written = self._written.get(conn)
         if written is not None:
-            written.extend(
-                OutboxRecord(
-                    id=row_id,
-                    saga_id=m.saga_id,
-                    topic=m.topic,
-                    key=m.key,
-                    value=m.value,
-                    headers=m.headers,
-                    message_id=m.message_id,
-                    created_at=now,
-                )
-                for row_id, m in zip(ids, messages, strict=True)
-            )
+            written.extend(m.stored(i, now) for i, m in zip(ids, messages, strict=True))
         return ids
 
     async def select_saga(self, conn: AsyncConnection, saga_id: str) -> SagaInstance | None:

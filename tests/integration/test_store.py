@@ -493,19 +493,7 @@ async def test_outbox_round_trip_take_restore_and_stats(store: SagaStore) -> Non
     assert await in_tx(
         store, lambda c: store.select_outbox_stats(c, NOW + timedelta(seconds=7))
     ) == (3, 7.0)
-    expected = [
-        OutboxRecord(
-            id=i,
-            saga_id=m.saga_id,
-            topic=m.topic,
-            key=m.key,
-            value=m.value,
-            headers=m.headers,
-            message_id=m.message_id,
-            created_at=NOW,
-        )
-        for i, m in zip(ids, messages, strict=True)
-    ]
+    expected = [m.stored(i, NOW) for i, m in zip(ids, messages, strict=True)]
     async with store.engine.begin() as conn:
         taken = await store.take_outbox(conn, limit=10)
         # Two were published; the last one was not, and goes back as it was.
