@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from aiokafka.errors import (
@@ -64,20 +65,38 @@ class _OutboxAsRecord:
         self.headers = encode_headers(row.headers)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """Rows Kafka acknowledged, and when their sends started and ended."""
+
+    rows: list[OutboxRecord]
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A row whose send failed for a reason that may pass: put back, to be taken again."""
+
+    row: OutboxRecord
+    error: Exception
+
+
 class OutboxRelay:
     """Publishes committed outbox rows, each saga's messages in the order they were written.
 
     The rows a coordinator transaction wrote are handed over once it commits
-    (:meth:`hand_over`, from :meth:`SagaStore.transaction`) and published from memory: sent,
-    acknowledged, then deleted by id, with no read back and no transaction held open while
-    Kafka answers. The table is read only for what memory does not hold: rows whose send
-    failed (taken back by id, so in id order), rows another process wrote (:meth:`wake`),
-    and a periodic sweep for what a crashed instance left. The sweep takes only rows that
-    were already there at the sweep before (ids up to the highest id seen then), so it
-    leaves alone the rows another running coordinator is publishing from memory. Taken rows
-    are claimed with ``FOR UPDATE SKIP LOCKED`` so concurrent relays never publish the same
-    row at once. A crash between publishing and deleting publishes a row twice: receivers
-    de-duplicate (participants by command id).
+    (:meth:`hand_over`, from :meth:`SagaStore.transaction`) and published from memory: claimed
+    by id (deleted, locked until the commit), sent, and committed once Kafka acknowledged
+    them, with no read back. The table is read only for what memory does not hold: rows
+    whose send failed (taken back by id, so in id order), rows another process wrote
+    (:meth:`wake`), and a periodic sweep for what a crashed instance left. Every publisher
+    deletes a row before sending it, so two relays never both publish it: a take skips rows
+    locked by another (``SKIP LOCKED``), and a claim finds a row another relay took gone.
+    The sweep takes only rows that were already there at the sweep before (ids up to the
+    highest id seen then), so it seldom takes (reads back) rows another running coordinator
+    is about to publish from memory. A crash between publishing and committing publishes a
+    row twice: receivers de-duplicate (participants by command id).
     """
 
     def __init__(
@@ -113,8 +132,6 @@ class OutboxRelay:
         """Committed rows to publish from memory, in id order."""
         self._owed: set[int] = set()
         """Ids of this instance's committed rows whose send failed: taken from the table."""
-        self._unconfirmed: list[int] = []
-        """Ids of rows published from memory and not yet deleted."""
         self._take_requested = True  # at start: whatever an earlier run left
         self._ceiling = 0
         """The highest row id the last sweep saw: the next sweep takes rows up to it."""
@@ -191,8 +208,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def _work(self, *, sweep: bool) -> None:
-        """One round: confirm, publish from memory, then take from the table if needed."""
-        await self._confirm()
+        """One round: publish from memory, then take from the table if needed."""
         while self._handed and not self._owed:
             rows, self._handed = self._handed, []
             await self._publish_from_memory(rows)
@@ -205,36 +221,29 @@ class OutboxRelay:
             await self._drain_table(sweep=sweep)
 
     async def _publish_from_memory(self, rows: Sequence[OutboxRecord]) -> None:
-        """Send ``rows``, then delete those Kafka acknowledged; the others become owed.
+        """Claim ``rows`` (delete them, locked until the commit), send those still there,
+        and put back before committing those Kafka did not acknowledge; they become owed.
+
+        A row another relay took first (a wake-up or a sweep) is missing from the claim: that
+        relay publishes it, or puts it back for this one's owed take. The claim waits for such
+        a relay's transaction, so a saga's later row never overtakes its earlier one.
 
         Raises:
             Exception: The first send that failed for a reason that may pass (after the
                 acknowledged rows are deleted).
         """
-        started_ns = time.time_ns()
         try:
-            outcomes = await self._send(rows)
+            async with self._engine.begin() as conn:
+                claimed = await self._store.claim_outbox(conn, [row.id for row in rows])
+                self._owed.update(row.id for row in rows if row.id not in claimed)
+                sent, failed = await self._publish(conn, [r for r in rows if r.id in claimed])
         except BaseException:
             self._owed.update(row.id for row in rows)  # which went out is unknown: all again
             raise
-        ended_ns = time.time_ns()
-        sent = [row for row, error in zip(rows, outcomes, strict=True) if error is None]
-        self._owed.update(row.id for row, error in zip(rows, outcomes, strict=True) if error)
-        self._unconfirmed.extend(row.id for row in sent)
-        self._count_published(sent, started_ns, ended_ns)
-        await self._confirm()
-        # A row Kafka can never take is set aside when the table drain takes it back.
-        failed = [e for e in outcomes if e is not None and not _unsendable(e)]
+        self._owed.update(f.row.id for f in failed)
+        self._count_published(sent)
         if failed:
-            raise failed[0]  # a producer that lost its state is renewed by the next send
-
-    async def _confirm(self) -> None:
-        """Delete the rows published from memory."""
-        if not self._unconfirmed:
-            return
-        async with self._engine.begin() as conn:
-            await self._store.delete_outbox(conn, self._unconfirmed)
-        self._unconfirmed = []
+            raise failed[0].error  # a producer that lost its state is renewed by the next send
 
     async def _drain_table(self, *, sweep: bool) -> None:
         """Take and publish owed rows, every row if a take was requested, and on a sweep the
@@ -260,12 +269,6 @@ class OutboxRelay:
     async def _take_once(self, ceiling: int | None) -> int:
         """Take, publish and delete up to one batch of rows; returns how many were taken.
 
-        Rows Kafka can never take (too large, invalid topic) are dead-lettered, recorded in
-        their saga's history and deleted like sent ones, so they never hold back the rows
-        behind them. If other sends failed, the rows that did go out stay deleted, the
-        others are put back, and the first failure is raised for the retry loop; a producer
-        whose idempotence state the broker lost is renewed first.
-
         Raises:
             Exception: Publishing or the database failed; unsent rows stay pending.
         """
@@ -281,38 +284,50 @@ class OutboxRelay:
                 # Handed over while this take ran: published here already.
                 taken = {row.id for row in rows}
                 self._handed = [row for row in self._handed if row.id not in taken]
-            started_ns = time.time_ns()
-            outcomes = await self._send(rows)
-            ended_ns = time.time_ns()
-            sent = [row for row, error in zip(rows, outcomes, strict=True) if error is None]
-            unsendable = [
-                (row, error)
-                for row, error in zip(rows, outcomes, strict=True)
-                if error is not None and _unsendable(error)
-            ]
-            failed = [error for error in outcomes if error is not None and not _unsendable(error)]
-            if unsendable:
-                await self._set_aside(conn, unsendable)
-            await self._store.restore_outbox(
-                conn,
-                [
-                    row
-                    for row, error in zip(rows, outcomes, strict=True)
-                    if error is not None and not _unsendable(error)
-                ],
-            )
-        self._count_published(sent, started_ns, ended_ns)
+            sent, failed = await self._publish(conn, rows)
+        self._count_published(sent)
         if failed:
-            raise failed[0]  # a producer that lost its state is renewed by the next send
+            raise failed[0].error  # a producer that lost its state is renewed by the next send
         return len(rows)
 
-    def _count_published(self, sent: Sequence[OutboxRecord], start_ns: int, end_ns: int) -> None:
-        if not sent:
+    async def _publish(
+        self, conn: AsyncConnection, rows: Sequence[OutboxRecord]
+    ) -> tuple[_Sent, list[_Failed]]:
+        """Send rows this transaction deleted; dead-letter those Kafka can never take and put
+        back those whose send failed for a reason that may pass, before the commit.
+
+        Rows Kafka can never take (too large, invalid topic) are recorded in their saga's
+        history and stay deleted like sent ones, so they never hold back the rows behind them.
+        """
+        started_ns = time.time_ns()
+        outcomes = await self._send(rows)
+        sent = _Sent(
+            [row for row, error in zip(rows, outcomes, strict=True) if error is None],
+            started_ns,
+            time.time_ns(),
+        )
+        unsendable = [
+            (row, error)
+            for row, error in zip(rows, outcomes, strict=True)
+            if error is not None and _unsendable(error)
+        ]
+        failed = [
+            _Failed(row, error)
+            for row, error in zip(rows, outcomes, strict=True)
+            if error is not None and not _unsendable(error)
+        ]
+        if unsendable:
+            await self._set_aside(conn, unsendable)
+        await self._store.restore_outbox(conn, [f.row for f in failed])
+        return sent, failed
+
+    def _count_published(self, sent: _Sent) -> None:
+        if not sent.rows:
             return
-        record_publishes(sent, start_ns=start_ns, end_ns=end_ns)
-        self._published += len(sent)
+        record_publishes(sent.rows, start_ns=sent.start_ns, end_ns=sent.end_ns)
+        self._published += len(sent.rows)
         if self._on_published is not None:
-            self._on_published(sent, (end_ns - start_ns) / 1e9, self._clock.now())
+            self._on_published(sent.rows, (sent.end_ns - sent.start_ns) / 1e9, self._clock.now())
 
     async def _send(self, rows: Sequence[OutboxRecord]) -> list[Exception | None]:
         """Send every row (in id order) and wait for the acks; each row's error or None."""

@@ -413,8 +413,10 @@ _TAKE_OUTBOX = (
     .returning(*outbox.c)
 )
 
-_DELETE_OUTBOX = sa.delete(outbox).where(
-    outbox.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger)))
+_CLAIM_OUTBOX = (
+    sa.delete(outbox)
+    .where(outbox.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger))))
+    .returning(outbox.c.id)
 )
 _HIGHEST_OUTBOX_ID = sa.select(sa.func.max(outbox.c.id))
 
@@ -853,11 +855,17 @@ class SagaStore:
         )
         return sorted((_outbox_from_row(row) for row in result.mappings()), key=lambda r: r.id)
 
-    async def delete_outbox(self, conn: AsyncConnection, ids: Collection[int]) -> None:
-        """Delete the rows with these ids (published from memory: Kafka has them)."""
+    async def claim_outbox(self, conn: AsyncConnection, ids: Collection[int]) -> set[int]:
+        """Delete the rows with these ids, waiting for any another transaction holds; returns
+        the ids deleted here.
+
+        For the relay publishing rows from memory before it commits: a row missing from the
+        result was taken (and published, or put back) by another relay, so it is not sent
+        twice.
+        """
         if not ids:
-            return
-        await conn.execute(_DELETE_OUTBOX, {"ids": list(ids)})
+            return set()
+        return set((await conn.execute(_CLAIM_OUTBOX, {"ids": list(ids)})).scalars().all())
 
     async def highest_outbox_id(self, conn: AsyncConnection) -> int:
         """The highest outbox row id there is (0 when there are none)."""

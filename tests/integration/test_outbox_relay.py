@@ -1,11 +1,11 @@
 """The outbox relay publishes what a transaction wrote from memory once it commits, takes a row
-Kafka refused back from the table, and sweeps only rows pending since its sweep before, so it
-leaves alone what another relay is publishing (real Kafka + PostgreSQL)."""
+Kafka refused back from the table, sweeps only rows pending since its sweep before, and never
+publishes a row another relay took (real Kafka + PostgreSQL)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,15 +37,21 @@ class Relaying:
 @pytest.fixture
 async def relaying(coordinator_settings: Settings) -> AsyncIterator[Relaying]:
     """A relay that sweeps only when told, having taken what was pending at its start."""
-    kafka = coordinator_settings.kafka
-    await ensure_topics(kafka.bootstrap_servers, [(_topic(coordinator_settings), 1)])
-    engine = create_engine(coordinator_settings.database.url, pool_size=2)
+    async with _relaying(coordinator_settings) as relaying:
+        await relaying.relay.drain()
+        yield relaying
+
+
+@asynccontextmanager
+async def _relaying(settings: Settings) -> AsyncIterator[Relaying]:
+    kafka = settings.kafka
+    await ensure_topics(kafka.bootstrap_servers, [(_topic(settings), 1)])
+    engine = create_engine(settings.database.url, pool_size=2)
     producers = coordinator_producers(kafka)
     store = SagaStore(engine)
     relay = OutboxRelay(store, producers, RelaySettings(sweep_interval_s=3_600), SystemClock())
     try:
-        await relay.drain()
-        yield Relaying(relay, store, _topic(coordinator_settings))
+        yield Relaying(relay, store, _topic(settings))
     finally:
         await producers.stop()
         await engine.dispose()
@@ -172,3 +178,24 @@ async def test_a_wake_takes_every_pending_row_at_once(
         records = await reader.published()
 
     assert [r.value for r in records] == [b"x.........", b"y........."]
+
+
+async def test_rows_another_relay_took_are_not_published_again_from_memory(
+    relaying: Relaying, coordinator_settings: Settings, topic_reader: Any
+) -> None:
+    relay, store, topic = relaying.relay, relaying.store, relaying.topic
+    store.on_committed = relay.hand_over
+
+    async with _relaying(coordinator_settings) as other, topic_reader(topic) as reader:
+        await _write(store, _message(topic, "p"), _message(topic, "q"), hand_over=True)
+        # Another coordinator's relay, woken (e.g. by an operator's action), takes every
+        # pending row before this one publishes what was handed over to it.
+        other.relay.wake()
+        assert await other.relay.drain() == 2
+        assert await relay.drain() == 0
+        await _write(store, _message(topic, "r"), hand_over=True)
+        assert await relay.drain() == 1
+        records = await reader.published()
+
+    assert [r.value for r in records] == [b"p.........", b"q.........", b"r........."]
+    assert await _unsent(store) == 0

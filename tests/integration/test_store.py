@@ -560,7 +560,9 @@ async def test_taking_rows_skips_those_another_relay_holds(
     assert await in_tx(store, lambda c: store.take_outbox(c, limit=10)) == []
 
 
-async def test_taking_rows_up_to_a_ceiling_and_those_owed(store: SagaStore) -> None:
+async def test_taking_rows_up_to_a_ceiling_and_those_owed_and_claiming_by_id(
+    store: SagaStore,
+) -> None:
     ids = await queue(store, 6)
 
     async with store.engine.begin() as conn:
@@ -568,7 +570,9 @@ async def test_taking_rows_up_to_a_ceiling_and_those_owed(store: SagaStore) -> N
         taken = await store.take_outbox(conn, limit=10, ceiling=ids[1], owed=[ids[4], 10**12])
 
     assert [r.id for r in taken] == [ids[0], ids[1], ids[4]]
-    await in_tx(store, lambda c: store.delete_outbox(c, ids[2:4]))
+    # A claim deletes the rows still there and says which: ids[0] was taken already.
+    claimed = await in_tx(store, lambda c: store.claim_outbox(c, [ids[0], ids[2], ids[3]]))
+    assert claimed == {ids[2], ids[3]}
     assert [r.id for r in await in_tx(store, lambda c: store.take_outbox(c, limit=10))] == [ids[5]]
 
 
