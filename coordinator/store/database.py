@@ -5,14 +5,38 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 __all__ = ["create_engine", "json_dumps"]
 
 
+# Values orjson would write where the standard library refuses them go to it instead: the
+# datetimes, dataclasses and subclasses of str, int, dict and list it has no rule for.
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
 def json_dumps(value: Any) -> str:
-    """JSON as the store writes it: compact, UTF-8, no NaN or Infinity."""
+    """JSON as the store writes it: compact, UTF-8, no NaN or Infinity.
+
+    Written by orjson (about twenty times faster for a saga's data; the coordinator spent
+    7 % of its CPU here) wherever it writes what the standard library writes; the rest
+    (non-string keys, integers beyond 64 bits, lone surrogates, and any document with a
+    ``null``, which is also how orjson writes NaN) by the standard library, which raises for
+    NaN and Infinity. A ``UUID`` or an ``Enum`` that is neither ``str`` nor ``int`` is
+    written as its value, where the standard library raised.
+    """
+    try:
+        encoded = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:
+        encoded = None
+    if encoded is not None and b"null" not in encoded:
+        return encoded.decode()
     # NaN and Infinity are not JSON and PostgreSQL's jsonb rejects them; fail here, with a
     # Python traceback pointing at the value, rather than in the server.
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
