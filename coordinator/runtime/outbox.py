@@ -230,7 +230,7 @@ class OutboxRelay:
 
         Raises:
             Exception: The first send that failed for a reason that may pass (after the
-                acknowledged rows are deleted).
+                claim of the acknowledged rows was committed).
         """
         try:
             async with self._engine.begin() as conn:

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 __all__ = ["create_engine", "json_dumps"]
 
 
-# Values orjson would write where the standard library refuses them go to it instead: the
-# datetimes, dataclasses and subclasses of str, int, dict and list it has no rule for.
+# Datetimes, dataclasses and subclasses of str, int, dict and list make orjson raise, so the
+# standard library judges them: it refuses the first two and has its own rules for the rest.
 _ORJSON_OPTIONS = (
     orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS

@@ -856,7 +856,7 @@ class SagaStore:
         return sorted((_outbox_from_row(row) for row in result.mappings()), key=lambda r: r.id)
 
     async def claim_outbox(self, conn: AsyncConnection, ids: Collection[int]) -> set[int]:
-        """Delete the rows with these ids, waiting for any another transaction holds; returns
+        """Delete the rows with these ids, waiting for those another transaction holds; returns
         the ids deleted here.
 
         For the relay publishing rows from memory before it commits: a row missing from the
