@@ -24,8 +24,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+_AIOKAFKA_MAX_REQUEST_SIZE = 1_048_576
+# What aiokafka counts on top of a record's key, body and headers when it checks
+# max_request_size: the batch header (61 bytes) and each record's and header's varints.
+_RECORD_OVERHEAD = 1_024
+
+
 def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
-    """Producer settings: idempotent (implies acks=all) unless the broker cannot do it."""
+    """Producer settings: idempotent (implies acks=all) unless the broker cannot do it, and
+    records up to ``max_message_bytes`` let through to the broker (which has the last word)."""
     kwargs: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": settings.client_id,
@@ -34,6 +41,10 @@ def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         # No linger: the relay appends a whole batch before the sender task can run, so its
         # messages share requests anyway; lingering only delayed every command (2 ms a hop).
         "linger_ms": 0,
+        # aiokafka's own 1 MiB would refuse, as never sendable, a record the operator allowed.
+        "max_request_size": max(
+            _AIOKAFKA_MAX_REQUEST_SIZE, settings.max_message_bytes + _RECORD_OVERHEAD
+        ),
     }
     return kwargs
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import event
 
 from coordinator.config import RelaySettings, Settings
@@ -199,3 +200,30 @@ async def test_rows_another_relay_took_are_not_published_again_from_memory(
 
     assert [r.value for r in records] == [b"p.........", b"q.........", b"r........."]
     assert await _unsent(store) == 0
+
+
+async def test_a_record_within_max_message_bytes_is_published_beyond_aiokafkas_default(
+    coordinator_settings: Settings, topic_reader: Any
+) -> None:
+    # An operator who raised the broker's limit and SAGA_KAFKA__MAX_MESSAGE_BYTES to match.
+    kafka = coordinator_settings.kafka.model_copy(update={"max_message_bytes": 1_500_000})
+    settings = coordinator_settings.model_copy(update={"kafka": kafka})
+    topic = Topics(kafka.topic_prefix).commands("large")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2000000"})]
+        )
+    finally:
+        await admin.close()
+    large = _message(topic, "large", size=1_200_000)  # beyond aiokafka's 1 MiB default
+
+    async with _relaying(settings) as relaying, topic_reader(topic) as reader:
+        relaying.store.on_committed = relaying.relay.hand_over
+        await _write(relaying.store, large, hand_over=True)
+        assert await relaying.relay.drain() == 1
+        (record,) = await reader.published()
+
+    assert relaying.relay.set_aside == 0
+    assert record.value == large.value
