@@ -40,12 +40,21 @@ if TYPE_CHECKING:
     from service_sdk.metrics import MetricsServer, ServiceMetrics
     from service_sdk.observer import RunnerObserver
     from service_sdk.runner import ServiceRunner
-    from service_sdk.service import Deferred, HandlerContext, HandlerResult, Service
+    from service_sdk.service import (
+        BatchContext,
+        BatchResult,
+        Deferred,
+        HandlerContext,
+        HandlerResult,
+        Service,
+    )
     from service_sdk.signals import send_signal, signal_envelope
 
 __all__ = [
     "FENCE_MESSAGE_TYPE",
     "SPEC_VERSION",
+    "BatchContext",
+    "BatchResult",
     "Command",
     "CommandRejected",
     "ContractError",
@@ -87,6 +96,8 @@ _LAZY = {
     "ServiceMetrics": "service_sdk.metrics",
     "RunnerObserver": "service_sdk.observer",
     "ServiceRunner": "service_sdk.runner",
+    "BatchContext": "service_sdk.service",
+    "BatchResult": "service_sdk.service",
     "Deferred": "service_sdk.service",
     "HandlerContext": "service_sdk.service",
     "HandlerResult": "service_sdk.service",

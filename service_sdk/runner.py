@@ -99,7 +99,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service_sdk._private import fencing
 from service_sdk._private.heartbeats import HeartbeatPublisher, PickupLog, instance_id
 from service_sdk._private.idempotency import ProcessedCommands
-from service_sdk._private.processing import Answer, CommandProcessor, log_extra
+from service_sdk._private.processing import (
+    Answer,
+    BatchHandlerError,
+    CommandProcessor,
+    log_extra,
+)
 from service_sdk._private.progress import Progress
 from service_sdk._private.undeliverable import (
     TOPIC_NAME,
@@ -706,11 +711,12 @@ class ServiceRunner:
         publications of those answered, by ``id()`` of their work item, and the first command
         left for a later transaction because this one's time was up (None: none was).
 
-        Handlers run without savepoints (two round trips fewer per command) until one of
-        them fails or rejects its command; then nothing of the transaction is kept. After a
-        rejection (a business answer, frequent in some services) the batch is taken again
-        with a savepoint per handler, so the commands before it run once more and the batch
-        is rolled back at most once. After a failure, the commands before it are answered
+        Handlers run without savepoints (two round trips fewer per command), and a batch
+        handler answers its run of commands at once, until one of them fails or rejects its
+        command; then nothing of the transaction is kept. After a rejection (a business
+        answer, frequent in some services) or a batch handler's failure the batch is taken
+        again with a savepoint per handler, so the commands before it run once more and the
+        batch is rolled back at most once. After a failure, the commands before it are answered
         again together, it is answered alone (that run counted as its first attempt), and
         the commands after it are taken together again. Those not answered here (the shared
         transaction itself failed) are left to the caller to answer one by one.
@@ -729,7 +735,8 @@ class ServiceRunner:
                 break
             index, error = failure
             if not isolated:
-                if isinstance(error, CommandRejected):
+                if isinstance(error, CommandRejected | BatchHandlerError):
+                    # Which command's writes to undo is known only with a savepoint each.
                     isolated = True
                     continue
                 # Nothing was kept: the commands before it are answered again, together.

@@ -15,6 +15,20 @@ A handler returns its success reply (a pydantic model, a mapping or None), raise
 ``ctx.defer()`` to answer later through the runner. Any other exception is retried by the
 runner and then dead-lettered.
 
+A batch handler (``handles_batch``) answers many commands of one type with a few statements
+for all of them, when a busy service's per-command round trips are what it waits for::
+
+    @payment.handles_batch(ChargePayment)
+    async def charge(cmds: Sequence[ChargePayment], ctx: BatchContext) -> list[BatchResult]:
+        ...  # one statement for the batch, on ctx.connection
+        return [PaymentCharged(...) if ok else CommandRejected("card declined") for ...]
+
+It returns one result per command, in order: what a handler returns, or a
+:class:`~service_sdk.errors.CommandRejected` *instance* for a refused command, for which it
+must have written nothing. If it raises, the runner answers the commands again one at a
+time, each in a SAVEPOINT (the batch handler called with one command), so one bad command
+fails alone.
+
 Every service also understands ``saga.fence`` (:data:`~service_sdk.contract.FENCE_MESSAGE_TYPE`)
 without a handler: the coordinator sends it to undo a step that has no compensation, and the
 runner answers it from the processed-commands record (see :mod:`service_sdk.runner`). It
@@ -27,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
@@ -45,6 +59,9 @@ from service_sdk.contract.envelope import (
 from service_sdk.errors import CommandRejected, HandlerRegistrationError, UnknownMessageTypeError
 
 __all__ = [
+    "BatchContext",
+    "BatchHandler",
+    "BatchResult",
     "CommandHandler",
     "Deferred",
     "Fence",
@@ -90,6 +107,12 @@ HandlerResult: TypeAlias = BaseModel | Mapping[str, Any] | Deferred | None
 
 CommandHandler: TypeAlias = Callable[[C, "HandlerContext"], Awaitable[HandlerResult]]
 """An ``async def handler(command, ctx)``."""
+
+BatchResult: TypeAlias = HandlerResult | CommandRejected
+"""One command's result from a batch handler: a handler's result, or a refusal."""
+
+BatchHandler: TypeAlias = Callable[[Sequence[C], "BatchContext"], Awaitable[Sequence[BatchResult]]]
+"""An ``async def handler(commands, ctx)`` returning one result per command, in order."""
 
 
 class HandlerContext:
@@ -149,6 +172,27 @@ class HandlerContext:
         return Deferred(command_id=self.command_id)
 
 
+class BatchContext:
+    """What a batch handler knows besides its commands.
+
+    Attributes:
+        commands: Each command's own context (saga id, command id, attempt, ``defer()``),
+            in the order of the commands.
+    """
+
+    def __init__(self, commands: Sequence[HandlerContext]) -> None:
+        self.commands = list(commands)
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The connection; the handler's writes commit together with the processed records.
+
+        Raises:
+            RuntimeError: The handler runs without a database (a unit test).
+        """
+        return self.commands[0].connection
+
+
 @dataclass(frozen=True)
 class Registration:
     """A command model and the handler registered for it.
@@ -160,6 +204,9 @@ class Registration:
 
     model: type[Command]
     handler: Callable[[Any, HandlerContext], Awaitable[HandlerResult]]
+    batch: Callable[[Any, BatchContext], Awaitable[Sequence[BatchResult]]] | None = None
+    """The batch handler, when the commands are answered many at a time (then ``handler``
+    calls it with one command)."""
 
 
 class Service:
@@ -203,6 +250,42 @@ class Service:
                 ``message_type`` or already has a handler, is ``saga.fence`` (answered by
                 the SDK itself), or the handler is not an ``async def``.
         """
+        message_type = self._registrable(model)
+
+        def register(handler: CommandHandler[C]) -> CommandHandler[C]:
+            self._register(message_type, Registration(model=model, handler=handler))
+            return handler
+
+        return register
+
+    def handles_batch(self, model: type[C]) -> Callable[[BatchHandler[C]], BatchHandler[C]]:
+        """Register the decorated coroutine function as the batch handler of ``model``.
+
+        The runner passes it the commands of ``model`` that arrived together (consecutive in
+        a partition's batch, claimed as new), and it returns one result per command; see the
+        module's docstring.
+
+        Raises:
+            HandlerRegistrationError: As for :meth:`handles`.
+        """
+        message_type = self._registrable(model)
+
+        def register(batch: BatchHandler[C]) -> BatchHandler[C]:
+            async def one(command: C, ctx: HandlerContext) -> HandlerResult:
+                results = await batch([command], BatchContext([ctx]))
+                result = _one_result(message_type, results, 1)[0]
+                if isinstance(result, CommandRejected):
+                    raise result
+                return result
+
+            one.__qualname__ = getattr(batch, "__qualname__", message_type)
+            self._register(message_type, Registration(model=model, handler=one, batch=batch))
+            return batch
+
+        return register
+
+    def _registrable(self, model: type[Command]) -> str:
+        """The message type of ``model``, checked to be one a handler may be added for."""
         if not (isinstance(model, type) and issubclass(model, Command)):
             raise HandlerRegistrationError(f"{model!r} is not a service_sdk.Command subclass")
         message_type = model.message_type
@@ -218,19 +301,18 @@ class Service:
                 f"{self.name}: {message_type!r} is already handled by "
                 f"{getattr(existing, '__qualname__', existing)!r}"
             )
+        return message_type
 
-        def register(handler: CommandHandler[C]) -> CommandHandler[C]:
-            if not inspect.iscoroutinefunction(handler):
-                raise HandlerRegistrationError(
-                    f"handler {getattr(handler, '__qualname__', handler)!r} of "
-                    f"{message_type!r} must be an async def"
-                )
-            if message_type in self._registrations:
-                raise HandlerRegistrationError(f"{self.name}: {message_type!r} handled twice")
-            self._registrations[message_type] = Registration(model=model, handler=handler)
-            return handler
-
-        return register
+    def _register(self, message_type: str, registration: Registration) -> None:
+        handler = registration.batch or registration.handler
+        if not inspect.iscoroutinefunction(handler):
+            raise HandlerRegistrationError(
+                f"handler {getattr(handler, '__qualname__', handler)!r} of "
+                f"{message_type!r} must be an async def"
+            )
+        if message_type in self._registrations:
+            raise HandlerRegistrationError(f"{self.name}: {message_type!r} handled twice")
+        self._registrations[message_type] = registration
 
     @property
     def message_types(self) -> frozenset[str]:
@@ -313,19 +395,64 @@ class Service:
             async with _savepoint(connection):
                 return self._answer(envelope, await handler(command, ctx))
         except CommandRejected as rejected:
-            outcome = Outcome.RETRYABLE if rejected.retryable else Outcome.FAILURE
-            return reply_envelope(
-                envelope,
-                self.name,
-                outcome,
-                payload=dict(rejected.data),
-                error=rejected.reason,
-            )
+            return self._refusal(envelope, rejected)
+
+    def batched(self, message_type: str) -> bool:
+        """Whether ``message_type`` has a batch handler (see :meth:`dispatch_many`)."""
+        registration = self._registrations.get(message_type)
+        return registration is not None and registration.batch is not None
+
+    async def dispatch_many(
+        self,
+        envelopes: Sequence[Envelope],
+        commands: Sequence[Command],
+        connection: AsyncConnection | None,
+    ) -> list[Envelope | Deferred]:
+        """Run the batch handler of the commands' one type (no savepoint) and turn each
+        result into a reply.
+
+        Raises:
+            TypeError: The type has no batch handler, or the handler returned a wrong number
+                of results.
+            Exception: Whatever the handler raised; its writes are the caller's to roll back.
+        """
+        message_type = envelopes[0].message_type
+        batch = self.registration(message_type).batch
+        if batch is None or any(e.message_type != message_type for e in envelopes):
+            raise TypeError(f"{self.name}: no batch handler answers all of these commands")
+        contexts = [
+            HandlerContext(connection=connection, envelope=e, service=self) for e in envelopes
+        ]
+        results = _one_result(
+            message_type, await batch(commands, BatchContext(contexts)), len(envelopes)
+        )
+        return [
+            self._refusal(envelope, result)
+            if isinstance(result, CommandRejected)
+            else self._answer(envelope, result)
+            for envelope, result in zip(envelopes, results, strict=True)
+        ]
+
+    def _refusal(self, envelope: Envelope, rejected: CommandRejected) -> Envelope:
+        outcome = Outcome.RETRYABLE if rejected.retryable else Outcome.FAILURE
+        return reply_envelope(
+            envelope, self.name, outcome, payload=dict(rejected.data), error=rejected.reason
+        )
 
     def _answer(self, envelope: Envelope, result: Any) -> Envelope | Deferred:
         if isinstance(result, Deferred):
             return result
         return reply_envelope(envelope, self.name, Outcome.SUCCESS, payload=reply_payload(result))
+
+
+def _one_result(message_type: str, results: Sequence[BatchResult], n: int) -> Sequence[BatchResult]:
+    """``results``, checked to be one per command."""
+    if isinstance(results, (str, bytes, Mapping)) or len(results) != n:
+        raise TypeError(
+            f"the batch handler of {message_type!r} returned {results!r} for {n} commands; "
+            "it returns one result per command, in order"
+        )
+    return results
 
 
 _SAVEPOINT = "saga_sdk_handler"

@@ -16,6 +16,7 @@ runner opens for it (the runner owns Kafka, retries and publication):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ from service_sdk.contract.envelope import FENCE_MESSAGE_TYPE, Command, Envelope,
 from service_sdk.errors import CommandFencedError
 from service_sdk.service import Deferred, Service, reply_envelope
 
-__all__ = ["Answer", "CommandProcessor", "log_extra"]
+__all__ = ["Answer", "BatchHandlerError", "CommandProcessor", "log_extra"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ def log_extra(envelope: Envelope) -> dict[str, Any]:
         "command_id": envelope.command_id,
         "attempt": envelope.attempt,
     }
+
+
+class BatchHandlerError(Exception):
+    """A batch handler failed: which of its commands made it fail is not known.
+
+    The runner then answers the batch again with a savepoint per command, so the failing
+    command is found and fails alone.
+    """
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"batch handler failed: {cause!r}")
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -176,24 +189,28 @@ class CommandProcessor:
         failure: tuple[int, Exception] | None = None
         stopped: int | None = None
         started = time.monotonic()
-        for index, (envelope, command, undo) in enumerate(items):
-            command_id = envelope.command_id
-            assert command_id is not None
+        index = 0
+        while index < len(items):
+            envelope, command, undo = items[index]
             if answers and budget_s is not None and time.monotonic() - started >= budget_s:
                 stopped = index
                 forget.extend(
                     e.command_id or "" for e, _, _ in items[index:] if e.command_id in claimed
                 )
                 break
+            # Savepoints answer one command at a time; without, a batch handler takes its run.
+            end = index if isolated else self._batch_end(items, index, claimed)
             try:
-                if command_id in claimed:
+                if end > index:
+                    group = await self._run_many(conn, items[index:end])
+                elif envelope.command_id in claimed:
                     # Any error of dispatch comes after its savepoint was rolled back.
-                    answer = await self._run(envelope, command, conn, isolated=isolated)
+                    group = [await self._run(envelope, command, conn, isolated=isolated)]
                 else:
                     async with conn.begin_nested():
-                        answer = await self.answer(conn, envelope, command, undo)
+                        group = [await self.answer(conn, envelope, command, undo)]
             except Exception as exc:
-                failure = (index, exc)
+                failure = (index, BatchHandlerError(exc) if end > index + 1 else exc)
                 if not isolated:
                     return answers, failure, None  # the caller rolls everything back
                 # Claimed and not answered: the failed command and those after it.
@@ -201,15 +218,56 @@ class CommandProcessor:
                     e.command_id or "" for e, _, _ in items[index:] if e.command_id in claimed
                 )
                 break
-            if command_id in claimed and answer.reply is not None:
-                if answer.reply.outcome is Outcome.RETRYABLE:
-                    forget.append(command_id)
-                else:
-                    done.append((command_id, answer.reply))
-            answers.append(answer)
+            for (answered, _, _), answer in zip(items[index:], group, strict=False):
+                command_id = answered.command_id or ""
+                if command_id in claimed and answer.reply is not None:
+                    if answer.reply.outcome is Outcome.RETRYABLE:
+                        forget.append(command_id)
+                    else:
+                        done.append((command_id, answer.reply))
+                answers.append(answer)
+            index += len(group)
         await self._store.update_done_many(conn, done)
         await self._store.delete_many(conn, forget)
         return answers, failure, stopped
+
+    def _batch_end(
+        self,
+        items: Sequence[tuple[Envelope, Command, Envelope | None]],
+        start: int,
+        claimed: set[str],
+    ) -> int:
+        """The end of the run of claimed commands from ``start`` that one batch handler
+        answers together (all of one type); ``start`` when that command has none."""
+        first = items[start][0]
+        if first.command_id not in claimed or not self.service.batched(first.message_type):
+            return start
+        end = start + 1
+        while end < len(items) and (
+            items[end][0].message_type == first.message_type and items[end][0].command_id in claimed
+        ):
+            end += 1
+        return end
+
+    async def _run_many(
+        self, conn: AsyncConnection, items: Sequence[tuple[Envelope, Command, Envelope | None]]
+    ) -> list[Answer]:
+        """Run the batch handler of claimed commands of one type; their replies are for the
+        caller to record."""
+        envelopes = [envelope for envelope, _, _ in items]
+        with contextlib.ExitStack() as spans:
+            for envelope in envelopes:
+                self._pickups.started(envelope)
+                spans.enter_context(handler_span(envelope, self._topic, self.service.name))
+            results = await self.service.dispatch_many(
+                envelopes, [command for _, command, _ in items], conn
+            )
+        return [
+            Answer(None, "deferred")
+            if isinstance(result, Deferred)
+            else Answer(result, (result.outcome or Outcome.SUCCESS).value)
+            for result in results
+        ]
 
     async def _run(
         self, envelope: Envelope, command: Command, conn: AsyncConnection, *, isolated: bool

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service_sdk import (
     FENCE_MESSAGE_TYPE,
+    BatchContext,
+    BatchResult,
     Command,
     CommandRejected,
     DeadLetterHeader,
@@ -111,6 +113,41 @@ async def untouch(cmd: Untouch, ctx: HandlerContext) -> dict[str, int]:
         text("DELETE FROM sdkprobe.effects WHERE key = :key"), {"key": cmd.key}
     )
     return {"undone": result.rowcount}
+
+
+class TouchMany(Command):
+    """Answered by a batch handler: one statement for all the commands of a run."""
+
+    message_type: ClassVar[str] = "sdkprobe.touch_many"
+    key: str
+    mode: Literal["ok", "reject", "boom"] = "ok"
+
+
+BATCHES: list[list[str]] = []
+"""The keys of each call of the batch handler, in order."""
+
+
+@SERVICE.handles_batch(TouchMany)
+async def touch_many(commands: Sequence[TouchMany], ctx: BatchContext) -> list[BatchResult]:
+    BATCHES.append([cmd.key for cmd in commands])
+    for cmd, command in zip(commands, ctx.commands, strict=True):
+        CALLS[command.command_id] += 1
+        if cmd.mode == "boom":
+            raise RuntimeError(f"boom on {cmd.key}")
+    taken = [(cmd, c) for cmd, c in zip(commands, ctx.commands, strict=True) if cmd.mode == "ok"]
+    await ctx.connection.execute(
+        text(
+            "INSERT INTO sdkprobe.effects (key, command_id) "
+            "SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:ids AS text[]))"
+        ),
+        {"keys": [cmd.key for cmd, _ in taken], "ids": [c.command_id for _, c in taken]},
+    )
+    return [
+        Touched(key=cmd.key, run=CALLS[c.command_id])
+        if cmd.mode == "ok"
+        else CommandRejected("touch refused", data={"key": cmd.key})
+        for cmd, c in zip(commands, ctx.commands, strict=True)
+    ]
 
 
 @dataclass
@@ -575,6 +612,78 @@ async def test_a_rejection_in_a_batch_undoes_its_own_writes_only(harness: Harnes
     for command in oks:
         assert await harness.effects(command.payload["key"]) == 1
     assert harness.observer.failures == []  # a rejection is an answer, not a failed attempt
+
+
+def touch_many_command(mode: Literal["ok", "reject", "boom"] = "ok", *, key: str) -> Envelope:
+    return command_envelope(
+        TouchMany(key=key, mode=mode),
+        saga_id="saga-1",
+        saga_type="probe",
+        step="touch_many",
+        command_id=f"cmd-{key}",
+    )
+
+
+async def _effect_xids(harness: Harness, prefix: str) -> set[int]:
+    async with harness.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT xid FROM sdkprobe.effects WHERE key LIKE :prefix"),
+            {"prefix": f"{prefix}%"},
+        )
+        xids: list[Any] = list(rows.scalars())
+        return {int(xid) for xid in xids}
+
+
+async def test_a_batch_handler_answers_a_run_of_commands_in_one_call(harness: Harness) -> None:
+    # A refusal is a result, not an error: no rollback, no second run of the others.
+    oks = [touch_many_command(key=f"m{i}") for i in range(10)]
+    refused = touch_many_command("reject", key="m-refused")
+    BATCHES.clear()
+    for command in (*oks[:5], refused, *oks[5:]):
+        await harness.send(command)
+    await harness.start_runner()
+    replies = await harness.replies(11)
+    outcomes = {reply.command_id: reply.outcome for reply in replies}
+    assert outcomes.pop("cmd-m-refused") is Outcome.FAILURE
+    assert set(outcomes.values()) == {Outcome.SUCCESS}
+    assert len(outcomes) == 10
+    assert await harness.effects("m-refused") == 0
+    for command in oks:
+        assert await harness.effects(command.payload["key"]) == 1
+        assert CALLS[command.command_id or ""] == 1
+    assert sorted(key for batch in BATCHES for key in batch) == sorted(
+        [f"m{i}" for i in range(10)] + ["m-refused"]
+    )
+    # Kafka may hand the commands over in more than one poll, but not one at a time.
+    assert max(len(batch) for batch in BATCHES) > 1
+    assert len(await _effect_xids(harness, "m")) == len(BATCHES)
+    assert harness.observer.failures == []
+
+
+async def test_a_failing_batch_handler_fails_only_the_command_that_broke_it(
+    harness: Harness,
+) -> None:
+    # The batch fails as a whole; the SDK answers its commands again one at a time, each in
+    # a savepoint, so the others are answered once and the poison one is dead-lettered.
+    oks = [touch_many_command(key=f"p{i}") for i in range(10)]
+    poison = touch_many_command("boom", key="p-boom")
+    BATCHES.clear()
+    for command in (*oks[:5], poison, *oks[5:]):
+        await harness.send(command)
+    await harness.start_runner(handler_attempts=2)
+    replies = await harness.replies(10)
+    assert sorted(reply.payload["key"] for reply in replies) == sorted(
+        c.payload["key"] for c in oks
+    )
+    assert {reply.outcome for reply in replies} == {Outcome.SUCCESS}
+    (letter,) = await harness.read(harness.dlq, 1)
+    assert letter.value == poison.to_bytes()
+    for command in oks:
+        assert await harness.effects(command.payload["key"]) == 1
+    assert await harness.effects("p-boom") == 0
+    assert ["p-boom"] in BATCHES, "the poison command was not answered alone"
+    assert harness.observer.failures == [1, 2]
+    assert harness.observer.dead == ["handler_error"]
 
 
 async def test_replies_of_a_long_batch_go_out_before_its_last_handler_runs(

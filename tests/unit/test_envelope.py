@@ -247,6 +247,8 @@ def test_topic_names_with_prefix() -> None:
 def test_sdk_public_api_is_pinned() -> None:
     """Changing the SDK's public names is a deliberate act: update this list with it."""
     assert sorted(service_sdk.__all__) == [
+        "BatchContext",
+        "BatchResult",
         "Command",
         "CommandRejected",
         "ContractError",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -11,6 +12,8 @@ from sqlalchemy import text
 
 import service_sdk
 from service_sdk import (
+    BatchContext,
+    BatchResult,
     Command,
     CommandRejected,
     DeadLetterHeader,
@@ -200,6 +203,109 @@ async def test_invoke_validates_like_the_runner() -> None:
 
 
 # -- configuration -------------------------------------------------------------------------
+
+
+# -- batch handlers ----------------------------------------------------------------------------
+
+
+def _batch_service(seen: list[list[str]]) -> Service:
+    service = Service("batcher", schema="batcher")
+
+    @service.handles_batch(Ping)
+    async def pings(commands: Sequence[Ping], ctx: BatchContext) -> list[BatchResult]:
+        seen.append([cmd.text for cmd in commands])
+        if any(cmd.mode == "boom" for cmd in commands):
+            raise RuntimeError("kaput")
+        if any(cmd.mode == "short" for cmd in commands):
+            return []
+        return [
+            CommandRejected("no pings today", data={"why": cmd.text})
+            if cmd.mode == "reject"
+            else ctx.commands[i].defer()
+            if cmd.mode == "defer"
+            else {"echo": cmd.text, "command": ctx.commands[i].command_id}
+            for i, cmd in enumerate(commands)
+        ]
+
+    return service
+
+
+async def test_a_batch_handler_answers_one_command_through_invoke() -> None:
+    seen: list[list[str]] = []
+    service = _batch_service(seen)
+    reply = await invoke(service, Ping(text="hi"), command_id="c1")
+    assert (reply.outcome, reply.payload) == (Outcome.SUCCESS, {"echo": "hi", "command": "c1"})
+    refused = await invoke(service, Ping(text="no", mode="reject"))
+    assert (refused.outcome, refused.error) == (Outcome.FAILURE, "no pings today")
+    assert refused.payload == {"why": "no"}
+    with pytest.raises(RuntimeError, match="kaput"):
+        await invoke(service, Ping(text="x", mode="boom"))
+    with pytest.raises(HandlerDeferredError):
+        await invoke(service, Ping(text="x", mode="defer"))
+    assert seen == [["hi"], ["no"], ["x"], ["x"]]
+
+
+async def test_dispatch_many_turns_each_result_into_its_reply() -> None:
+    seen: list[list[str]] = []
+    service = _batch_service(seen)
+    commands = [Ping(text="a"), Ping(text="b", mode="reject"), Ping(text="c", mode="defer")]
+    envelopes = [command_envelope(c, command_id=f"c-{c.text}") for c in commands]
+    assert service.batched("test.ping")
+    replies = await service.dispatch_many(envelopes, commands, None)
+    assert seen == [["a", "b", "c"]]
+    first, second, third = replies
+    assert isinstance(first, Envelope)
+    assert isinstance(second, Envelope)
+    assert (first.outcome, first.command_id, first.payload["command"]) == (
+        Outcome.SUCCESS,
+        "c-a",
+        "c-a",
+    )
+    assert (second.outcome, second.command_id, second.error) == (
+        Outcome.FAILURE,
+        "c-b",
+        "no pings today",
+    )
+    assert third == Deferred(command_id="c-c")
+
+
+async def test_a_batch_handler_must_answer_every_command() -> None:
+    service = _batch_service([])
+    commands = [Ping(text="a", mode="short"), Ping(text="b")]
+    envelopes = [command_envelope(c) for c in commands]
+    with pytest.raises(TypeError, match="one result per command"):
+        await service.dispatch_many(envelopes, commands, None)
+    with pytest.raises(TypeError, match="one result per command"):
+        await invoke(service, commands[0])
+
+
+async def test_dispatch_many_takes_only_commands_of_its_batch_type() -> None:
+    service = _batch_service([])
+
+    @service.handles(Other)
+    async def other(cmd: Other, ctx: HandlerContext) -> None:
+        return None
+
+    assert not service.batched("test.other")
+    mixed = [command_envelope(Ping(text="a")), command_envelope(Other())]
+    with pytest.raises(TypeError, match="no batch handler"):
+        await service.dispatch_many(mixed, [Ping(text="a"), Other()], None)
+
+
+def test_handles_batch_is_checked_like_handles() -> None:
+    service = _batch_service([])
+    with pytest.raises(HandlerRegistrationError, match="already handled by"):
+        service.handles_batch(Ping)
+    with pytest.raises(HandlerRegistrationError, match="already handled by"):
+        service.handles(Ping)
+
+    def sync(commands: Sequence[Other], ctx: BatchContext) -> list[BatchResult]:
+        return []
+
+    with pytest.raises(HandlerRegistrationError, match="must be an async def"):
+        service.handles_batch(Other)(sync)  # type: ignore[arg-type]
+    with pytest.raises(HandlerRegistrationError, match=r"not a service_sdk\.Command"):
+        service.handles_batch(Pong)  # type: ignore[type-var]
 
 
 def test_producer_kwargs_always_ask_all_replicas() -> None:

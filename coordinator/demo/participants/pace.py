@@ -18,9 +18,10 @@ class Pace:
     def __init__(self) -> None:
         self.delay_s = 0.0
 
-    async def __call__(self) -> None:
+    async def __call__(self, commands: int = 1) -> None:
+        """Wait the delay of ``commands`` commands (a batch handler waits for all of its)."""
         if self.delay_s > 0:
-            await asyncio.sleep(self.delay_s)
+            await asyncio.sleep(self.delay_s * commands)
 
 
 pace = Pace()

@@ -13,7 +13,7 @@ outage the dead letters can be replayed with ``saga dlq replay --reason handler_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.demo.participants.pace import pace
 from saga_defs.order.contracts import ChargePayment, PaymentCharged, RefundPayment
-from service_sdk import CommandRejected, HandlerContext, Service
+from service_sdk import BatchContext, BatchResult, CommandRejected, HandlerContext, Service
 
 __all__ = [
     "PaymentProviderDownError",
@@ -60,17 +60,28 @@ _DDL = (
     "CREATE TABLE IF NOT EXISTS payment.outage (customer_id text PRIMARY KEY)",
 )
 
-# One round trip for both: the simulated outage and the card.
-_SELECT_CARD = text(
-    "SELECT (SELECT card_status FROM payment.accounts WHERE customer_id = :customer_id), "
-    "EXISTS (SELECT 1 FROM payment.outage WHERE customer_id = :customer_id)"
+# One round trip for a batch's customers: their cards and any simulated outage.
+_SELECT_CARDS = text(
+    """
+    SELECT c.customer_id, a.card_status, o.customer_id IS NOT NULL AS outage
+    FROM unnest(CAST(:customers AS text[])) AS c (customer_id)
+    LEFT JOIN payment.accounts AS a ON a.customer_id = c.customer_id
+    LEFT JOIN payment.outage AS o ON o.customer_id = c.customer_id
+    """
 )
 # A second charge of the same order is counted, not refused: the SDK is what prevents double
-# execution, and the ledger check must be able to see it if it ever fails.
+# execution, and the ledger check must be able to see it if it ever fails. (The same order
+# twice in one batch makes this statement fail; the SDK then charges one at a time.)
 _CHARGE = text(
     """
     INSERT INTO payment.charges (order_id, customer_id, amount_cents, currency, status)
-    VALUES (:order_id, :customer_id, :amount_cents, :currency, 'charged')
+    SELECT order_id, customer_id, amount_cents, currency, 'charged'
+    FROM unnest(
+        CAST(:order_ids AS text[]),
+        CAST(:customer_ids AS text[]),
+        CAST(:amounts AS integer[]),
+        CAST(:currencies AS text[])
+    ) AS t (order_id, customer_id, amount_cents, currency)
     ON CONFLICT (order_id) DO UPDATE
     SET charge_count = payment.charges.charge_count + 1, status = 'charged'
     """
@@ -126,27 +137,42 @@ async def end_outage(conn: AsyncConnection) -> None:
     await conn.execute(text("DELETE FROM payment.outage"))
 
 
-@service.handles(ChargePayment)
-async def charge_payment(cmd: ChargePayment, ctx: HandlerContext) -> PaymentCharged:
-    """Charge the order's amount; refuse unknown customers and declined cards."""
-    await pace()
-    card, in_outage = (
-        await ctx.connection.execute(_SELECT_CARD, {"customer_id": cmd.customer_id})
-    ).one()
-    if in_outage:
-        raise PaymentProviderDownError(f"card processor unreachable for {cmd.customer_id}")
-    if card != "ok":
-        raise CommandRejected("card declined", data={"customer_id": cmd.customer_id})
-    await ctx.connection.execute(
-        _CHARGE,
-        {
-            "order_id": cmd.order_id,
-            "customer_id": cmd.customer_id,
-            "amount_cents": cmd.amount_cents,
-            "currency": cmd.currency,
-        },
-    )
-    return PaymentCharged(charge_id=f"ch-{cmd.order_id}")
+@service.handles_batch(ChargePayment)
+async def charge_payment(commands: Sequence[ChargePayment], ctx: BatchContext) -> list[BatchResult]:
+    """Charge each order's amount; refuse unknown customers and declined cards.
+
+    A batch handler: two statements for all the commands that arrived together.
+    """
+    await pace(len(commands))
+    cards = {
+        row.customer_id: (row.card_status, row.outage)
+        for row in await ctx.connection.execute(
+            _SELECT_CARDS, {"customers": sorted({cmd.customer_id for cmd in commands})}
+        )
+    }
+    down = sorted({cmd.customer_id for cmd in commands if cards[cmd.customer_id][1]})
+    if down:
+        # Fails the batch: the SDK then charges one command at a time, so only these fail.
+        raise PaymentProviderDownError(f"card processor unreachable for {', '.join(down)}")
+    results: list[BatchResult] = []
+    charged: list[ChargePayment] = []
+    for cmd in commands:
+        if cards[cmd.customer_id][0] == "ok":
+            charged.append(cmd)
+            results.append(PaymentCharged(charge_id=f"ch-{cmd.order_id}"))
+        else:
+            results.append(CommandRejected("card declined", data={"customer_id": cmd.customer_id}))
+    if charged:
+        await ctx.connection.execute(
+            _CHARGE,
+            {
+                "order_ids": [cmd.order_id for cmd in charged],
+                "customer_ids": [cmd.customer_id for cmd in charged],
+                "amounts": [cmd.amount_cents for cmd in charged],
+                "currencies": [cmd.currency for cmd in charged],
+            },
+        )
+    return results
 
 
 @service.handles(RefundPayment)
