@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.demo.ledger import check_ledger
@@ -22,6 +23,7 @@ from saga_defs.order.contracts import (
     ScheduleShipment,
 )
 from service_sdk import (
+    Envelope,
     KafkaConfig,
     Outcome,
     ServiceRunner,
@@ -89,13 +91,78 @@ async def test_insufficient_stock_rejects_and_rolls_back(conn: AsyncConnection) 
     reply = await invoke(inventory.service, ReserveStock(order_id="o2", items=(A3, big_b)), conn)
     assert reply.outcome is Outcome.FAILURE
     assert reply.error == "insufficient stock for B"
-    # A was taken before B was found short: the savepoint put it back.
+    # B was short, so nothing of the order was taken.
     assert await _stock(conn) == {"A": 10, "B": 5}
     assert await _one(conn, "SELECT 1 FROM inventory.reservations WHERE order_id = 'o2'") is None
 
     missing = OrderItem(sku="Z", quantity=1)
     unknown = await invoke(inventory.service, ReserveStock(order_id="o3", items=(missing,)), conn)
     assert unknown.error == "insufficient stock for Z"
+
+
+async def test_a_batch_of_reservations_is_served_in_turn(conn: AsyncConnection) -> None:
+    orders = [
+        ReserveStock(order_id="o1", items=(A3, B2)),
+        ReserveStock(order_id="o2", items=(OrderItem(sku="B", quantity=4),)),
+        ReserveStock(order_id="o3", items=(A3, A3, OrderItem(sku="B", quantity=3))),
+        ReserveStock(order_id="o4", items=(OrderItem(sku="Z", quantity=1),)),
+    ]
+    envelopes = [command_envelope(c, command_id=f"cmd-{c.order_id}") for c in orders]
+    replies = await inventory.service.dispatch_many(envelopes, orders, conn)
+    assert all(isinstance(reply, Envelope) for reply in replies)
+    outcomes = [(r.outcome, r.error, r.payload) for r in replies if isinstance(r, Envelope)]
+    assert outcomes == [
+        (Outcome.SUCCESS, None, {"reservation_id": "rsv-o1"}),
+        # o1 left 3 of B: o2 is refused, and takes nothing.
+        (Outcome.FAILURE, "insufficient stock for B", {"sku": "B", "requested": 4}),
+        (Outcome.SUCCESS, None, {"reservation_id": "rsv-o3"}),
+        (Outcome.FAILURE, "insufficient stock for Z", {"sku": "Z", "requested": 1}),
+    ]
+    assert await _stock(conn) == {"A": 1, "B": 0}
+    rows = await conn.execute(
+        text("SELECT order_id, reserve_count FROM inventory.reservations ORDER BY order_id")
+    )
+    assert [tuple(row) for row in rows] == [("o1", 1), ("o3", 1)]
+
+
+async def test_a_batch_of_charges_and_shipments(conn: AsyncConnection) -> None:
+    charges = [
+        ChargePayment(order_id=f"o-{c}", customer_id=c, amount_cents=5, currency="EUR")
+        for c in ("c-ok", "c-bad", "c-unknown", "c-ok")
+    ]
+    envelopes = [command_envelope(c, command_id=f"cmd-{i}") for i, c in enumerate(charges)]
+    with pytest.raises(DBAPIError, match=r"affect row a second time"):
+        # The same order twice in one batch: the statement fails, and the SDK would then
+        # answer the commands one at a time.
+        async with conn.begin_nested():
+            await payment.service.dispatch_many(envelopes, charges, conn)
+    replies = await payment.service.dispatch_many(envelopes[:3], charges[:3], conn)
+    assert [(r.outcome, r.error) for r in replies if isinstance(r, Envelope)] == [
+        (Outcome.SUCCESS, None),
+        (Outcome.FAILURE, "card declined"),
+        (Outcome.FAILURE, "card declined"),
+    ]
+    row = await _one(conn, "SELECT count(*) AS n, max(charge_count) AS most FROM payment.charges")
+    assert (row.n, row.most) == (1, 1)
+
+    await payment.start_outage(conn, ["c-ok"])
+    with pytest.raises(payment.PaymentProviderDownError, match="c-ok"):
+        await payment.service.dispatch_many(envelopes[1:], charges[1:], conn)
+    await payment.end_outage(conn)
+
+    shipments = [
+        ScheduleShipment(order_id=f"s{i}", customer_id="c-ok", items=(A3, B2)) for i in range(3)
+    ]
+    envelopes = [command_envelope(c, command_id=f"cmd-s{i}") for i, c in enumerate(shipments)]
+    replies = await shipping.service.dispatch_many(envelopes, shipments, conn)
+    assert [r.payload for r in replies if isinstance(r, Envelope)] == [
+        {"shipment_id": f"shp-s{i}"} for i in range(3)
+    ]
+    rows = await conn.execute(
+        text("SELECT order_id, items, schedule_count FROM shipping.shipments ORDER BY order_id")
+    )
+    items = [A3.model_dump(mode="json"), B2.model_dump(mode="json")]
+    assert [tuple(row) for row in rows] == [(f"s{i}", items, 1) for i in range(3)]
 
 
 async def test_charge_refund_and_declined_cards(conn: AsyncConnection) -> None:

@@ -8,7 +8,7 @@ execution is visible).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.demo.participants.pace import pace
 from saga_defs.order.contracts import OrderItem, ReleaseStock, ReserveStock, StockReserved
-from service_sdk import CommandRejected, HandlerContext, Service
+from service_sdk import BatchContext, BatchResult, CommandRejected, HandlerContext, Service
 
 __all__ = ["install", "release_stock", "reserve_stock", "seed", "service"]
 
@@ -45,37 +45,35 @@ _DDL = (
 )
 
 _PUT_BACK = text("UPDATE inventory.stock SET on_hand = on_hand + :quantity WHERE sku = :sku")
-# The whole reservation in one statement (one round trip, whatever the number of SKUs): the
-# stock rows are locked in SKU order (so concurrent orders cannot deadlock), taken where enough
-# is on hand, and the reservation is written only if every SKU was taken. A second
-# reservation of the same order is counted, not refused: the SDK is what prevents double
-# execution, and the ledger check must be able to see it if it ever fails.
+# A batch of reservations in three statements, whatever the number of orders and SKUs: the
+# stock rows of all of them are locked in SKU order (so concurrent batches cannot deadlock),
+# the orders are served in turn from what is on hand (each all or nothing), and what they
+# took is written back with their reservations. A second reservation of the same order is
+# counted, not refused: the SDK is what prevents double execution, and the ledger check must
+# be able to see it if it ever fails. (The same order twice in one batch makes the last
+# statement fail; the SDK then reserves one order at a time.)
+_LOCK_STOCK = text(
+    "SELECT sku, on_hand FROM inventory.stock "
+    "WHERE sku = ANY(CAST(:skus AS text[])) ORDER BY sku FOR UPDATE"
+)
+_TAKE = text(
+    """
+    UPDATE inventory.stock AS s SET on_hand = s.on_hand - t.quantity
+    FROM unnest(CAST(:skus AS text[]), CAST(:quantities AS integer[])) AS t (sku, quantity)
+    WHERE s.sku = t.sku
+    """
+)
 _RESERVE = text(
     """
-    WITH wanted AS (
-        SELECT sku, quantity FROM jsonb_to_recordset(:wanted) AS w(sku text, quantity integer)
-    ), locked AS (
-        SELECT s.sku FROM inventory.stock s JOIN wanted w USING (sku)
-        ORDER BY s.sku FOR UPDATE OF s
-    ), taken AS (
-        UPDATE inventory.stock s SET on_hand = s.on_hand - w.quantity
-        FROM wanted w, locked l
-        WHERE s.sku = w.sku AND l.sku = w.sku AND s.on_hand >= w.quantity
-        RETURNING s.sku
-    ), reserved AS (
-        INSERT INTO inventory.reservations (order_id, items, status)
-        SELECT :order_id, :items, 'reserved'
-        WHERE (SELECT count(*) FROM taken) = (SELECT count(*) FROM wanted)
-        ON CONFLICT (order_id) DO UPDATE
-        SET reserve_count = inventory.reservations.reserve_count + 1,
-            items = EXCLUDED.items,
-            status = 'reserved'
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM reserved) AS reserved,
-           (SELECT min(w.sku) FROM wanted w WHERE w.sku NOT IN (SELECT sku FROM taken)) AS short
+    INSERT INTO inventory.reservations (order_id, items, status)
+    SELECT r ->> 'order_id', r -> 'items', 'reserved'
+    FROM jsonb_array_elements(:reservations) AS r
+    ON CONFLICT (order_id) DO UPDATE
+    SET reserve_count = inventory.reservations.reserve_count + 1,
+        items = EXCLUDED.items,
+        status = 'reserved'
     """
-).bindparams(bindparam("wanted", type_=JSONB), bindparam("items", type_=JSONB))
+).bindparams(bindparam("reservations", type_=JSONB))
 _SELECT_RESERVATION = text(
     "SELECT items, status FROM inventory.reservations WHERE order_id = :order_id FOR UPDATE"
 ).columns(items=JSONB)
@@ -114,23 +112,56 @@ def _quantities(items: Iterable[OrderItem]) -> list[tuple[str, int]]:
     return sorted(totals.items())
 
 
-@service.handles(ReserveStock)
-async def reserve_stock(cmd: ReserveStock, ctx: HandlerContext) -> StockReserved:
-    """Take the order's items off the shelf; refuse if any SKU lacks stock."""
-    await pace()
-    wanted = [{"sku": sku, "quantity": quantity} for sku, quantity in _quantities(cmd.items)]
-    items = [item.model_dump(mode="json") for item in cmd.items]
-    result = await ctx.connection.execute(
-        _RESERVE, {"wanted": wanted, "items": items, "order_id": cmd.order_id}
-    )
-    row = result.one()
-    if not row.reserved:
-        # The SDK rolls back the SKUs already taken together with the handler's savepoint.
-        requested = dict(_quantities(cmd.items)).get(row.short)
-        raise CommandRejected(
-            f"insufficient stock for {row.short}", data={"sku": row.short, "requested": requested}
+@service.handles_batch(ReserveStock)
+async def reserve_stock(commands: Sequence[ReserveStock], ctx: BatchContext) -> list[BatchResult]:
+    """Take each order's items off the shelf, in turn; refuse an order if any SKU lacks stock."""
+    await pace(len(commands))
+    wanted = [_quantities(cmd.items) for cmd in commands]
+    skus = sorted({sku for quantities in wanted for sku, _ in quantities})
+    on_hand = {
+        row.sku: row.on_hand for row in await ctx.connection.execute(_LOCK_STOCK, {"skus": skus})
+    }
+    taken: Counter[str] = Counter()
+    reserved: list[ReserveStock] = []
+    results: list[BatchResult] = []
+    for cmd, quantities in zip(commands, wanted, strict=True):
+        # The first SKU (in SKU order) without enough left for this order, if any.
+        short = next(
+            (
+                (sku, quantity)
+                for sku, quantity in quantities
+                if sku not in on_hand or on_hand[sku] - taken[sku] < quantity
+            ),
+            None,
         )
-    return StockReserved(reservation_id=f"rsv-{cmd.order_id}")
+        if short is not None:
+            sku, requested = short
+            results.append(
+                CommandRejected(
+                    f"insufficient stock for {sku}", data={"sku": sku, "requested": requested}
+                )
+            )
+            continue
+        taken.update(dict(quantities))
+        reserved.append(cmd)
+        results.append(StockReserved(reservation_id=f"rsv-{cmd.order_id}"))
+    if reserved:
+        await ctx.connection.execute(
+            _TAKE, {"skus": list(taken), "quantities": [taken[sku] for sku in taken]}
+        )
+        await ctx.connection.execute(
+            _RESERVE,
+            {
+                "reservations": [
+                    {
+                        "order_id": cmd.order_id,
+                        "items": [item.model_dump(mode="json") for item in cmd.items],
+                    }
+                    for cmd in reserved
+                ]
+            },
+        )
+    return results
 
 
 @service.handles(ReleaseStock)
