@@ -10,6 +10,8 @@ import ssl
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
+from service_sdk.partitioner import KeyPartitioner
+
 __all__ = ["KafkaConfig"]
 
 
@@ -79,6 +81,8 @@ class KafkaConfig:
             "acks": "all",
             "enable_idempotence": self.idempotent,
             "max_request_size": self.max_request_size,
+            # Kafka's partitioning (murmur2 of the key) without aiokafka's per-record cost.
+            "partitioner": KeyPartitioner(),
         }
 
     def consumer_kwargs(self) -> dict[str, Any]:

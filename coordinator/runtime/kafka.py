@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError
 
 from coordinator.config import KafkaSettings
+from service_sdk.partitioner import KeyPartitioner
 
 __all__ = [
     "create_producer",
@@ -45,6 +46,9 @@ def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         "max_request_size": max(
             _AIOKAFKA_MAX_REQUEST_SIZE, settings.max_message_bytes + _RECORD_OVERHEAD
         ),
+        # Kafka's partitioning (murmur2 of the key, remembered for a saga's later messages)
+        # without aiokafka's per-record cost: about 3 % of the coordinator's CPU.
+        "partitioner": KeyPartitioner(),
     }
     return kwargs
 

@@ -29,6 +29,7 @@ from service_sdk import (
     UnknownMessageTypeError,
     dead_letter_headers,
 )
+from service_sdk.partitioner import KeyPartitioner
 from service_sdk.testing import HandlerDeferredError, command_envelope, invoke
 
 
@@ -310,6 +311,7 @@ def test_handles_batch_is_checked_like_handles() -> None:
 
 def test_producer_kwargs_always_ask_all_replicas() -> None:
     idempotent = KafkaConfig("k:9092").producer_kwargs()
+    assert isinstance(idempotent.pop("partitioner"), KeyPartitioner)
     assert idempotent == {
         "bootstrap_servers": "k:9092",
         "security_protocol": "PLAINTEXT",
